@@ -1,0 +1,388 @@
+"""The Engine: a step loop that fires hooks and owns nothing else.
+
+It knows a model, an optimizer, training batches, optional validation batches and a
+`loss_fn(model, batch)`. It owns gradient accumulation, device placement, autocast and the
+fp16 grad scaler, DDP wrapping, evaluation on request and stop requests. Everything else
+(clipping, schedules, checkpoints, logging, guards) is a plugin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+import torch
+
+from hookloop.dispatch import HookDispatcher
+from hookloop.errors import ConfigError, DataError
+from hookloop.journal import Journal
+from hookloop.loading import LoadedPlugin, hook_order, new_plugin_manager, register_plugins
+from hookloop.losses import next_token_loss
+from hookloop.state import State
+
+__all__ = ["Engine"]
+
+log = structlog.get_logger("hookloop")
+
+LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+class Engine:
+    """Runs the training loop and fires a hook at every point where a plugin can act.
+
+    Args:
+        model: The module to train. It is moved to `device`.
+        optimizer: An optimizer over the model's parameters.
+        train_data: An iterable of micro-batches, iterated once per epoch. Data that
+            defines `iter_epoch(epoch, start)` resumes mid-epoch without replaying batches;
+            other iterables are replayed and the first `start` batches skipped.
+        loss_fn: `loss_fn(model, batch) -> scalar tensor`, the mean loss of one micro-batch.
+            Defaults to next-token cross-entropy over `(inputs, targets)` batches.
+        val_data: An iterable of validation batches for `evaluate()`.
+        plugins: Plugin instances, or `LoadedPlugin` records from `load_plugins()`.
+        accumulate: Micro-batches per optimizer step. The loss of each is divided by this,
+            so the summed gradient is that of one batch `accumulate` times larger.
+        device: Where the model and batches live; defaults to where the model already is.
+        precision: `fp32`, `bf16` (autocast) or `fp16` (autocast with a GradScaler).
+        compile: Run the forward through `torch.compile`.
+        run_dir: The directory plugins write files into (metrics, checkpoints, journal).
+        count_tokens: Tokens in a batch; defaults to the element count of its first tensor.
+        config: The resolved configuration of the run, kept for plugins and checkpoints.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        train_data: Iterable[Any],
+        *,
+        loss_fn: LossFn = next_token_loss,
+        val_data: Iterable[Any] | None = None,
+        plugins: Sequence[object] = (),
+        accumulate: int = 1,
+        device: str | torch.device | None = None,
+        precision: str = "fp32",
+        compile: bool = False,
+        run_dir: str | Path | None = None,
+        count_tokens: Callable[[Any], int] | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(accumulate, int) or accumulate < 1:
+            raise ConfigError(f"accumulate must be a whole number >= 1, got {accumulate!r}")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.device = torch.device(device) if device is not None else _model_device(model)
+        self.model = model.to(self.device)
+        self.optimizer = optimizer
+        self.train_data = train_data
+        self.val_data = val_data
+        self.loss_fn = loss_fn
+        self.accumulate = accumulate
+        self.precision = precision
+        self.config = config or {}
+        self.count_tokens = count_tokens or _count_tokens
+        self.state = State()
+        self.rank, self.world_size = _distributed_rank()
+        self.is_main_process = self.rank == 0
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        if self.run_dir is not None and self.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(
+            self.run_dir / "journal.jsonl" if self.run_dir and self.is_main_process else None
+        )
+
+        # The forward goes through DDP and/or compile; `self.model` stays the plain module
+        # whose state_dict checkpoints save.
+        forward_model: torch.nn.Module = model
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            forward_model = DistributedDataParallel(model, device_ids=ids)
+        self.train_model = torch.compile(forward_model) if compile else forward_model
+
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self._autocast: Callable[[], contextlib.AbstractContextManager[Any]] = (
+            (lambda: torch.autocast(self.device.type, dtype=dtype))
+            if dtype is not None
+            else contextlib.nullcontext
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type) if precision == "fp16" else None
+        self._unscaled = False
+
+        self.pm = new_plugin_manager()
+        self.plugins: dict[str, LoadedPlugin] = register_plugins(self.pm, plugins)
+        self.hooks = HookDispatcher(self.pm)
+
+    # --- plugins -----------------------------------------------------------------------
+
+    @property
+    def hook(self) -> Any:
+        """pluggy's hook relay, for calling hooks that third-party packages specify."""
+        return self.pm.hook
+
+    def plugin_costs(self) -> dict[str, float]:
+        """Milliseconds per optimizer step spent in each plugin's hooks so far."""
+        steps = max(self.state.step, 1)
+        return {
+            name: 1000.0 * seconds / steps
+            for name, seconds in self.hooks.seconds_by_plugin().items()
+        }
+
+    def hook_order(self) -> dict[str, list[str]]:
+        """For each hook, the names of the plugins that implement it, in calling order."""
+        return hook_order(self.pm)
+
+    # --- the loop ----------------------------------------------------------------------
+
+    def fit(self, *, max_steps: int | None = None, epochs: int | None = None) -> State:
+        """Train until `max_steps` optimizer steps or `epochs` passes, whichever comes first.
+
+        Both limits count from the start of the run, so a resumed run given the same limits
+        continues to the same end. A plugin can end the run early with
+        `state.request_stop(reason)`.
+
+        Returns:
+            The final state.
+        """
+        if max_steps is None and epochs is None:
+            raise ConfigError("fit() needs max_steps or epochs (or both)")
+        state = self.state
+        state.should_stop = None
+        self.model.train()
+        try:
+            self.hooks.call("on_fit_start", engine=self, state=state)
+            while state.should_stop is None and (epochs is None or state.epoch < epochs):
+                steps_before = state.step
+                for group in self._step_groups(state.epoch, state.epoch_batch):
+                    if state.should_stop is not None or (
+                        max_steps is not None and state.step >= max_steps
+                    ):
+                        break
+                    self._step(group)
+                else:
+                    if state.step == steps_before and state.epoch_batch < self.accumulate:
+                        raise DataError(
+                            f"the training data gave fewer than accumulate={self.accumulate} "
+                            f"batches in epoch {state.epoch}; check the data and batch size"
+                        )
+                    # Advance first, so a checkpoint written in on_epoch_end resumes at the
+                    # start of the next epoch instead of ending this one twice.
+                    state.epoch += 1
+                    state.epoch_batch = 0
+                    self.hooks.call("on_epoch_end", engine=self, state=state)
+                    continue
+                break  # stop requested or max_steps reached mid-epoch
+        except BaseException as error:
+            self._on_exception(error)
+            raise
+        self.hooks.call("on_fit_end", engine=self, state=state)
+        self._report_costs()
+        return state
+
+    def _step(self, group: tuple[Any, ...]) -> None:
+        """One optimizer step over a group of micro-batches."""
+        state = self.state
+        state.metrics.clear()
+        state.skip_step = False
+        self.hooks.call("before_step", engine=self, state=state)
+
+        n = len(group)
+        total: torch.Tensor | None = None
+        for i, batch in enumerate(group):
+            batch = self.to_device(batch)
+            # DDP all-reduces gradients on every backward unless told not to: only the last
+            # micro-batch of a step needs it.
+            with self._no_sync(last=i == n - 1), self._autocast():
+                loss = self.loss_fn(self.train_model, batch)
+            scaled = loss / n if n > 1 else loss
+            if self.scaler is not None:
+                self.scaler.scale(scaled).backward()
+            else:
+                scaled.backward()
+            loss = loss.detach()
+            total = loss if total is None else total + loss
+            state.micro_step += 1
+            state.epoch_batch += 1
+            state.tokens_seen += self.count_tokens(batch) * self.world_size
+        assert total is not None
+        state.loss = total / n if n > 1 else total
+        self.hooks.call("after_backward", engine=self, state=state)
+
+        if not state.skip_step:
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+        elif self.scaler is not None and self._unscaled:
+            self.scaler.update()  # the unscale_ of a skipped step must not leak into the next
+        self._unscaled = False
+        self.optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        self.hooks.call("after_step", engine=self, state=state)
+        if self.world_size > 1:
+            self._agree_on_stop()
+
+    def _step_groups(self, epoch: int, start: int) -> Iterator[tuple[Any, ...]]:
+        """The epoch's micro-batches from position `start`, in groups of `accumulate`.
+
+        A trailing group shorter than `accumulate` is dropped, so every step sees the same
+        number of micro-batches.
+        """
+        batches = self._epoch_batches(epoch, start)
+        if self.accumulate == 1:
+            for batch in batches:
+                yield (batch,)
+            return
+        while len(group := tuple(itertools.islice(batches, self.accumulate))) == self.accumulate:
+            yield group
+
+    def _epoch_batches(self, epoch: int, start: int) -> Iterator[Any]:
+        iter_epoch = getattr(self.train_data, "iter_epoch", None)
+        if iter_epoch is not None:
+            return iter(iter_epoch(epoch, start))
+        set_epoch = getattr(self.train_data, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)
+        batches = iter(self.train_data)
+        if start:
+            next(itertools.islice(batches, start, start), None)  # skip what was consumed
+        return batches
+
+    def _no_sync(self, *, last: bool) -> contextlib.AbstractContextManager[Any]:
+        no_sync = getattr(self.train_model, "no_sync", None)
+        if last or no_sync is None:
+            return contextlib.nullcontext()
+        return no_sync()
+
+    def _agree_on_stop(self) -> None:
+        """All ranks stop together if any rank asked to stop."""
+        import torch.distributed as dist
+
+        flag = torch.tensor([self.state.should_stop is not None], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and self.state.should_stop is None:
+            self.state.should_stop = "another rank requested a stop"
+
+    def _on_exception(self, error: BaseException) -> None:
+        for impl in reversed(self.pm.hook.on_exception.get_hookimpls()):
+            try:
+                impl.function(
+                    *[{"engine": self, "state": self.state, "error": error}[a] for a in impl.argnames]
+                )
+            except Exception as exc:  # the original error is the one that matters
+                log.error("on_exception_failed", plugin=impl.plugin_name, error=repr(exc))
+
+    def _report_costs(self) -> None:
+        costs = self.plugin_costs()
+        if costs and self.is_main_process:
+            log.info(
+                "plugin_cost_ms_per_step",
+                **{name: round(ms, 4) for name, ms in sorted(costs.items(), key=lambda kv: -kv[1])},
+            )
+
+    # --- helpers plugins use -----------------------------------------------------------
+
+    def to_device(self, batch: Any) -> Any:
+        """Move a tensor, or tensors nested in tuples, lists and dicts, to the engine's device."""
+        if isinstance(batch, torch.Tensor):
+            return batch.to(self.device, non_blocking=True)
+        if isinstance(batch, (tuple, list)):
+            return type(batch)(self.to_device(b) for b in batch)
+        if isinstance(batch, dict):
+            return {k: self.to_device(v) for k, v in batch.items()}
+        return batch
+
+    def unscale_gradients(self) -> None:
+        """Divide fp16-scaled gradients by the loss scale, once per step. A no-op in fp32/bf16.
+
+        Call this in `after_backward` before reading or clipping gradients.
+        """
+        if self.scaler is not None and not self._unscaled:
+            self.scaler.unscale_(self.optimizer)
+            self._unscaled = True
+
+    def evaluate(self, *, max_batches: int | None = None) -> dict[str, float]:
+        """Mean validation loss (token-weighted) and its perplexity, then fire `on_eval_end`.
+
+        The model is put in eval mode under `torch.no_grad()` and restored afterwards; no
+        random numbers are drawn, so evaluating does not change what training does next.
+
+        Args:
+            max_batches: Evaluate at most this many validation batches.
+
+        Returns:
+            `{"val_loss": ..., "val_ppl": ...}` plus whatever `on_eval_end` plugins added.
+        """
+        if self.val_data is None:
+            raise ConfigError("evaluate() needs validation data: pass val_data to the Engine")
+        was_training = self.model.training
+        self.model.eval()
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        count = 0
+        with torch.no_grad():
+            for i, batch in enumerate(self.val_data):
+                if max_batches is not None and i >= max_batches:
+                    break
+                batch = self.to_device(batch)
+                with self._autocast():
+                    loss = self.loss_fn(self.model, batch)
+                tokens = self.count_tokens(batch)
+                total += loss.double() * tokens
+                count += tokens
+        self.model.train(was_training)
+        if count == 0:
+            raise DataError("the validation data is empty; give it at least one batch")
+        val_loss = float(total.item()) / count
+        metrics = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0))}
+        self.hooks.call("on_eval_end", engine=self, state=self.state, metrics=metrics)
+        return metrics
+
+    def plugin_states(self) -> dict[str, Any]:
+        """Every plugin's `on_save_checkpoint` result, keyed by plugin name."""
+        return self.hooks.collect("on_save_checkpoint", engine=self, state=self.state)
+
+    def load_plugin_states(self, saved: dict[str, Any]) -> None:
+        """Hand each registered plugin its own saved dict through `on_load_checkpoint`."""
+        missing = sorted(set(saved) - set(self.plugins))
+        if missing:
+            log.warning("checkpoint_plugin_state_ignored", plugins=missing,
+                        detail="these plugins saved state but are not enabled in this run")
+        self.hooks.call_each(
+            "on_load_checkpoint",
+            {name: {"engine": self, "state": self.state, "saved": value}
+             for name, value in saved.items()},
+        )
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _count_tokens(batch: Any) -> int:
+    """Elements of the first tensor in a batch: tokens for `(inputs, targets)` LM batches."""
+    while not isinstance(batch, torch.Tensor):
+        if isinstance(batch, (tuple, list)) and batch:
+            batch = batch[0]
+        elif isinstance(batch, dict) and batch:
+            batch = next(iter(batch.values()))
+        else:
+            return 0
+    return batch.numel()
+
+
+def _distributed_rank() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1

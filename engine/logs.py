@@ -1,0 +1,48 @@
+"""structlog set-up for the command line.
+
+The library only *uses* structlog (`structlog.get_logger("hookloop")`); it never configures
+it, so a program that imports hookloop keeps its own logging set-up. The CLI calls
+`configure_logging()` once, choosing human key=value lines or JSON lines.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TextIO
+
+import structlog
+
+__all__ = ["configure_logging"]
+
+_configured = False
+
+
+def configure_logging(fmt: str = "console", *, level: str = "info", stream: TextIO | None = None) -> None:
+    """Configure structlog for the `hookloop` command. Calling it again reconfigures.
+
+    Args:
+        fmt: `console` for aligned key=value lines, `json` for one JSON object per line.
+        level: The lowest level printed (`debug`, `info`, `warning`, `error`).
+        stream: Where log lines go; standard error by default, so standard output stays
+            free for results such as sampled text.
+    """
+    global _configured
+    if fmt not in ("console", "json"):
+        raise ValueError(f"log format must be 'console' or 'json', got {fmt!r}")
+    renderer = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False, pad_event_to=20)
+    )
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="%H:%M:%S" if fmt == "console" else "iso"),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    _configured = True
