@@ -88,6 +88,10 @@ class Engine:
         self.config = config or {}
         self.count_tokens = count_tokens or _count_tokens
         self.state = State()
+        self.max_steps: int | None = None
+        """The `max_steps` of the current `fit()` call, for schedules and progress."""
+        self.max_epochs: int | None = None
+        """The `epochs` of the current `fit()` call."""
         self.rank, self.world_size = _distributed_rank()
         self.is_main_process = self.rank == 0
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -155,6 +159,7 @@ class Engine:
             raise ConfigError("fit() needs max_steps or epochs (or both)")
         state = self.state
         state.should_stop = None
+        self.max_steps, self.max_epochs = max_steps, epochs
         self.model.train()
         try:
             self.hooks.call("on_fit_start", engine=self, state=state)
