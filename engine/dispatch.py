@@ -22,7 +22,6 @@ from typing import Any
 
 import pluggy
 import structlog
-
 from hookloop.errors import HookloopError, PluginError
 
 __all__ = ["HookDispatcher"]
@@ -45,8 +44,13 @@ class _Impl:
 class HookDispatcher:
     """Calls the hooks of one plugin manager with per-plugin timing and failure policy."""
 
-    def __init__(self, pm: pluggy.PluginManager) -> None:
+    def __init__(
+        self,
+        pm: pluggy.PluginManager,
+        on_disable: Callable[[str, str, Exception], None] | None = None,
+    ) -> None:
         self._pm = pm
+        self._on_disable = on_disable
         self._impls: dict[str, tuple[_Impl, ...] | None] = {}
         self._seconds: dict[str, float] = {}
         self._trace = os.environ.get("HOOKLOOP_TRACE_PLUGINS", "") not in ("", "0")
@@ -116,14 +120,13 @@ class HookDispatcher:
                 f"plugin {impl.plugin_name!r} failed in hook {hook!r}: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-        reason = f"failed in hook {hook!r}: {type(exc).__name__}: {exc}"
-        log.error(
-            "plugin_disabled", plugin=impl.plugin_name, hook=hook, error=f"{exc!r}",
-            detail="non-critical plugin raised; it is disabled for the rest of the run",
-        )
-        self.disabled[impl.plugin_name] = reason
+        self.disabled[impl.plugin_name] = f"failed in hook {hook!r}: {type(exc).__name__}: {exc}"
         self._pm.unregister(name=impl.plugin_name)
         self._impls.clear()
+        if self._on_disable is not None:
+            self._on_disable(impl.plugin_name, hook, exc)
+        else:
+            log.error("plugin_disabled", plugin=impl.plugin_name, hook=hook, error=repr(exc))
 
     def seconds_by_plugin(self) -> dict[str, float]:
         """Total seconds spent inside each plugin's hooks so far."""

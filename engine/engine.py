@@ -17,7 +17,6 @@ from typing import Any
 
 import structlog
 import torch
-
 from hookloop.dispatch import HookDispatcher
 from hookloop.errors import ConfigError, DataError
 from hookloop.journal import Journal
@@ -122,9 +121,16 @@ class Engine:
 
         self.pm = new_plugin_manager()
         self.plugins: dict[str, LoadedPlugin] = register_plugins(self.pm, plugins)
-        self.hooks = HookDispatcher(self.pm)
+        self.hooks = HookDispatcher(self.pm, on_disable=self._journal_disabled_plugin)
 
     # --- plugins -----------------------------------------------------------------------
+
+    def _journal_disabled_plugin(self, name: str, hook: str, error: Exception) -> None:
+        self.journal.record(
+            "plugin_disabled", step=self.state.step, plugin=name, hook=hook,
+            reason=f"non-critical plugin raised {type(error).__name__}: {error}; "
+            "it is disabled for the rest of the run",
+        )
 
     @property
     def hook(self) -> Any:

@@ -18,7 +18,6 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import pluggy
-
 from hookloop import hookspecs
 from hookloop.errors import PluginError
 

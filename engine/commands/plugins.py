@@ -49,14 +49,20 @@ def apply_plugin_flags(table: dict[str, Any], flags: list[str]) -> dict[str, Any
 
 def run(args: argparse.Namespace) -> int:
     """Print the plugin listing (or, with --order, the hook order)."""
-    from hookloop.loading import discover, new_plugin_manager, plugins_from_config, register_plugins
+    from hookloop.loading import (
+        discover,
+        hook_order,
+        new_plugin_manager,
+        plugins_from_config,
+        register_plugins,
+    )
 
     available = discover()
     loaded = plugins_from_config(plugin_table(args))
     pm = new_plugin_manager()
     registered = register_plugins(pm, loaded)
     if args.order:
-        for hook, names in _order(pm).items():
+        for hook, names in hook_order(pm).items():
             print(f"{hook}:")
             for i, name in enumerate(names, 1):
                 print(f"  {i}. {name} ({registered[name].origin})")
@@ -74,11 +80,5 @@ def run(args: argparse.Namespace) -> int:
             rows.append((name, plugin.origin, "yes", "?"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)), row[3])
+        print("  ".join([*(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)), row[3]]))
     return 0
-
-
-def _order(pm: Any) -> dict[str, list[str]]:
-    from hookloop.loading import hook_order
-
-    return hook_order(pm)

@@ -1,0 +1,5 @@
+"""An example third-party hookloop plugin package: `token_budget`."""
+
+from hookloop_example.plugin import TokenBudget
+
+__all__ = ["TokenBudget"]
