@@ -39,7 +39,9 @@ __all__ = [
 ENTRY_POINT_GROUP = "hookloop"
 BUILTIN_DISTRIBUTION = "hookloop"
 
-DEFAULT_PLUGINS: tuple[str, ...] = ()
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "clip", "schedule", "throughput", "eval", "console", "csv", "progress",
+)
 """Built-in plugins enabled when a config says nothing about them."""
 
 
