@@ -5,7 +5,7 @@ same curve: there is no scheduler object whose state could drift from the checkp
 
     [plugins.schedule]
     kind = "cosine"        # "cosine" | "constant" | "linear" | "wsd"
-    warmup_steps = 100     # linear warmup from 0 to the peak lr
+    warmup_steps = 0       # linear warmup from 0 to the peak lr; 0 = none
     min_lr = 0.0           # absolute lr reached at total_steps (cosine, linear, wsd)
     total_steps = 0        # length of the curve; 0 = the max_steps given to fit()
     decay_fraction = 0.2   # wsd only: the final fraction of total_steps that decays
@@ -79,7 +79,7 @@ class LRSchedule:
     name = "schedule"
 
     def __init__(
-        self, *, kind: str = "cosine", warmup_steps: int = 100, min_lr: float = 0.0,
+        self, *, kind: str = "cosine", warmup_steps: int = 0, min_lr: float = 0.0,
         total_steps: int = 0, decay_fraction: float = 0.2,
     ) -> None:
         if kind not in KINDS:
