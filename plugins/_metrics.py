@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
+
 from hookloop import hookimpl
 
 if TYPE_CHECKING:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+
 from hookloop import PluginError, hookimpl
 
 if TYPE_CHECKING:

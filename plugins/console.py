@@ -20,6 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import structlog
+
 from hookloop import PluginError, hookimpl
 from hookloop.plugins._metrics import METRIC_WRITERS, LossEMA, step_values, to_floats
 

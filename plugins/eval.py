@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import structlog
+
 from hookloop import PluginError, hookimpl
 
 if TYPE_CHECKING:

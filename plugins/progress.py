@@ -21,6 +21,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import structlog
+
 from hookloop import PluginError, hookimpl
 from hookloop.plugins._metrics import METRIC_WRITERS, ClosesAtEnd
 

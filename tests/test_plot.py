@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+
 from hookloop.plugins.clip import GradClip
 from hookloop.plugins.csv import CSVLogger
 from hookloop.plugins.eval import Eval

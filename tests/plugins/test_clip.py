@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from hookloop import PluginError, hookimpl
 from hookloop.plugins.clip import GradClip
 

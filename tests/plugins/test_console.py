@@ -8,6 +8,7 @@ import json
 import pytest
 import structlog
 import torch
+
 from hookloop import PluginError, hookimpl
 from hookloop.logs import configure_logging
 from hookloop.plugins.clip import GradClip

@@ -6,6 +6,7 @@ import copy
 import csv
 
 import pytest
+
 from hookloop import PluginError, hookimpl
 from hookloop.plugins.clip import GradClip
 from hookloop.plugins.csv import COLUMNS, CSVLogger

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from hookloop import PluginError, hookimpl
 from hookloop.plugins.early_stop import EarlyStop
 from hookloop.plugins.eval import Eval

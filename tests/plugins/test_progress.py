@@ -6,6 +6,7 @@ import io
 import sys
 
 import pytest
+
 from hookloop import PluginError
 from hookloop.plugins.progress import Progress
 from hookloop.plugins.schedule import LRSchedule

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from hookloop import PluginError, hookimpl
 from hookloop.plugins.schedule import LRSchedule, lr_at
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import pytest
+
 from hookloop import PluginError
 from hookloop.plugins.eval import Eval
 from hookloop.plugins.schedule import LRSchedule
