@@ -10,9 +10,9 @@ Writes two metrics each step, both as tensors so nothing waits for the device:
 tensor telling whether clipping changed anything. Under fp16 the gradients are unscaled
 first (`engine.unscale_gradients()`), so the norm and the threshold are in true units.
 
-Hooks: `after_backward`. Cost: one pass over the gradients (the norm that
-`clip_grad_norm_` computes anyway); in value mode, a second pass for the max-abs test.
-No host sync.
+Hooks: `on_fit_start` (collects the parameters), `after_backward`. Cost: one pass over
+the gradients (the norm that `clip_grad_norm_` computes anyway); in value mode, a second
+pass for the max-abs test. No host sync.
 """
 
 from __future__ import annotations
@@ -43,11 +43,16 @@ class GradClip:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise PluginError(f"clip: option {option} must be a number > 0, got {value!r}")
         self.mode, self.max_norm, self.max_value = mode, float(max_norm), float(max_value)
+        self._params: list[torch.nn.Parameter] = []
+
+    @hookimpl
+    def on_fit_start(self, engine: Engine) -> None:
+        self._params = [p for p in engine.model.parameters() if p.requires_grad]
 
     @hookimpl
     def after_backward(self, engine: Engine, state: State) -> None:
         engine.unscale_gradients()  # fp16: clip true gradients, not loss-scaled ones
-        params = [p for p in engine.model.parameters() if p.grad is not None]
+        params = [p for p in self._params if p.grad is not None]
         if not params:
             return
         if self.mode == "norm":

@@ -48,6 +48,13 @@ COLUMNS = ("step", "epoch", "loss", "ema_loss", "ppl", "lr", "grad_norm", "token
            "val_loss", "val_ppl")
 
 
+def _cell(value: Any) -> Any:
+    """Floats at full precision (repr round-trips), missing values empty."""
+    if value is None:
+        return ""
+    return repr(value) if isinstance(value, float) else value
+
+
 class CSVLogger(ClosesAtEnd):
     """Append each step's metrics to a CSV file, resume-safe."""
 
@@ -66,6 +73,7 @@ class CSVLogger(ClosesAtEnd):
         self.path: Path | None = None
         self.columns = list(COLUMNS)
         self._file: IO[str] | None = None
+        self._writer: Any = None
         self._last_row: dict[str, Any] | None = None
         self._last_offset = 0
         self._seen_step = -1
@@ -126,9 +134,7 @@ class CSVLogger(ClosesAtEnd):
             self._file.seek(self._last_offset)
             self._file.truncate()
         self._last_offset = self._file.tell()
-        csv.DictWriter(self._file, self.columns, lineterminator="\n").writerow(
-            {k: repr(v) if isinstance(v, float) else v for k, v in row.items()}
-        )
+        self._writer.writerow([_cell(row.get(column)) for column in self.columns])
         self._file.flush()
         self._last_row = row
 
@@ -151,6 +157,7 @@ class CSVLogger(ClosesAtEnd):
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
         self._file = self.path.open("a", newline="", encoding="utf-8")
+        self._writer = csv.writer(self._file, lineterminator="\n")
 
     def close(self) -> None:
         """Close it now; the hooks call this at the end of fit()."""
