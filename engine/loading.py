@@ -40,7 +40,7 @@ __all__ = [
 ENTRY_POINT_GROUP = "hookloop"
 BUILTIN_DISTRIBUTION = "hookloop"
 
-DEFAULT_PLUGINS: tuple[str, ...] = ()
+DEFAULT_PLUGINS: tuple[str, ...] = ("checkpoint", "preemption")
 """Built-in plugins enabled when a config says nothing about them."""
 
 
