@@ -39,9 +39,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import structlog
 import torch
-from hookloop.errors import CheckpointError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+
+from hookloop.errors import CheckpointError
 
 if TYPE_CHECKING:
     from hookloop.engine import Engine

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 import torch
+
 from hookloop import checkpointing as ckpt
 from hookloop.errors import PluginError
 from hookloop.hookspecs import hookimpl

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
+
 from hookloop import checkpointing as ckpt
 from hookloop.errors import PluginError
 from hookloop.hookspecs import hookimpl
