@@ -29,7 +29,7 @@ def test_format_files_keys_and_a_model_file_any_safetensors_reader_loads(ckpt_wo
         "model.safetensors", "optimizer.safetensors", "state.json"]
     fresh = ckpt_worker.namespace["TinyLM"]()
     fresh.load_state_dict(load_file(path / "model.safetensors"))  # strict: every key, once
-    assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), engine.model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), engine.model.parameters(), strict=True))
     opt = load_file(path / "optimizer.safetensors")
     assert sorted(opt) == [f"state.{i}.{n}" for i in range(3) for n in ("exp_avg", "exp_avg_sq", "step")]
 
@@ -59,7 +59,8 @@ def test_clean_stop_then_resume_in_a_fresh_engine_is_bitwise_exact(ckpt_worker, 
     ckpt.load_checkpoint(second, found)
     assert second.state.counters() == first.state.counters()
     second.fit(max_steps=16)
-    assert all(torch.equal(a, b) for a, b in zip(straight.model.parameters(), second.model.parameters()))
+    pairs = zip(straight.model.parameters(), second.model.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
     a = straight.optimizer.state_dict()["state"]
     b = second.optimizer.state_dict()["state"]
     assert all(torch.equal(a[i][n], b[i][n]) for i in a for n in a[i])
