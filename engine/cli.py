@@ -20,6 +20,10 @@ __all__ = ["add_config_arguments", "build_parser", "main"]
 # not import torch at module level.
 COMMANDS: dict[str, tuple[str, str]] = {
     "plugins": ("hookloop.commands.plugins", "list installed plugins and their hook order"),
+    "prepare": ("hookloop.commands.prepare", "tokenize text into train/val token files"),
+    "train": ("hookloop.commands.train", "train a language model (no arguments: the default)"),
+    "sample": ("hookloop.commands.sample", "generate text from a trained run"),
+    "eval": ("hookloop.commands.eval", "evaluate a checkpoint on the validation split"),
 }
 
 
