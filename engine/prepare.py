@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from hookloop.errors import DataError
 from hookloop.tokenizers import Tokenizer, build_tokenizer
 
@@ -122,7 +123,7 @@ def prepare_texts(
     try:
         counts, digests = {}, {}
         for split, text in (("train", train_text), ("val", val_text)):
-            ids = tok.encode(text).astype(dtype)
+            ids = tok.encode(text).astype(np.dtype(dtype).newbyteorder("<"))
             ids.tofile(tmp / f"{split}.bin")
             counts[split] = int(ids.size)
             digests[f"{split}.bin"] = hashlib.sha256(ids.tobytes()).hexdigest()
