@@ -106,7 +106,7 @@ def test_resume_drops_rows_past_the_checkpoint_and_matches_an_uninterrupted_run(
 def test_without_run_dir_it_writes_nothing(make_engine):
     engine = make_engine(batches=2, plugins=[CSVLogger()])
     engine.fit(max_steps=2)
-    assert engine.plugins["csv"].plugin.path is None
+    assert engine.plugins["csv"].plugin.file is None
 
 
 @pytest.mark.parametrize(
