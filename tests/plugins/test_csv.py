@@ -150,3 +150,29 @@ def test_rows_waiting_for_a_device_copy_are_written_in_order_before_checkpoints_
     _, rows = read(tmp_path / "metrics.csv")
     assert [int(r["step"]) for r in rows] == list(range(1, 31))
     assert rows[19]["val_loss"] and rows[29]["val_loss"]  # step 20 in-step, 30 at the end
+
+
+def test_resume_from_a_real_checkpoint_after_a_crash_gives_the_uninterrupted_file(make_engine, tmp_path):
+    from hookloop.checkpointing import latest_valid_checkpoint, load_checkpoint
+    from hookloop.plugins.checkpoint import Checkpoint
+
+    class Crash:  # dies in step 8 after its row, before checkpoint 8: rows 7, 8 are past 6
+        name = "crash"
+
+        @hookimpl
+        def after_step(self, state):
+            if state.step == 8:
+                raise RuntimeError("power cut")
+
+    def plugins(*extra):
+        return [GradClip(), LRSchedule(warmup_steps=2, total_steps=12), Eval(every=3),
+                CSVLogger(), Checkpoint(every_steps=4, save_on_exception=False), *extra]
+
+    make_engine(batches=12, run_dir=tmp_path / "full", plugins=plugins()).fit(max_steps=12)
+    with pytest.raises(Exception, match="power cut"):
+        make_engine(batches=12, run_dir=tmp_path / "run", plugins=plugins(Crash())).fit(max_steps=12)
+    resumed = make_engine(batches=12, run_dir=tmp_path / "run", plugins=plugins())
+    load_checkpoint(resumed, latest_valid_checkpoint(tmp_path / "run"))
+    assert resumed.state.step == 6  # the best checkpoint at the step-6 evaluation is the latest
+    resumed.fit(max_steps=12)
+    assert read(tmp_path / "run" / "metrics.csv") == read(tmp_path / "full" / "metrics.csv")
