@@ -15,16 +15,27 @@ import torch
 from hookloop import hookimpl
 
 if TYPE_CHECKING:
-    from hookloop import State
+    from hookloop import Engine, State
 
 __all__ = [
-    "METRIC_WRITERS", "ClosesAtEnd", "HostCopy", "LossEMA", "step_copy", "step_values", "to_floats",
-    "with_ppl",
+    "METRIC_WRITERS", "ClosesAtEnd", "HostCopy", "LossEMA", "planned_steps", "step_copy",
+    "step_values", "to_floats", "with_ppl",
 ]
 
 METRIC_WRITERS = ("clip", "schedule", "eval", "throughput")
 """Plugins that write `state.metrics`; loggers declare `after = METRIC_WRITERS` so that they
 run after them within a hook and see every value of the step."""
+
+
+def planned_steps(engine: Engine) -> int | None:
+    """The step the current `fit()` ends at if nothing stops it early: `max_steps`, or
+    `epochs` times the steps per epoch when the data has a length (the smaller of the two
+    when both are given); None when it cannot be known."""
+    by_epochs = None
+    if engine.max_epochs and hasattr(engine.train_data, "__len__"):
+        by_epochs = engine.max_epochs * (len(engine.train_data) // engine.accumulate)
+    limits = [n for n in (engine.max_steps, by_epochs) if n]
+    return min(limits) if limits else None
 
 
 class LossEMA:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from hookloop import PluginError, hookimpl
-from hookloop.plugins._metrics import METRIC_WRITERS, LossEMA, step_values, to_floats
+from hookloop.plugins._metrics import METRIC_WRITERS, LossEMA, planned_steps, step_values, to_floats
 
 if TYPE_CHECKING:
     from hookloop import Engine, State
@@ -62,9 +62,7 @@ class Console:
     def on_fit_start(self, engine: Engine, state: State) -> None:
         self._start = self._last = time.perf_counter()
         self._start_step, self._last_tokens = state.step, state.tokens_seen
-        self._total = engine.max_steps
-        if self._total is None and engine.max_epochs and hasattr(engine.train_data, "__len__"):
-            self._total = engine.max_epochs * (len(engine.train_data) // engine.accumulate)
+        self._total = planned_steps(engine)
 
     @hookimpl
     def after_step(self, engine: Engine, state: State) -> None:
