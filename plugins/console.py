@@ -15,7 +15,9 @@ op per step (the smoothed loss); one host sync on the steps it logs, none on the
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +36,15 @@ log = structlog.get_logger(__name__)
 
 def _clock(seconds: float) -> str:
     return str(datetime.timedelta(seconds=round(seconds)))
+
+
+def _bars_cleared() -> contextlib.AbstractContextManager[Any]:
+    """Lift any live tqdm bar (the progress plugin's) off the terminal while a line is
+    printed, so the line does not land on the end of the bar; a no-op without tqdm."""
+    tqdm = sys.modules.get("tqdm")
+    if tqdm is None or not getattr(tqdm.tqdm, "_instances", None):
+        return contextlib.nullcontext()
+    return tqdm.tqdm.external_write_mode(file=sys.stderr)
 
 
 def _sig(value: float) -> float:
@@ -84,17 +95,20 @@ class Console:
         if self._total is not None and done > 0:
             fields["eta"] = _clock((now - self._start) / done * max(self._total - state.step, 0))
         self._last, self._last_tokens = now, state.tokens_seen
-        log.info("train", **fields)
+        with _bars_cleared():
+            log.info("train", **fields)
 
     @hookimpl
     def on_eval_end(self, engine: Engine, state: State, metrics: dict[str, float]) -> None:
         if engine.is_main_process:
-            log.info("eval", step=state.step, **{k: _sig(v) for k, v in to_floats(metrics).items()})
+            with _bars_cleared():
+                log.info("eval", step=state.step, **{k: _sig(v) for k, v in to_floats(metrics).items()})
 
     @hookimpl
     def on_fit_end(self, engine: Engine, state: State) -> None:
         if engine.is_main_process:
-            log.info(
-                "fit_end", step=state.step, reason=state.should_stop or "planned length reached",
-                elapsed=_clock(time.perf_counter() - self._start),
-            )
+            with _bars_cleared():
+                log.info(
+                    "fit_end", step=state.step, reason=state.should_stop or "planned length reached",
+                    elapsed=_clock(time.perf_counter() - self._start),
+                )
