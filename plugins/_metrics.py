@@ -1,7 +1,9 @@
-"""Helpers shared by the logging plugins (console, csv, tensorboard, progress).
+"""Helpers shared by the built-in plugins (mostly the loggers: console, csv, tensorboard,
+progress).
 
-Not a plugin: no entry point. It keeps the loggers agreeing on what they report: the same
-smoothed loss, the same perplexity, and one host sync per logged row instead of one per value.
+Not a plugin: no entry point. It keeps the loggers agreeing on what they report (the same
+smoothed loss, the same perplexity), reads device values at most once per logged row, and
+knows how long the current run is planned to be.
 """
 
 from __future__ import annotations
