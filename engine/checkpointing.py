@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -39,10 +40,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import structlog
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from hookloop.errors import CheckpointError
+from hookloop.tensorfile import read_tensors, write_tensors
 
 if TYPE_CHECKING:
     from hookloop.engine import Engine
@@ -309,9 +309,8 @@ def write_snapshot(snap: Snapshot, directory: Path, *, update_latest: bool = Tru
         tmp.mkdir()
         files = {}
         for name, tensors in ((MODEL_FILE, snap.model), (OPTIMIZER_FILE, snap.optimizer)):
-            data = st_save(tensors, metadata={"format": "pt"})
-            _write_file(tmp / name, data)
-            files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+            sha256, size = write_tensors(tmp / name, tensors, {"format": "pt"})
+            files[name] = {"sha256": sha256, "bytes": size}
             _injected_delay()
         state = {**snap.state, "files": files}
         _write_file(tmp / STATE_FILE, json.dumps(state, indent=1, default=str).encode())
@@ -455,21 +454,35 @@ def _read_verified(path: Path, *, deserialize: bool) -> tuple[dict, dict]:
             f"checkpoint {path} has format version {version!r}; this hookloop reads version "
             f"{FORMAT_VERSION}: use the hookloop version that wrote it"
         )
+    files = state.get("files", {})
+    contents = {name: _read_file(path, name) for name in files}
+    with ThreadPoolExecutor(max(1, len(files))) as pool:  # hashlib releases the GIL
+        digests = dict(zip(files, pool.map(lambda d: hashlib.sha256(d).hexdigest(),
+                                           contents.values()), strict=True))
     tensors: dict[str, dict[str, torch.Tensor]] = {}
-    for name, info in state.get("files", {}).items():
-        try:
-            data = (path / name).read_bytes()
-        except FileNotFoundError:
-            raise CheckpointError(f"checkpoint {path} is partial: {name} is missing") from None
-        if hashlib.sha256(data).hexdigest() != info["sha256"]:
+    for name, info in files.items():
+        if digests[name] != info["sha256"]:
             raise CheckpointError(
                 f"checkpoint {path} is corrupt: {name} does not match its SHA-256 in {STATE_FILE}"
             )
         if deserialize:
-            tensors[name] = st_load(data)
+            try:
+                tensors[name] = read_tensors(contents[name])
+            except (ValueError, KeyError) as exc:
+                raise CheckpointError(f"checkpoint {path} is corrupt: {name}: {exc}") from None
     if MODEL_FILE not in state.get("files", {}):
         raise CheckpointError(f"checkpoint {path} is corrupt: {STATE_FILE} lists no {MODEL_FILE}")
     return state, tensors
+
+
+def _read_file(path: Path, name: str) -> bytearray:
+    try:
+        with open(path / name, "rb") as f:
+            data = bytearray(os.fstat(f.fileno()).st_size)
+            f.readinto(data)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} is partial: {name} is missing") from None
+    return data
 
 
 def latest_valid_checkpoint(run_dir: Path, *, journal: Journal | None = None) -> Path | None:
