@@ -93,7 +93,7 @@ def main() -> None:
     print("| parameters | what | seconds (median) | min-max | size MB |")
     print("| --- | --- | --- | --- | --- |")
     for layers in args.layers:
-        with tempfile.TemporaryDirectory(dir=".") as tmp:
+        with tempfile.TemporaryDirectory() as tmp:
             times, sizes = measure(layers, args.rounds, Path(tmp))
         params = layers * (1024 * 1024 + 1024)
         for what, values in times.items():

@@ -40,7 +40,10 @@ __all__ = [
 ENTRY_POINT_GROUP = "hookloop"
 BUILTIN_DISTRIBUTION = "hookloop"
 
-DEFAULT_PLUGINS: tuple[str, ...] = ("checkpoint", "preemption")
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "clip", "schedule", "throughput", "eval", "console", "csv", "progress", "checkpoint",
+    "preemption",
+)
 """Built-in plugins enabled when a config says nothing about them."""
 
 
