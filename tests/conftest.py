@@ -152,7 +152,10 @@ def build(run_dir, *, every=2, keep=2, accumulate=2, background=False, misbehave
     model = TinyLM()
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.01, betas=(0.9, 0.95))
     plugins = load_plugins(
-        {"checkpoint": {"every_steps": every, "keep_last": keep, "background": background}},
+        # A fixed schedule length: runs stopped early by fit(max_steps=k) must follow the
+        # same lr curve as the uninterrupted run they are compared with.
+        {"checkpoint": {"every_steps": every, "keep_last": keep, "background": background},
+         "schedule": {"total_steps": 64}},
         disable=disable,
     )
     plugins += [Trace(), misbehave or Misbehave()]
