@@ -143,7 +143,7 @@ def test_disk_full_during_a_save_leaves_the_previous_checkpoint(make_engine, tmp
     def full(path, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ckpt, "_write_file", full)
+    monkeypatch.setattr(ckpt, "write_file", full)
     with pytest.raises(CheckpointError) as info:
         ckpt.save_checkpoint(engine, tmp_path / "checkpoints" / "step-00000002")
     assert re.fullmatch(r"could not write checkpoint \S+: No space left on device \(is the disk "
