@@ -121,12 +121,12 @@ class Trace:
 
 
 class Misbehave:
-    """Test controls: sleep per step, SIGKILL self right after step `kill_after`."""
+    """Test controls: sleep per step, stop after step `stop_at`, SIGKILL right after `kill_after`."""
 
     name = "misbehave"
 
-    def __init__(self, kill_after=-1, sleep=0.0, ready=False):
-        self.kill_after, self.sleep, self.ready = kill_after, sleep, ready
+    def __init__(self, kill_after=-1, sleep=0.0, ready=False, stop_at=-1):
+        self.kill_after, self.sleep, self.ready, self.stop_at = kill_after, sleep, ready, stop_at
 
     @hookimpl
     def on_fit_start(self, state):
@@ -134,9 +134,11 @@ class Misbehave:
             print(f"READY {state.step}", flush=True)
 
     @hookimpl
-    def after_step(self):
+    def after_step(self, state):
         if self.sleep:
             time.sleep(self.sleep)
+        if state.step == self.stop_at:
+            state.request_stop("test stop")
 
     @hookimpl
     def before_step(self, state):  # so the after_step checkpoint of that step is written
