@@ -160,7 +160,7 @@ def test_a_crash_mid_swap_or_mid_write_is_repaired_on_the_next_save(make_engine,
     path.rename(checkpoints / ".old-step-00000001")  # killed between the two renames
     (checkpoints / ".tmp-step-00000002-999999-abcd").mkdir()  # killed while writing
     (checkpoints / ".prune-step-00000000-999999-abcd").mkdir()  # killed while pruning
-    assert ckpt.latest_valid_checkpoint(tmp_path) is None
+    assert ckpt.latest_valid_checkpoint(tmp_path) == checkpoints / ".old-step-00000001"
     ckpt.recover_partial(checkpoints)
     assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step-00000001"]
     ckpt.verify_checkpoint(path)
