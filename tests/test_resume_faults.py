@@ -65,7 +65,7 @@ def straight(ckpt_worker, tmp_path_factory):
 
 
 def test_kill_9_right_after_checkpoint_k_resumes_bitwise(ckpt_worker, straight, tmp_path):
-    k = STEPS // 2
+    k = STEPS // 2  # an epoch ends there (5 steps per epoch): killed before its evaluation
     rc, _, _ = ckpt_worker.run(tmp_path, "--steps", str(STEPS), "--kill-after", str(k))
     assert rc == -signal.SIGKILL
     assert read_pointer(tmp_path / "checkpoints", LATEST).name == checkpoint_name(k)
