@@ -39,7 +39,7 @@ __all__ = [
 ENTRY_POINT_GROUP = "hookloop"
 BUILTIN_DISTRIBUTION = "hookloop"
 
-DEFAULT_PLUGINS: tuple[str, ...] = ()
+DEFAULT_PLUGINS: tuple[str, ...] = ("nan_guard", "divergence")
 """Built-in plugins enabled when a config says nothing about them."""
 
 
