@@ -18,6 +18,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import pluggy
+
 from hookloop import hookspecs
 from hookloop.errors import PluginError
 
