@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 import torch
+
 from hookloop.errors import HookloopError
 
 if TYPE_CHECKING:
@@ -92,10 +93,15 @@ def step_scalars(engine: Engine, state: State) -> StepScalars:
     if cached is not None and cached[0] is state.loss:
         return cached[1]
     both = torch.stack([state.loss.detach().float().reshape(()), grad_norm(engine, state).float()])
-    loss, norm = both.tolist()  # the host sync
+    loss, norm = _to_host(both)
     scalars = StepScalars(loss=loss, grad_norm=norm)
     _CACHE[engine] = (state.loss, scalars)
     return scalars
+
+
+def _to_host(values: torch.Tensor) -> list[float]:
+    """The one device-to-host copy (and so the one sync) a step costs the guards."""
+    return values.tolist()
 
 
 def bad_gradient_names(model: torch.nn.Module, limit: int = 8) -> list[str]:

@@ -35,8 +35,15 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import structlog
+
 from hookloop import PluginError, hookimpl
-from hookloop.guards import TrainingHalted, bad_gradient_names, emergency_save, rollback, step_scalars
+from hookloop.guards import (
+    TrainingHalted,
+    bad_gradient_names,
+    emergency_save,
+    rollback,
+    step_scalars,
+)
 
 if TYPE_CHECKING:
     from hookloop import Engine, State

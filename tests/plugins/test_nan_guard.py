@@ -1,0 +1,98 @@
+"""nan_guard on a real fit(): NaN in the data, an absurd lr, skip, stop, one sync per step."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from hookloop import PluginError
+from hookloop.guards import TrainingHalted
+from hookloop.plugins.nan_guard import NanGuard
+
+
+def poison(engine, index: int) -> None:
+    """Put a NaN into the inputs of training batch `index`."""
+    x, y = engine.train_data[index]
+    x = x.clone()
+    x[0, 0] = float("nan")
+    engine.train_data[index] = (x, y)
+
+
+def events(engine, name):
+    return [e for e in engine.journal.entries if e["event"] == name]
+
+
+def test_nan_in_the_data_stops_naming_the_parameters(make_engine):
+    engine = make_engine(batches=6, plugins=[NanGuard()])
+    poison(engine, 2)
+    with pytest.raises(TrainingHalted, match=r"nan_guard: step 2: loss is nan.*fc1.weight"):
+        engine.fit(max_steps=6)
+    (found,) = events(engine, "nan_detected")
+    assert found["step"] == 2 and "fc1.weight" in found["parameters"]
+    assert "fc2.bias" in found["parameters"]
+    assert events(engine, "stop")[0]["plugin"] == "nan_guard"
+    assert all(torch.isfinite(p).all() for p in engine.model.parameters())  # never applied
+
+
+def test_an_absurd_learning_rate_is_caught_when_the_loss_explodes(make_engine):
+    engine = make_engine(batches=8, lr=1e6, plugins=[NanGuard()])
+    with pytest.raises(TrainingHalted, match="nan_guard"):
+        engine.fit(epochs=20)
+    assert events(engine, "nan_detected")
+    assert all(torch.isfinite(p).all() for p in engine.model.parameters())
+
+
+def test_skip_leaves_weights_and_optimizer_state_bit_identical(make_engine):
+    engine = make_engine(batches=6, plugins=[NanGuard(action="skip")])
+    engine.optimizer = torch.optim.SGD(engine.model.parameters(), lr=0.1, momentum=0.9)
+    poison(engine, 3)
+    engine.fit(max_steps=3)
+    weights = copy.deepcopy(engine.model.state_dict())
+    optim = copy.deepcopy(engine.optimizer.state_dict())
+    engine.fit(max_steps=4)  # step index 3 reads the poisoned batch
+    assert engine.state.step == 4
+    for name, value in engine.model.state_dict().items():
+        assert torch.equal(value, weights[name]), name
+    after = engine.optimizer.state_dict()
+    for key, saved in optim["state"].items():
+        assert torch.equal(after["state"][key]["momentum_buffer"], saved["momentum_buffer"])
+    (skipped,) = events(engine, "step_skipped")
+    assert skipped["step"] == 3 and skipped["plugin"] == "nan_guard"
+    engine.fit(max_steps=6)  # healthy steps go on
+    assert not torch.equal(engine.model.fc1.weight, weights["fc1.weight"])
+    assert engine.plugins["nan_guard"].plugin.checkpoint_state() == {
+        "skipped": 1, "consecutive": 0, "rollbacks": 0,
+    }
+
+
+def test_skip_stops_after_max_consecutive_bad_steps(make_engine):
+    engine = make_engine(batches=6, plugins=[NanGuard(action="skip", max_skips=2)])
+    for i in (1, 2, 3):
+        poison(engine, i)
+    with pytest.raises(TrainingHalted, match="3 bad steps in a row"):
+        engine.fit(max_steps=6)
+    assert [e["step"] for e in events(engine, "step_skipped")] == [1, 2]
+
+
+def test_the_guards_cost_one_host_read_per_step(make_engine, monkeypatch):
+    from hookloop import guards
+    from hookloop.plugins.divergence import Divergence
+
+    reads = []
+    real = guards._to_host
+    monkeypatch.setattr(guards, "_to_host", lambda t: reads.append(1) or real(t))
+    engine = make_engine(batches=6, plugins=[NanGuard(), Divergence(warmup_steps=1)])
+    engine.fit(max_steps=6)
+    assert len(reads) == 6
+    assert isinstance(engine.state.metrics["grad_norm"], torch.Tensor)
+
+
+def test_bad_options_are_rejected():
+    with pytest.raises(PluginError, match="action must be one of stop, skip, rollback"):
+        NanGuard(action="ignore")
+    with pytest.raises(PluginError, match="max_skips"):
+        NanGuard(max_skips=0)
+    with pytest.raises(PluginError, match="lr_factor"):
+        NanGuard(lr_factor=2.0)
