@@ -20,6 +20,7 @@ __all__ = ["add_config_arguments", "build_parser", "main"]
 # not import torch at module level.
 COMMANDS: dict[str, tuple[str, str]] = {
     "plugins": ("hookloop.commands.plugins", "list installed plugins and their hook order"),
+    "doctor": ("hookloop.commands.doctor", "check a configured run before training it"),
 }
 
 

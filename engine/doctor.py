@@ -58,6 +58,8 @@ class Subject:
     overfit_steps: int = 60
     overfit_fraction: float = 0.5
     """overfit_one_batch passes when the loss falls below this fraction of its start."""
+    overfit_rows: int = 8
+    """overfit_one_batch trains on this many sequences of the first batch."""
 
 
 Check = Callable[[Subject], Finding]
@@ -328,12 +330,12 @@ def schedule(s: Subject) -> Finding:
 
 
 def overfit_one_batch(s: Subject) -> Finding:
-    """Training on one batch drives its loss below `overfit_fraction` of the start within
-    `overfit_steps` steps, at the peak lr, with dropout off."""
+    """Training on one batch (its first `overfit_rows` sequences) drives its loss below
+    `overfit_fraction` of the start within `overfit_steps` steps, at the peak lr, dropout off."""
     model, optimizer = _copy(s)
     for group, lr in zip(optimizer.param_groups, _peak_lrs(optimizer), strict=True):
         group["lr"] = lr
-    batch = s.batches[0]
+    batch = tuple(t[: s.overfit_rows] for t in s.batches[0])
     start = loss = _backward(s, model, batch)
     target = s.overfit_fraction * start
     for step in range(1, s.overfit_steps + 1):
