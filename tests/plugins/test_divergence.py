@@ -92,3 +92,24 @@ def test_bad_options_are_rejected():
         Divergence(loss_factor=0.5)
     with pytest.raises(PluginError, match="beta"):
         Divergence(beta=1.0)
+
+
+def test_rollback_on_a_loss_spike_continues_from_the_checkpoint(make_engine, tmp_path):
+    pytest.importorskip("hookloop.checkpointing")
+    from hookloop.plugins.checkpoint import Checkpoint
+
+    guard = Divergence(action="rollback", warmup_steps=4, lr_factor=0.5)
+    engine = make_engine(
+        batches=12, run_dir=tmp_path,
+        plugins=[guard, Checkpoint(every_steps=4, keep_last=0, monitor="")],
+    )
+    x, y = engine.train_data[9]
+    engine.train_data[9] = (x, y * 1000.0)  # targets off by 1000x: a loss spike at step 9
+    state = engine.fit(max_steps=12)
+    (rolled,) = events(engine, "rollback")
+    assert rolled["step"] == 8 and rolled["from_step"] == 10 and rolled["plugin"] == "divergence"
+    assert events(engine, "divergence")[0]["step"] == 9
+    assert state.step == 12 and guard.rollbacks == 1
+    assert engine.optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+    saved = engine.plugin_states()["divergence"]
+    assert saved["rollbacks"] == 1 and saved["spikes"] == 1

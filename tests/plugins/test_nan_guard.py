@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from hookloop import PluginError
+from hookloop import PluginError, hookimpl
 from hookloop.guards import TrainingHalted
 from hookloop.plugins.nan_guard import NanGuard
 
@@ -96,3 +96,86 @@ def test_bad_options_are_rejected():
         NanGuard(max_skips=0)
     with pytest.raises(PluginError, match="lr_factor"):
         NanGuard(lr_factor=2.0)
+
+
+# --- with checkpoints: emergency save and rollback --------------------------------------
+
+
+def checkpointing():
+    return pytest.importorskip("hookloop.checkpointing")
+
+
+def test_stop_saves_an_emergency_checkpoint_of_the_weights_before_the_bad_step(make_engine, tmp_path):
+    ckpt = checkpointing()
+    engine = make_engine(batches=6, plugins=[NanGuard()], run_dir=tmp_path)
+    poison(engine, 2)
+    engine.fit(max_steps=2)
+    good = copy.deepcopy(engine.model.state_dict())
+    with pytest.raises(TrainingHalted, match="saved in .*emergency-step-00000002"):
+        engine.fit(max_steps=6)
+    path = tmp_path / "checkpoints" / "emergency-step-00000002"
+    assert ckpt.verify_checkpoint(path)["extra"]["emergency"].startswith("loss is nan")
+    _, files = ckpt.read_checkpoint(path)
+    for name, value in files["model.safetensors"].items():
+        assert torch.equal(value, good[name]), name
+    assert [e["event"] for e in engine.journal.read()][-3:] == ["nan_detected", "checkpoint_saved", "stop"]
+
+
+def test_rollback_reloads_the_last_checkpoint_lowers_the_lr_and_continues(make_engine, tmp_path):
+    checkpointing()
+    from hookloop.plugins.checkpoint import Checkpoint
+
+    restored = {}
+
+    class Probe:
+        """Record the weights right after the rollback (runs after nan_guard's after_step)."""
+
+        name = "probe"
+        after = ("nan_guard",)
+
+        @hookimpl
+        def after_step(self, engine, state):
+            if engine.plugins["nan_guard"].plugin.rollbacks == 1 and not restored:
+                restored.update(copy.deepcopy(engine.model.state_dict()), step=state.step)
+
+    guard = NanGuard(action="rollback", lr_factor=0.5)
+    engine = make_engine(
+        batches=8, run_dir=tmp_path,
+        plugins=[guard, Checkpoint(every_steps=2, keep_last=0, monitor="", save_on_end=False), Probe()],
+    )
+    poison(engine, 5)
+    engine.fit(max_steps=5)
+    at_four = copy.deepcopy(engine.model.state_dict())  # what step-4 holds (saved at step 4)
+    state = engine.fit(max_steps=10)
+    (rolled,) = events(engine, "rollback")
+    assert rolled["from_step"] == 6 and rolled["step"] == 4 and rolled["plugin"] == "nan_guard"
+    assert rolled["checkpoint"].endswith("step-00000004")
+    assert restored["step"] == 4
+    assert all(torch.equal(restored[k], at_four[k]) for k in at_four)
+    assert state.step == 10 and guard.rollbacks == 1
+    assert engine.optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+    assert all(torch.isfinite(p).all() for p in engine.model.parameters())
+
+
+def test_rollback_without_a_checkpoint_stops_with_the_reason(make_engine, tmp_path):
+    checkpointing()
+    engine = make_engine(batches=6, run_dir=tmp_path, plugins=[NanGuard(action="rollback")])
+    poison(engine, 1)
+    with pytest.raises(TrainingHalted, match="cannot roll back: no valid checkpoint"):
+        engine.fit(max_steps=6)
+
+
+def test_rollback_gives_up_after_max_rollbacks(make_engine, tmp_path):
+    checkpointing()
+    from hookloop.plugins.checkpoint import Checkpoint
+
+    guard = NanGuard(action="rollback", max_rollbacks=2)
+    engine = make_engine(
+        batches=8, run_dir=tmp_path,
+        plugins=[guard, Checkpoint(every_steps=1, keep_last=0, monitor="")],
+    )
+    for i in (3, 4, 5):
+        poison(engine, i)
+    with pytest.raises(TrainingHalted, match="already rolled back 2 times"):
+        engine.fit(max_steps=8)
+    assert len(events(engine, "rollback")) == 2
