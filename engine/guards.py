@@ -86,13 +86,21 @@ def step_scalars(engine: Engine, state: State) -> StepScalars:
     """The loss and gradient norm of the current step on the host: the one sync per step.
 
     Call in `after_backward` (gradients must still exist). Later calls in the same step,
-    from any plugin, return the cached values without touching the device.
+    from any plugin, return the cached values without touching the device. Under DDP the
+    loss is averaged over the ranks first, so every rank takes the same decision.
     """
     assert state.loss is not None, "step_scalars() is for after_backward"
     cached = _CACHE.get(engine)
     if cached is not None and cached[0] is state.loss:
         return cached[1]
     both = torch.stack([state.loss.detach().float().reshape(()), grad_norm(engine, state).float()])
+    if engine.world_size > 1:
+        # Every rank must take the same decision: average the loss (the gradients, hence the
+        # norm, are already all-reduced and equal on every rank).
+        import torch.distributed as dist
+
+        dist.all_reduce(both)
+        both = both / engine.world_size
     loss, norm = _to_host(both)
     scalars = StepScalars(loss=loss, grad_norm=norm)
     _CACHE[engine] = (state.loss, scalars)
