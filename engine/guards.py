@@ -6,8 +6,9 @@ emergency save.
 global gradient norm. `step_scalars()` reads both with a single device-to-host copy per
 step and caches them on the engine, so the guards together cost one host sync per step,
 however many of them ask. The norm is the one the `clip` plugin reports (`grad_norm`, before
-clipping); when no plugin wrote it yet, it is computed here with one fused pass over the
-gradients (`torch.nn.utils.get_total_norm`) and written to `state.metrics["grad_norm"]`.
+clipping); when no plugin wrote it yet, the per-parameter norms come from one fused pass
+over the gradients (`torch._foreach_norm`, as in `clip_grad_norm_`), travel to the host in
+the same copy as the loss, are combined there and written to `state.metrics["grad_norm"]`.
 A non-finite gradient makes the global norm non-finite, so the norm is also the fused
 finiteness flag of every gradient: parameters are only named on the failure path.
 """
@@ -33,7 +34,6 @@ __all__ = [
     "TrainingHalted",
     "bad_gradient_names",
     "emergency_save",
-    "grad_norm",
     "rollback",
     "step_scalars",
 ]
@@ -62,47 +62,43 @@ class StepScalars:
         return math.isfinite(self.loss) and math.isfinite(self.grad_norm)
 
 
-def grad_norm(engine: Engine, state: State) -> torch.Tensor:
-    """The global L2 norm of the gradients before clipping, as a device tensor (no sync).
-
-    Reuses `state.metrics["grad_norm"]` when a plugin (`clip`) already wrote it this step;
-    otherwise computes it, under fp16 after unscaling, and writes it there.
-    """
-    norm = state.metrics.get("grad_norm")
-    if isinstance(norm, torch.Tensor):
-        return norm
-    engine.unscale_gradients()
-    grads = [p.grad for p in engine.model.parameters() if p.grad is not None]
-    norm = (
-        torch.nn.utils.get_total_norm(grads).detach()
-        if grads
-        else torch.zeros((), device=engine.device)
-    )
-    state.metrics["grad_norm"] = norm
-    return norm
-
-
 def step_scalars(engine: Engine, state: State) -> StepScalars:
     """The loss and gradient norm of the current step on the host: the one sync per step.
 
-    Call in `after_backward` (gradients must still exist). Later calls in the same step,
-    from any plugin, return the cached values without touching the device. Under DDP the
-    loss is averaged over the ranks first, so every rank takes the same decision.
+    Call in `after_backward` (gradients must still exist). The norm is the pre-clip
+    `state.metrics["grad_norm"]` when `clip` ran first; otherwise the per-parameter norms
+    come from one fused `torch._foreach_norm` (under fp16 after unscaling), travel to the
+    host together with the loss, are combined there, and the result is written to
+    `state.metrics["grad_norm"]` as a float. Later calls in the same step, from any plugin,
+    return the cached values without touching the device. Under DDP the values are averaged
+    over the ranks first, so every rank takes the same decision.
     """
     assert state.loss is not None, "step_scalars() is for after_backward"
     cached = _CACHE.get(engine)
     if cached is not None and cached[0] is state.loss:
         return cached[1]
-    both = torch.stack([state.loss.detach().float().reshape(()), grad_norm(engine, state).float()])
+    loss = state.loss.detach().float().reshape(())
+    norm = state.metrics.get("grad_norm")
+    if isinstance(norm, torch.Tensor):  # clip ran first: reuse its pre-clip norm
+        values = torch.stack([loss, norm.detach().float().reshape(())])
+    else:
+        engine.unscale_gradients()
+        grads = [p.grad for p in engine.model.parameters() if p.grad is not None]
+        values = torch.stack([loss, *torch._foreach_norm(grads)]).float() if grads else loss.reshape(1)
     if engine.world_size > 1:
         # Every rank must take the same decision: average the loss (the gradients, hence the
-        # norm, are already all-reduced and equal on every rank).
+        # norms, are already all-reduced and equal on every rank).
         import torch.distributed as dist
 
-        dist.all_reduce(both)
-        both = both / engine.world_size
-    loss, norm = _to_host(both)
-    scalars = StepScalars(loss=loss, grad_norm=norm)
+        dist.all_reduce(values)
+        values = values / engine.world_size
+    host = _to_host(values)
+    if isinstance(norm, torch.Tensor):
+        total = host[1]
+    else:
+        total = math.sqrt(sum(v * v for v in host[1:]))  # overflows to inf, like the norm
+        state.metrics["grad_norm"] = total
+    scalars = StepScalars(loss=host[0], grad_norm=total)
     _CACHE[engine] = (state.loss, scalars)
     return scalars
 
