@@ -20,6 +20,8 @@ __all__ = ["add_config_arguments", "build_parser", "main"]
 # not import torch at module level.
 COMMANDS: dict[str, tuple[str, str]] = {
     "plugins": ("hookloop.commands.plugins", "list installed plugins and their hook order"),
+    "schedule": ("hookloop.commands.schedule", "print and plot the learning-rate curve of the configured run"),
+    "plot": ("hookloop.commands.plot", "plot a run's loss, learning rate and gradient norm to a PNG"),
     "doctor": ("hookloop.commands.doctor", "check a configured run before training it"),
 }
 

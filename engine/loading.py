@@ -40,7 +40,10 @@ __all__ = [
 ENTRY_POINT_GROUP = "hookloop"
 BUILTIN_DISTRIBUTION = "hookloop"
 
-DEFAULT_PLUGINS: tuple[str, ...] = ("nan_guard", "divergence")
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "nan_guard", "clip", "divergence", "schedule", "throughput", "eval", "console", "csv",
+    "progress",
+)
 """Built-in plugins enabled when a config says nothing about them."""
 
 
