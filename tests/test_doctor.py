@@ -218,3 +218,13 @@ def test_format_findings_prints_one_line_per_check_and_a_summary(status):
     text = format_findings([Finding("a", PASS, "1.0"), Finding("bb", status, "2.0")])
     assert text.splitlines()[1] == f"{status}  bb  2.0"
     assert text.splitlines()[-1].startswith("1 pass" if status == FAIL else "2 pass")
+
+
+def test_the_real_schedule_plugin_warms_up_and_decays_as_configured():
+    from hookloop.plugins.schedule import LRSchedule
+
+    engine = engine_with(LRSchedule(warmup_steps=5, min_lr=1e-4))
+    found = {f.check: f for f in diagnose(engine, lm_batches(), vocab_size=VOCAB, max_steps=50)}
+    assert found["schedule"].status == PASS, found["schedule"]
+    assert found["schedule"].detail.startswith("cosine: step 1: 0.002, step 5: 0.01")
+    assert "step 50: 0.0001" in found["schedule"].detail
