@@ -28,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--batches", type=int, default=3, metavar="N",
                         help="training batches to examine (default: 3)")
-    parser.add_argument("--overfit-steps", type=int, default=60, metavar="N",
-                        help="steps the overfit-one-batch check may take (default: 60)")
+    parser.add_argument("--overfit-steps", type=int, default=150, metavar="N",
+                        help="steps the overfit-one-batch check may take (default: 150)")
     parser.add_argument("--overfit-fraction", type=float, default=0.5, metavar="F",
                         help="overfitting passes below this fraction of the first loss "
                         "(default: 0.5)")
