@@ -83,6 +83,9 @@ def raw_loop(model, optimizer, batches, loss_fn, stamps: list[float]) -> None:
         stamps.append(time.perf_counter())
 
 
+PLUGIN_COSTS: dict[str, list[float]] = {}
+
+
 def run_variant(variant: str, setup: Callable, steps: int, seed: int) -> list[float]:
     model, batches, loss_fn, _ = setup(seed, steps)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -98,6 +101,9 @@ def run_variant(variant: str, setup: Callable, steps: int, seed: int) -> list[fl
                         plugins=plugins, run_dir=Path(run_dir))
         stamps[0] = time.perf_counter()
         engine.fit(max_steps=steps)
+        if variant == "defaults":
+            for name, ms in engine.plugin_costs().items():
+                PLUGIN_COSTS.setdefault(name, []).append(ms * 1000)
     return stamps
 
 
@@ -128,6 +134,14 @@ def bench(name: str, setup: Callable, steps: int, rounds: int, seed: int) -> lis
             f"| {statistics.median(means[v]) * 1e6:.1f} | {med / raw:.4f} "
             f"| {(med - raw) * 1e6:+.1f} |"
         )
+    costs = ", ".join(
+        f"{name} {statistics.median(us):.1f}"
+        for name, us in sorted(PLUGIN_COSTS.items(), key=lambda kv: -statistics.median(kv[1]))
+        if name != "clock"
+    )
+    rows.append(f"\nTime inside each default plugin's hooks, µs/step (median over rounds, "
+                f"including periodic work): {costs}")
+    PLUGIN_COSTS.clear()
     return rows
 
 

@@ -144,8 +144,8 @@ def test_rollback_reloads_the_last_checkpoint_lowers_the_lr_and_continues(make_e
         plugins=[guard, Checkpoint(every_steps=2, keep_last=0, monitor="", save_on_end=False), Probe()],
     )
     poison(engine, 5)
-    engine.fit(max_steps=5)
-    at_four = copy.deepcopy(engine.model.state_dict())  # what step-4 holds (saved at step 4)
+    engine.fit(max_steps=4)
+    at_four = copy.deepcopy(engine.model.state_dict())  # what step-00000004 holds
     state = engine.fit(max_steps=10)
     (rolled,) = events(engine, "rollback")
     assert rolled["from_step"] == 6 and rolled["step"] == 4 and rolled["plugin"] == "nan_guard"
