@@ -119,6 +119,13 @@ def test_stop_saves_an_emergency_checkpoint_of_the_weights_before_the_bad_step(m
     for name, value in files["model.safetensors"].items():
         assert torch.equal(value, good[name]), name
     assert [e["event"] for e in engine.journal.read()][-3:] == ["nan_detected", "checkpoint_saved", "stop"]
+    assert ckpt.latest_valid_checkpoint(tmp_path) == path
+    # Resuming from it goes on with the batch after the bad one.
+    resumed = make_engine(batches=6, plugins=[NanGuard()])
+    resumed.train_data[:] = engine.train_data
+    ckpt.load_checkpoint(resumed, path)
+    state = resumed.fit(max_steps=5)  # steps 2, 3, 4 read batches 3, 4, 5: no NaN again
+    assert (state.step, state.epoch, state.micro_step) == (5, 1, 6)
 
 
 def test_rollback_reloads_the_last_checkpoint_lowers_the_lr_and_continues(make_engine, tmp_path):
