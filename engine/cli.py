@@ -26,12 +26,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("hookloop.commands.train", "train a language model (no arguments: the default)"),
     "sample": ("hookloop.commands.sample", "generate text from a trained run"),
     "eval": ("hookloop.commands.eval", "evaluate a checkpoint on the validation split"),
-<<<<<<< HEAD
+    "doctor": ("hookloop.commands.doctor", "check a configured run before training it"),
     "verify-resume": ("hookloop.commands.verify_resume",
                       "check that stopping and resuming a run changes nothing"),
-=======
-    "doctor": ("hookloop.commands.doctor", "check a configured run before training it"),
->>>>>>> main
 }
 
 
