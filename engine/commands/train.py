@@ -71,13 +71,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"training {engine.model.num_parameters():,} parameters on {built.data_dir} "
           f"({built.tokenizer.kind} tokens, vocabulary {built.tokenizer.vocab_size}) for "
           f"{' or '.join(limits)} on {engine.device}; run directory {built.run_dir}", flush=True)
-    start = time.perf_counter()
+    start, tokens_before = time.perf_counter(), engine.state.tokens_seen  # > 0 when resumed
     state = built.fit()
     seconds = time.perf_counter() - start
+    tokens = state.tokens_seen - tokens_before
     metrics = engine.evaluate(max_batches=config["data"]["val_batches"] or None)
     stopped = f" (stopped: {state.should_stop})" if state.should_stop else ""
-    print(f"done: {state.step} steps, {state.tokens_seen:,} tokens in {seconds:.1f}s "
-          f"({state.tokens_seen / max(seconds, 1e-9):,.0f} tokens/s){stopped}")
+    print(f"done: {state.step} steps, {tokens:,} tokens in {seconds:.1f}s "
+          f"({tokens / max(seconds, 1e-9):,.0f} tokens/s){stopped}")
     print(f"validation loss {metrics['val_loss']:.4f} (perplexity {metrics['val_ppl']:.2f})")
     print(f"run directory: {built.run_dir}")
     print(f"sample from it: hookloop sample --run {built.run_dir}")
