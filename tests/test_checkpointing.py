@@ -175,3 +175,18 @@ def test_nothing_is_pickled_or_unpickled_anywhere():
     for source in sources:
         text = source.read_text()
         assert "torch.load(" not in text and "import pickle" not in text, source
+
+
+def test_the_recipe_model_file_loads_into_a_fresh_tiny_transformer(tiny_lm_overrides, tmp_path):
+    from hookloop.config import load_config
+    from hookloop.recipe import build_model, build_run
+
+    config = load_config(None, [*tiny_lm_overrides, "plugins.disable=[\"progress\"]"])
+    run = build_run(config, tmp_path)
+    run.fit()
+    path = ckpt.latest_valid_checkpoint(tmp_path)
+    fresh = build_model(config, run.tokenizer.vocab_size)
+    fresh.load_state_dict(load_file(path / "model.safetensors"))  # strict, nothing else needed
+    trained = run.engine.model.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in fresh.state_dict().items())
+    assert json.loads((path / "state.json").read_text())["model"]["aliases"] == {}
