@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         run_dir, checkpoint, config = _resume(args)
     else:
         run_dir, config = None, config_from_args(args)
+        _refuse_a_run_with_checkpoints(args.run_dir)
     run_dir = run_dir or (Path(args.run_dir) if args.run_dir else new_run_dir(args.runs))
     # build_run rewrites these two; a resume that is then refused must leave the run as it was
     kept = {name: (run_dir / name).read_bytes() for name in ("config.toml", "tokenizer.json")
@@ -111,3 +112,15 @@ def _resume(args: argparse.Namespace) -> tuple[Path | None, Path | None, dict[st
     for line in lines:
         print(line, flush=True)
     return run_dir, checkpoint, config
+
+
+def _refuse_a_run_with_checkpoints(run_dir: str | None) -> None:
+    """A fresh run into a directory that holds checkpoints would mix two runs' files."""
+    from hookloop.checkpointing import CHECKPOINTS_DIR, list_checkpoints
+    from hookloop.errors import ConfigError
+
+    if run_dir and list_checkpoints(Path(run_dir) / CHECKPOINTS_DIR):
+        raise ConfigError(
+            f"run directory {run_dir} already holds checkpoints; continue it with "
+            f"--resume auto --run-dir {run_dir}, or train into another directory"
+        )
