@@ -8,12 +8,10 @@ Only enabled plugins are imported; a disabled one shows its hooks as "-".
 from __future__ import annotations
 
 import argparse
-import tomllib
-from pathlib import Path
 from typing import Any
 
 from hookloop.cli import add_config_arguments
-from hookloop.errors import ConfigError
+from hookloop.config import config_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,26 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def plugin_table(args: argparse.Namespace) -> dict[str, Any]:
-    """The `[plugins]` table of the configured run, with `-p` flags applied."""
-    table: dict[str, Any] = {}
-    if args.config:
-        path = Path(args.config)
-        try:
-            table = dict(tomllib.loads(path.read_text(encoding="utf-8")).get("plugins", {}))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    return apply_plugin_flags(table, args.plugin_flags)
-
-
-def apply_plugin_flags(table: dict[str, Any], flags: list[str]) -> dict[str, Any]:
-    """Fold `-p NAME` / `-p no:NAME` command-line flags into a `[plugins]` table."""
-    table = dict(table)
-    for flag in flags:
-        key, name = ("disable", flag[3:]) if flag.startswith("no:") else ("enable", flag)
-        table[key] = [*table.get(key, []), name]
-    return table
+    """The `[plugins]` table of the configured run (config file, `--set`, `-p` flags)."""
+    return config_from_args(args)["plugins"]
 
 
 def run(args: argparse.Namespace) -> int:

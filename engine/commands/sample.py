@@ -1,0 +1,60 @@
+"""Generate text from a trained run (by default the latest run under runs/, from the
+checkpoint its `latest` pointer names).
+
+Examples:
+    hookloop sample
+    hookloop sample --prompt "def " --max-new-tokens 300 --temperature 0.8 --top-k 40
+    hookloop sample --run runs/20260101-120000 --checkpoint step-00001000 --temperature 0
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--run`, `--runs` and `--checkpoint`: which trained weights a command reads."""
+    parser.add_argument("--run", dest="run_dir", metavar="DIR",
+                        help="run directory (default: the latest under --runs)")
+    parser.add_argument("--runs", metavar="BASE", default="runs",
+                        help="where runs live (default: runs)")
+    parser.add_argument("--checkpoint", metavar="NAME", help="checkpoint directory name or "
+                        "path (default: the run's latest)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the `sample` options."""
+    add_run_arguments(parser)
+    parser.add_argument("--prompt", default=None, help="text to continue (default: a newline)")
+    parser.add_argument("--max-new-tokens", type=int, default=400, metavar="N")
+    parser.add_argument("--temperature", type=float, default=0.8,
+                        help="0 = greedy; higher = more varied (default: 0.8)")
+    parser.add_argument("--top-k", type=int, default=None, metavar="K")
+    parser.add_argument("--top-p", type=float, default=None, metavar="P")
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same text (default: 0)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the run's model and print the prompt and its continuation."""
+    from hookloop.errors import CheckpointError, ConfigError
+    from hookloop.recipe import latest_run_dir, load_trained
+
+    run_dir = args.run_dir or latest_run_dir(args.runs)
+    if run_dir is None:
+        raise CheckpointError(f"no runs under {args.runs}/; train one with `hookloop train` "
+                              "or pass --run DIR")
+    if args.max_new_tokens < 0 or args.temperature < 0:
+        raise ConfigError("--max-new-tokens and --temperature must be >= 0")
+    if args.top_k is not None and args.top_k < 1:
+        raise ConfigError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ConfigError(f"--top-p must be in (0, 1], got {args.top_p}")
+    model, tokenizer, _, _ = load_trained(run_dir, args.checkpoint)
+    prompt = "\n" if args.prompt is None else args.prompt
+    ids = tokenizer.encode(prompt).tolist()
+    if not ids:
+        raise ConfigError("--prompt encodes to no tokens; give at least one character")
+    out = model.generate(ids, args.max_new_tokens, temperature=args.temperature,
+                         top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    print(tokenizer.decode(out))
+    return 0

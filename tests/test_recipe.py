@@ -1,0 +1,111 @@
+"""build_run: the engine, model, data and run directory a config describes."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from hookloop.config import load_config
+from hookloop.errors import CheckpointError, ConfigError, DataError
+from hookloop.prepare import prepare_texts, read_meta
+from hookloop.recipe import (
+    build_run,
+    latest_run_dir,
+    load_trained,
+    new_run_dir,
+    resolve_device,
+    set_threads,
+)
+
+
+def test_build_run_writes_config_and_tokenizer(tmp_path, tiny_lm_overrides, lm_data):
+    config = load_config(None, tiny_lm_overrides)
+    run = build_run(config, tmp_path / "run")
+    assert run.max_steps == 4 and run.epochs is None
+    assert load_config(tmp_path / "run" / "config.toml") == config
+    assert (tmp_path / "run" / "tokenizer.json").read_bytes() == (lm_data / "tokenizer.json").read_bytes()
+    model = run.engine.model
+    assert model.vocab_size == run.tokenizer.vocab_size == read_meta(lm_data)["vocab_size"]
+    assert [g["weight_decay"] for g in run.engine.optimizer.param_groups] == [0.1, 0.0]
+    assert run.engine.config is config
+
+
+def test_fit_lowers_the_validation_loss(tmp_path, tiny_lm_overrides):
+    config = load_config(None, [*tiny_lm_overrides, "training.max_steps=30", "optimizer.lr=1e-2"])
+    run = build_run(config, None)
+    before = run.engine.evaluate()["val_loss"]
+    state = run.fit()
+    assert state.step == 30 and state.tokens_seen == 30 * 8 * 32
+    assert run.engine.evaluate()["val_loss"] < before - 0.5
+
+
+def test_same_seed_same_weights(tiny_lm_overrides):
+    def train():
+        run = build_run(load_config(None, tiny_lm_overrides), None)
+        run.fit()
+        return run.engine.model.state_dict()
+
+    a, b = train(), train()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_vocab_mismatch_and_bad_data(tmp_path, tiny_lm_overrides):
+    with pytest.raises(ConfigError, match="smaller than the tokenizer's vocabulary"):
+        build_run(load_config(None, [*tiny_lm_overrides, "model.vocab_size=3"]), None)
+    with pytest.raises(DataError, match="not a prepared data directory"):
+        build_run(load_config(None, [*tiny_lm_overrides, f"data.path={tmp_path}"]), None)
+
+
+def test_ids_beyond_the_vocabulary_fail_before_training(tmp_path, tiny_lm_overrides):
+    data = tmp_path / "data"
+    prepare_texts("abcabcabc" * 20, "abcabc" * 20, data, tokenizer="byte")
+    with pytest.raises(DataError, match="outside the vocabulary"):
+        # a byte tokenizer's ids reach 'c' = 99; force a too small model vocabulary
+        # by replacing the tokenizer with a char one of 3 ids
+        (data / "tokenizer.json").write_text(json.dumps({"kind": "char", "chars": ["a", "b", "c"]}))
+        build_run(load_config(None, [*tiny_lm_overrides, f"data.path={data}", "data.seq_len=4"]), None)
+
+
+def test_run_dirs(tmp_path):
+    assert latest_run_dir(tmp_path / "runs") is None
+    first = new_run_dir(tmp_path / "runs")
+    second = new_run_dir(tmp_path / "runs")
+    assert first != second and first.parent == second.parent
+    (first / "config.toml").write_text("")
+    assert latest_run_dir(tmp_path / "runs") == first
+    (second / "config.toml").write_text("")
+    now = time.time()
+    os.utime(first / "config.toml", (now + 10, now + 10))
+    assert latest_run_dir(tmp_path / "runs") == first
+
+
+def test_load_trained_reads_the_latest_checkpoint(tmp_path, tiny_lm_overrides):
+    run = build_run(load_config(None, tiny_lm_overrides), tmp_path / "run")
+    with pytest.raises(CheckpointError, match="has no checkpoint yet"):
+        load_trained(tmp_path / "run")
+    run.fit()  # the default checkpoint plugin writes step-00000004 and points latest at it
+    ckpt = tmp_path / "run" / "checkpoints" / "step-00000004"
+    model, tokenizer, config, path = load_trained(tmp_path / "run")
+    assert path == ckpt and not model.training
+    ids = torch.tensor([tokenizer.encode("def f1(x)").tolist()])
+    torch.testing.assert_close(model(ids), run.engine.model.eval()(ids))
+    with pytest.raises(CheckpointError, match="has no model.safetensors"):
+        load_trained(tmp_path / "run", "step-00000009")
+    save_file({"tok_emb.weight": torch.zeros(2, 2)}, ckpt / "model.safetensors")
+    with pytest.raises(CheckpointError, match="does not fit the model"):
+        load_trained(tmp_path / "run")
+
+
+def test_device_and_threads():
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") in ("cpu", "cuda")
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(1) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,96 @@
+"""Tokenizers: round trips, vocabulary built once, JSON save/load, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hookloop.errors import DataError
+from hookloop.tokenizers import (
+    ByteTokenizer,
+    CharTokenizer,
+    Tokenizer,
+    build_tokenizer,
+    load_tokenizer,
+)
+
+TEXT = "def f(x):\n    return x * 2  # ünïcødé 🐍\n"
+
+
+def test_char_round_trip_and_vocab_in_code_point_order():
+    tok = CharTokenizer.from_text(TEXT)
+    ids = tok.encode(TEXT)
+    assert ids.dtype == np.int64 and ids.shape == (len(TEXT),)
+    assert tok.decode(ids) == TEXT
+    assert tok.chars == sorted(set(TEXT))
+    assert tok.vocab_size == len(set(TEXT))
+
+
+def test_char_unknown_character_is_a_data_error():
+    tok = CharTokenizer.from_text("abc")
+    with pytest.raises(DataError, match=r"1 character\(s\) are not in the vocabulary of 3, e.g. 'z'"):
+        tok.encode("abz")
+    with pytest.raises(DataError):
+        tok.encode("\U0001f40d")  # above every code point in the table
+    with pytest.raises(DataError, match="ids must be in"):
+        tok.decode([3])
+
+
+def test_byte_round_trip_of_any_text():
+    tok = ByteTokenizer()
+    ids = tok.encode(TEXT)
+    assert tok.vocab_size == 256 and ids.max() < 256
+    assert tok.decode(ids) == TEXT
+    assert tok.decode(ids[:-3]).endswith("\ufffd")  # the snake cut after its first byte
+
+
+@pytest.mark.parametrize("kind", ["char", "byte", "bpe"])
+def test_save_load_is_json_and_equivalent(tmp_path, kind):
+    pytest.importorskip("tokenizers") if kind == "bpe" else None
+    text = TEXT * 50
+    tok = build_tokenizer(kind, text, vocab_size=300)
+    assert isinstance(tok, Tokenizer)
+    path = tok.save(tmp_path / "tokenizer.json")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert data["kind"] == kind
+    again = load_tokenizer(path)
+    assert again.vocab_size == tok.vocab_size
+    np.testing.assert_array_equal(again.encode(text), tok.encode(text))
+    assert again.decode(again.encode(text)) == text
+
+
+def test_bpe_compresses_repetitive_text():
+    pytest.importorskip("tokenizers")
+    text = "the quick brown fox jumps over the lazy dog\n" * 200
+    tok = build_tokenizer("bpe", text, vocab_size=320)
+    assert len(tok.encode(text)) < len(text.encode()) / 2
+
+
+def test_bpe_without_the_package_says_how_to_install(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tokenizers(name, *args, **kwargs):
+        if name == "tokenizers":
+            raise ImportError("no module named tokenizers")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tokenizers)
+    with pytest.raises(DataError, match=r"pip install 'hookloop\[bpe\]'"):
+        build_tokenizer("bpe", TEXT)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_tokenizer(tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(DataError, match="not valid JSON"):
+        load_tokenizer(tmp_path / "bad.json")
+    (tmp_path / "odd.json").write_text('{"kind": "wordpiece"}')
+    with pytest.raises(DataError, match="unknown kind 'wordpiece'"):
+        load_tokenizer(tmp_path / "odd.json")
+    with pytest.raises(DataError, match="unknown tokenizer 'words'"):
+        build_tokenizer("words", TEXT)
