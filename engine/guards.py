@@ -109,12 +109,14 @@ def _to_host(values: torch.Tensor) -> list[float]:
 
 
 def bad_gradient_names(model: torch.nn.Module, limit: int = 8) -> list[str]:
-    """Names of the parameters whose gradient holds a NaN or an infinity (failure path only:
-    one sync per parameter)."""
-    names = [
-        name for name, p in model.named_parameters()
-        if p.grad is not None and not bool(torch.isfinite(p.grad).all())
-    ]
+    """Names of the parameters whose gradient holds a NaN or an infinity; when every element
+    is finite (the norm overflowed), the few with the largest gradients, with their size.
+    For the failure path only: one sync per parameter."""
+    grads = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
+    names = [name for name, g in grads if not bool(torch.isfinite(g).all())]
+    if not names and grads:
+        peaks = sorted(((float(g.abs().max()), name) for name, g in grads), reverse=True)
+        return [f"{name} (max |grad| {peak:.3g})" for peak, name in peaks[:3]]
     return names if len(names) <= limit else [*names[:limit], f"... {len(names) - limit} more"]
 
 

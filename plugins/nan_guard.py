@@ -92,7 +92,9 @@ class NanGuard:
         names = bad_gradient_names(engine.model)
         reason = f"loss is {scalars.loss}" if bad_loss else "loss is finite"
         reason += f", gradient norm is {scalars.grad_norm}"
-        if names:
+        if names and "(max |grad|" in names[0]:
+            reason += f"; every gradient element is finite, the largest: {', '.join(names)}"
+        elif names:
             reason += f"; non-finite gradients in {', '.join(names)}"
         engine.journal.record(
             "nan_detected", step=state.step, reason=reason, plugin=self.name,
