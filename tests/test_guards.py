@@ -124,6 +124,7 @@ def test_an_overflowing_norm_of_finite_gradients_names_the_largest():
     assert bad_gradient_names(model)[0] == "1.weight (max |grad| 3e+30)"
 
 
+@pytest.mark.slow
 def test_an_absurd_learning_rate_stops_hookloop_train_with_one_line(tmp_path):
     import os
 
