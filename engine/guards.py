@@ -84,7 +84,9 @@ def step_scalars(engine: Engine, state: State) -> StepScalars:
     else:
         engine.unscale_gradients()
         grads = [p.grad for p in engine.model.parameters() if p.grad is not None]
-        values = torch.stack([loss, *torch._foreach_norm(grads)]).float() if grads else loss.reshape(1)
+        values = (
+            torch.stack([loss, *torch._foreach_norm(grads)]).float() if grads else loss.reshape(1)
+        )
     if engine.world_size > 1:
         # Every rank must take the same decision: average the loss (the gradients, hence the
         # norms, are already all-reduced and equal on every rank).
@@ -172,7 +174,12 @@ def rollback(engine: Engine, state: State, *, lr_factor: float, reason: str, by:
         if peak is not None:
             group["initial_lr"] = peak * lr_factor
     engine.journal.record(
-        "rollback", step=state.step, reason=reason, plugin=by, from_step=from_step,
-        checkpoint=str(path), lr_factor=lr_factor,
+        "rollback",
+        step=state.step,
+        reason=reason,
+        plugin=by,
+        from_step=from_step,
+        checkpoint=str(path),
+        lr_factor=lr_factor,
     )
     return state.step
