@@ -39,7 +39,7 @@ def test_format_files_keys_and_a_model_file_any_safetensors_reader_loads(ckpt_wo
                                  "tokens_seen": 256}
     assert state["optimizer"]["param_groups"][0]["betas"] == {"__tuple__": [0.9, 0.95]}
     assert set(state["rng"]) >= {"torch", "numpy", "python"}
-    assert set(state["plugins"]) == {"checkpoint", "csv", "nan_guard", "divergence"} and "trace" in state["plugin_versions"]
+    assert {"checkpoint", "csv"} <= set(state["plugins"]) and "trace" in state["plugin_versions"]
     assert state["plugin_versions"]["checkpoint"].startswith("hookloop ")
     assert state["torch_version"] == torch.__version__ and "loss" in state["metrics"]
     for name, info in state["files"].items():
