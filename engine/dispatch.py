@@ -2,8 +2,8 @@
 
 pluggy calls every implementation of a hook in one go and re-raises a failure unchanged,
 so it cannot say which plugin was slow or which one failed, and a failure stops the rest
-of the hook. hookloop therefore takes pluggy's resolved order (`get_hookimpls()`, called
-last to first) and calls each implementation itself:
+of the hook. hookloop therefore takes each hook's implementations (`get_hookimpls()`), puts
+them in the resolved plugin order (`hookloop.loading.call_order`) and calls each itself:
 
 - the time spent in each plugin is summed, to report the cost per step per plugin;
 - a plugin that raises is named together with the hook; a non-critical one (its class sets
@@ -24,6 +24,7 @@ import pluggy
 import structlog
 
 from hookloop.errors import HookloopError, PluginError
+from hookloop.loading import call_order
 
 __all__ = ["HookDispatcher"]
 
@@ -48,9 +49,11 @@ class HookDispatcher:
     def __init__(
         self,
         pm: pluggy.PluginManager,
+        rank: Mapping[str, int],
         on_disable: Callable[[str, str, Exception], None] | None = None,
     ) -> None:
         self._pm = pm
+        self._rank = rank
         self._on_disable = on_disable
         self._impls: dict[str, tuple[_Impl, ...] | None] = {}
         self._seconds: dict[str, float] = {}
@@ -65,7 +68,8 @@ class HookDispatcher:
             resolved = None  # let pluggy run the wrapper protocol
         else:
             resolved = tuple(
-                _Impl(i, getattr(i.plugin, "critical", True)) for i in reversed(impls)
+                _Impl(i, getattr(i.plugin, "critical", True))
+                for i in call_order(impls, self._rank)
             )
         self._impls[hook] = resolved
         return resolved

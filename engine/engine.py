@@ -21,7 +21,14 @@ import torch
 from hookloop.dispatch import HookDispatcher
 from hookloop.errors import ConfigError, DataError
 from hookloop.journal import Journal
-from hookloop.loading import LoadedPlugin, hook_order, new_plugin_manager, register_plugins
+from hookloop.loading import (
+    LoadedPlugin,
+    call_order,
+    hook_order,
+    new_plugin_manager,
+    plugin_rank,
+    register_plugins,
+)
 from hookloop.losses import next_token_loss
 from hookloop.state import State
 
@@ -126,7 +133,9 @@ class Engine:
 
         self.pm = new_plugin_manager()
         self.plugins: dict[str, LoadedPlugin] = register_plugins(self.pm, plugins)
-        self.hooks = HookDispatcher(self.pm, on_disable=self._journal_disabled_plugin)
+        self.hooks = HookDispatcher(
+            self.pm, plugin_rank(self.plugins), on_disable=self._journal_disabled_plugin
+        )
 
     # --- plugins -----------------------------------------------------------------------
 
@@ -139,8 +148,14 @@ class Engine:
 
     @property
     def hook(self) -> Any:
-        """pluggy's hook relay, for calling hooks that third-party packages specify."""
+        """pluggy's own hook relay. Prefer `call_hook`, which keeps hookloop's order."""
         return self.pm.hook
+
+    def call_hook(self, name: str, /, **kwargs: Any) -> None:
+        """Call any hook, including one a third-party package specifies, the way the loop
+        calls its own: in the resolved plugin order, timed per plugin, under the failure
+        policy. Pass every argument by keyword."""
+        self.hooks.call(name, **kwargs)
 
     def plugin_costs(self) -> dict[str, float]:
         """Milliseconds per optimizer step spent in each plugin's hooks so far."""
@@ -152,7 +167,7 @@ class Engine:
 
     def hook_order(self) -> dict[str, list[str]]:
         """For each hook, the names of the plugins that implement it, in calling order."""
-        return hook_order(self.pm)
+        return hook_order(self.pm, plugin_rank(self.plugins))
 
     # --- the loop ----------------------------------------------------------------------
 
@@ -295,7 +310,8 @@ class Engine:
             self.state.should_stop = "another rank requested a stop"
 
     def _on_exception(self, error: BaseException) -> None:
-        for impl in reversed(self.pm.hook.on_exception.get_hookimpls()):
+        impls = call_order(self.pm.hook.on_exception.get_hookimpls(), plugin_rank(self.plugins))
+        for impl in impls:
             try:
                 impl.function(
                     *[{"engine": self, "state": self.state, "error": error}[a] for a in impl.argnames]

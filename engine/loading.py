@@ -28,11 +28,13 @@ __all__ = [
     "LoadedPlugin",
     "PluginInfo",
     "discover",
+    "call_order",
     "hook_order",
     "load_plugins",
     "new_plugin_manager",
     "order_plugins",
     "plugin_name",
+    "plugin_rank",
     "plugins_from_config",
     "register_plugins",
 ]
@@ -327,11 +329,33 @@ def register_plugins(
     return {r.name: r for r in ordered}
 
 
-def hook_order(pm: pluggy.PluginManager) -> dict[str, list[str]]:
+def call_order(
+    impls: Iterable[pluggy.HookImpl], rank: Mapping[str, int]
+) -> list[pluggy.HookImpl]:
+    """A hook's implementations in calling order: `tryfirst` ones, then plain ones, then
+    `trylast` ones, each group in the plugins' resolved order (`rank`: name -> position).
+
+    pluggy alone would call two `trylast` implementations in registration order but plain
+    ones in reverse registration order, so no single registration order is right for both;
+    sorting explicitly is.
+    """
+    def key(impl: pluggy.HookImpl) -> tuple[int, int]:
+        group = 0 if impl.tryfirst else 2 if impl.trylast else 1
+        return group, rank.get(impl.plugin_name, len(rank))
+
+    return sorted(impls, key=key)
+
+
+def hook_order(pm: pluggy.PluginManager, rank: Mapping[str, int]) -> dict[str, list[str]]:
     """For each hook with implementations, the plugin names in calling order."""
     order: dict[str, list[str]] = {}
     for name in sorted(vars(pm.hook)):
         impls = getattr(pm.hook, name).get_hookimpls()
         if impls:
-            order[name] = [i.plugin_name for i in reversed(impls)]
+            order[name] = [i.plugin_name for i in call_order(impls, rank)]
     return order
+
+
+def plugin_rank(plugins: Iterable[str]) -> dict[str, int]:
+    """Each plugin name's position in the resolved order, for `call_order`."""
+    return {name: i for i, name in enumerate(plugins)}

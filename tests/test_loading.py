@@ -207,3 +207,32 @@ def test_engine_class_is_one_object_through_every_import_route():
     import hookloop.engine
 
     assert hookloop.Engine is hookloop.engine.Engine is Engine
+
+
+def test_declared_order_holds_among_trylast_and_tryfirst_implementations(make_engine):
+    """pluggy alone calls trylast implementations in registration order and plain ones in
+    reverse; hookloop's calling order follows the declarations in every group."""
+
+    class Pinned(Named):
+        def __init__(self, name, pin, **kw):
+            super().__init__(name, **kw)
+            self.pin = pin
+
+    def plugin(name, pin, **kw):
+        marker = hookimpl(trylast=pin == "last", tryfirst=pin == "first")
+
+        class P(Pinned):
+            @marker
+            def after_step(self, engine):
+                engine.config.setdefault("order", []).append(self.name)
+
+        return P(name, pin, **kw)
+
+    plugins = [plugin("csv", "last", after=("console",)), plugin("console", "last"),
+               plugin("guard", "first", after=("nan",)), plugin("nan", "first"),
+               plugin("mid", None)]
+    engine = make_engine(plugins=plugins, config={})
+    engine.fit(max_steps=1)
+    expected = ["nan", "guard", "mid", "console", "csv"]
+    assert engine.config["order"] == expected
+    assert engine.hook_order()["after_step"] == expected

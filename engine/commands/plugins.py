@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
         discover,
         hook_order,
         new_plugin_manager,
+        plugin_rank,
         plugins_from_config,
         register_plugins,
     )
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     pm = new_plugin_manager()
     registered = register_plugins(pm, loaded)
     if args.order:
-        for hook, names in hook_order(pm).items():
+        for hook, names in hook_order(pm, plugin_rank(registered)).items():
             print(f"{hook}:")
             for i, name in enumerate(names, 1):
                 print(f"  {i}. {name} ({registered[name].origin})")

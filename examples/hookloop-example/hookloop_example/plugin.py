@@ -53,7 +53,9 @@ class TokenBudget:
         if state.tokens_seen >= self.max_tokens:
             self.exhausted_at = state.step
             state.request_stop(f"token budget of {self.max_tokens} tokens reached")
-            engine.hook.token_budget_exhausted(engine=engine, state=state, budget=self.max_tokens)
+            engine.call_hook(
+                "token_budget_exhausted", engine=engine, state=state, budget=self.max_tokens
+            )
 
     @hookimpl
     def on_fit_end(self, state: State) -> None:
