@@ -46,7 +46,16 @@ _CACHE: weakref.WeakKeyDictionary[Any, tuple[torch.Tensor, StepScalars]] = (
 
 
 class TrainingHalted(HookloopError):
-    """A guard stopped the run: the loss or the gradients went bad and the policy says stop."""
+    """A guard stopped the run: the loss or the gradients went bad and the policy says stop.
+
+    `checkpoint` is the emergency checkpoint the guard already wrote (None if it wrote
+    none); the `checkpoint` plugin then leaves its own save-on-exception out, so `latest`
+    keeps pointing at the guard's checkpoint, which resumes after the bad batch.
+    """
+
+    def __init__(self, message: str, *, checkpoint: str | None = None) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint
 
 
 @dataclass(frozen=True, slots=True)

@@ -124,6 +124,8 @@ class Checkpoint:
         self.wait(engine)
         if not self.save_on_exception or not engine.is_main_process or engine.run_dir is None:
             return
+        if getattr(error, "checkpoint", None):
+            return  # the plugin that raised has saved the right state already (nan_guard)
         if not all(bool(torch.isfinite(p).all()) for p in engine.model.parameters()):
             log.warning("checkpoint_skipped", reason="parameters are not finite", step=state.step)
             return

@@ -160,7 +160,7 @@ class NanGuard:
         if saved:
             reason += f"; the weights before this step are saved in {saved}"
         engine.journal.record("stop", step=state.step, reason=reason, plugin=self.name)
-        raise TrainingHalted(f"nan_guard: step {state.step}: {reason}")
+        raise TrainingHalted(f"nan_guard: step {state.step}: {reason}", checkpoint=saved)
 
     def checkpoint_state(self) -> dict[str, Any]:
         """The counters, as stored in a checkpoint."""

@@ -205,3 +205,17 @@ def test_under_fp16_overflowing_gradients_are_left_to_the_grad_scaler(make_engin
     assert engine.scaler.get_scale() == scale / 2  # the scaler skipped that step itself
     assert not events(engine, "nan_detected")
     assert all(torch.isfinite(p).all() for p in engine.model.parameters())
+
+
+def test_the_checkpoint_plugin_leaves_the_guards_emergency_checkpoint_as_latest(
+    make_engine, tmp_path
+):
+    ckpt = checkpointing()
+    from hookloop.plugins.checkpoint import Checkpoint
+
+    engine = make_engine(batches=6, plugins=[NanGuard(), Checkpoint()], run_dir=tmp_path)
+    poison(engine, 2)
+    with pytest.raises(TrainingHalted):
+        engine.fit(max_steps=6)
+    path = tmp_path / "checkpoints" / "emergency-step-00000002"
+    assert ckpt.latest_valid_checkpoint(tmp_path) == path  # not a re-save that replays the NaN
