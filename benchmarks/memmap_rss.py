@@ -36,6 +36,7 @@ def rss_mb() -> dict[str, float]:
 
 def child(path: str, steps: int) -> None:
     import torch
+
     from hookloop import Engine
     from hookloop.data import TokenDataset
     from hookloop.model import TinyTransformerLM

@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("hookloop.commands.train", "train a language model (no arguments: the default)"),
     "sample": ("hookloop.commands.sample", "generate text from a trained run"),
     "eval": ("hookloop.commands.eval", "evaluate a checkpoint on the validation split"),
+    "schedule": ("hookloop.commands.schedule", "print and plot the learning-rate curve of the configured run"),
+    "plot": ("hookloop.commands.plot", "plot a run's loss, learning rate and gradient norm to a PNG"),
 }
 
 

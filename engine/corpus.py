@@ -19,6 +19,7 @@ import sysconfig
 from pathlib import Path
 
 import structlog
+
 from hookloop.errors import DataError
 
 __all__ = ["DEFAULT_BUDGET", "cache_dir", "default_corpus", "stdlib_files", "stdlib_texts"]

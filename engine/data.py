@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from hookloop.errors import DataError
 
 __all__ = ["SAMPLING_MODES", "TokenDataset", "check_token_range", "epoch_generator"]

@@ -22,6 +22,7 @@ from typing import Any
 
 import pluggy
 import structlog
+
 from hookloop.errors import HookloopError, PluginError
 
 __all__ = ["HookDispatcher"]

@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 import torch
+
 from hookloop.dispatch import HookDispatcher
 from hookloop.errors import ConfigError, DataError
 from hookloop.journal import Journal
@@ -118,6 +119,10 @@ class Engine:
         )
         self.scaler = torch.amp.GradScaler(self.device.type) if precision == "fp16" else None
         self._unscaled = False
+        # Fast path for the common case: no autocast and no DDP means no context managers
+        # per micro-batch, and CPU batches need no move.
+        self._plain = dtype is None and self.world_size == 1
+        self._move_batches = self.device.type != "cpu"
 
         self.pm = new_plugin_manager()
         self.plugins: dict[str, LoadedPlugin] = register_plugins(self.pm, plugins)
@@ -205,24 +210,9 @@ class Engine:
         self.hooks.call("before_step", engine=self, state=state)
 
         n = len(group)
-        total: torch.Tensor | None = None
-        for i, batch in enumerate(group):
-            batch = self.to_device(batch)
-            # DDP all-reduces gradients on every backward unless told not to: only the last
-            # micro-batch of a step needs it.
-            with self._no_sync(last=i == n - 1), self._autocast():
-                loss = self.loss_fn(self.train_model, batch)
-            scaled = loss / n if n > 1 else loss
-            if self.scaler is not None:
-                self.scaler.scale(scaled).backward()
-            else:
-                scaled.backward()
-            loss = loss.detach()
-            total = loss if total is None else total + loss
-            state.micro_step += 1
-            state.epoch_batch += 1
-            state.tokens_seen += self.count_tokens(batch) * self.world_size
-        assert total is not None
+        total = self._forward_backward(group[0], n, last=n == 1)
+        for i in range(1, n):
+            total = total + self._forward_backward(group[i], n, last=i == n - 1)
         state.loss = total / n if n > 1 else total
         self.hooks.call("after_backward", engine=self, state=state)
 
@@ -240,6 +230,28 @@ class Engine:
         self.hooks.call("after_step", engine=self, state=state)
         if self.world_size > 1:
             self._agree_on_stop()
+
+    def _forward_backward(self, batch: Any, n: int, *, last: bool) -> torch.Tensor:
+        """Forward and backward of one micro-batch; returns its detached, unscaled loss."""
+        if self._move_batches:
+            batch = self.to_device(batch)
+        if self._plain:
+            loss = self.loss_fn(self.train_model, batch)
+        else:
+            # DDP all-reduces gradients on every backward unless told not to: only the last
+            # micro-batch of a step needs it.
+            with self._no_sync(last=last), self._autocast():
+                loss = self.loss_fn(self.train_model, batch)
+        scaled = loss / n if n > 1 else loss
+        if self.scaler is not None:
+            self.scaler.scale(scaled).backward()
+        else:
+            scaled.backward()
+        state = self.state
+        state.micro_step += 1
+        state.epoch_batch += 1
+        state.tokens_seen += self.count_tokens(batch) * self.world_size
+        return loss.detach()
 
     def _step_groups(self, epoch: int, start: int) -> Iterator[tuple[Any, ...]]:
         """The epoch's micro-batches from position `start`, in groups of `accumulate`.
@@ -302,7 +314,11 @@ class Engine:
     # --- helpers plugins use -----------------------------------------------------------
 
     def to_device(self, batch: Any) -> Any:
-        """Move a tensor, or tensors nested in tuples, lists and dicts, to the engine's device."""
+        """Move a tensor, or tensors nested in tuples, lists and dicts, to the engine's device.
+
+        The loop calls this for every micro-batch when the device is not the CPU; on the CPU,
+        batches are used as the data gives them.
+        """
         if isinstance(batch, torch.Tensor):
             return batch.to(self.device, non_blocking=True)
         if isinstance(batch, (tuple, list)):

@@ -18,6 +18,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import pluggy
+
 from hookloop import hookspecs
 from hookloop.errors import PluginError
 
@@ -39,7 +40,10 @@ __all__ = [
 ENTRY_POINT_GROUP = "hookloop"
 BUILTIN_DISTRIBUTION = "hookloop"
 
-DEFAULT_PLUGINS: tuple[str, ...] = ()
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "clip", "schedule", "throughput", "eval", "checkpoint", "preemption",
+    "console", "csv", "progress",
+)
 """Built-in plugins enabled when a config says nothing about them."""
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from hookloop.errors import DataError
 from hookloop.tokenizers import Tokenizer, build_tokenizer
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 import torch
+
 from hookloop import loading
 from hookloop.config import write_config
 from hookloop.data import TokenDataset
@@ -236,9 +237,10 @@ def load_trained(run_dir: str | Path, checkpoint: str | None = None
     Raises:
         CheckpointError: the run or checkpoint is missing, or the weights do not fit.
     """
+    from safetensors.torch import load_file
+
     from hookloop.config import load_config
     from hookloop.errors import CheckpointError
-    from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").is_file():

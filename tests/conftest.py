@@ -83,3 +83,175 @@ def lm_data(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def tiny_lm_overrides(lm_data: Any) -> list[str]:
     """`--set` overrides for a tiny model trained on `lm_data`."""
     return [*TINY_LM, f"data.path={lm_data}"]
+
+
+# --- checkpoint tests: a tiny LM trained in this process or in a subprocess -----------------
+
+CKPT_WORKER = r'''
+"""Train a tiny LM with checkpoints: `python worker.py RUN_DIR --steps N [options]`.
+
+Random-window batches (resumable through iter_epoch), dropout (so RNG restore matters) and
+gradient accumulation, so an exact resume needs every piece of the checkpoint.
+"""
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from hookloop import Engine, hookimpl
+from hookloop.checkpointing import latest_valid_checkpoint, load_checkpoint
+from hookloop.loading import load_plugins
+
+VOCAB, SEQ = 32, 8
+
+
+class TinyLM(torch.nn.Module):
+    def __init__(self, vocab=VOCAB, width=16):
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab, width)
+        self.mix = torch.nn.Linear(width, width)
+        self.drop = torch.nn.Dropout(0.2)
+
+    def forward(self, x):
+        h = self.drop(torch.tanh(self.mix(self.emb(x))))
+        return F.linear(h, self.emb.weight)  # tied head
+
+
+class RandomWindows:
+    """`per_epoch` batches of random windows; epoch e draws from a generator seeded with e."""
+
+    def __init__(self, per_epoch=10, batch=4, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.tokens = torch.randint(0, VOCAB, (500,), generator=g)
+        self.per_epoch, self.batch, self.seed = per_epoch, batch, seed
+
+    def iter_epoch(self, epoch, start):
+        g = torch.Generator().manual_seed(1000 * self.seed + epoch)
+        starts = torch.randint(0, len(self.tokens) - SEQ - 1, (self.per_epoch, self.batch), generator=g)
+        for i in range(start, self.per_epoch):
+            w = torch.stack([self.tokens[s : s + SEQ + 1] for s in starts[i].tolist()])
+            yield w[:, :-1].contiguous(), w[:, 1:].contiguous()
+
+    def __iter__(self):
+        return self.iter_epoch(0, 0)
+
+
+class Trace:
+    """Append each step's loss to run_dir/trace.jsonl (one line per step, per process)."""
+
+    name = "trace"
+
+    @hookimpl
+    def after_step(self, engine, state):
+        with open(engine.run_dir / "trace.jsonl", "a") as f:
+            f.write(json.dumps({"step": state.step, "loss": state.loss.item()}) + "\n")
+
+
+class Misbehave:
+    """Test controls: sleep per step, SIGKILL self right after step `kill_after`."""
+
+    name = "misbehave"
+
+    def __init__(self, kill_after=-1, sleep=0.0, ready=False):
+        self.kill_after, self.sleep, self.ready = kill_after, sleep, ready
+
+    @hookimpl
+    def on_fit_start(self, state):
+        if self.ready:
+            print(f"READY {state.step}", flush=True)
+
+    @hookimpl
+    def after_step(self):
+        if self.sleep:
+            time.sleep(self.sleep)
+
+    @hookimpl
+    def before_step(self, state):  # so the after_step checkpoint of that step is written
+        if state.step == self.kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def build(run_dir, *, every=2, keep=2, accumulate=2, background=False, misbehave=None,
+          disable=(), seed=0):
+    torch.manual_seed(seed)
+    model = TinyLM()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01, betas=(0.9, 0.95))
+    plugins = load_plugins(
+        # A fixed schedule length: runs stopped early by fit(max_steps=k) must follow the
+        # same lr curve as the uninterrupted run they are compared with.
+        {"checkpoint": {"every_steps": every, "keep_last": keep, "background": background},
+         "schedule": {"total_steps": 64}},
+        disable=disable,
+    )
+    plugins += [Trace(), misbehave or Misbehave()]
+    return Engine(model, optimizer, RandomWindows(), val_data=list(RandomWindows(seed=1))[:2],
+                  plugins=plugins, run_dir=run_dir, accumulate=accumulate)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("run_dir")
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--every", type=int, default=2)
+    p.add_argument("--kill-after", type=int, default=-1)
+    p.add_argument("--sleep", type=float, default=0.0)
+    p.add_argument("--no-checkpoint", action="store_true")
+    a = p.parse_args()
+    from pathlib import Path
+
+    from hookloop.logs import configure_logging
+
+    configure_logging(stream=sys.stderr)
+
+    run_dir = Path(a.run_dir)
+    engine = build(run_dir, every=a.every, disable=["checkpoint"] if a.no_checkpoint else [],
+                   misbehave=Misbehave(a.kill_after, a.sleep, ready=True))
+    found = latest_valid_checkpoint(run_dir, journal=engine.journal)
+    if found is not None:
+        load_checkpoint(engine, found)
+    engine.fit(max_steps=a.steps)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+'''
+
+
+class CkptWorker:
+    """The checkpoint-test worker script: `.build(...)` in process, `.popen(...)` outside."""
+
+    def __init__(self, path: Any) -> None:
+        import runpy
+
+        self.path = path
+        self.namespace = runpy.run_path(str(path), run_name="ckpt_worker")
+        self.build = self.namespace["build"]
+
+    def popen(self, run_dir: Any, *args: str, env: dict | None = None) -> Any:
+        import os
+        import subprocess
+        import sys
+
+        return subprocess.Popen(
+            [sys.executable, str(self.path), str(run_dir), *args], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+        )
+
+    def run(self, run_dir: Any, *args: str, env: dict | None = None) -> Any:
+        proc = self.popen(run_dir, *args, env=env)
+        out, err = proc.communicate(timeout=120)
+        return proc.returncode, out, err
+
+
+@pytest.fixture(scope="session")
+def ckpt_worker(tmp_path_factory: pytest.TempPathFactory) -> CkptWorker:
+    """A tiny LM training script with random windows, dropout, accumulation and checkpoints."""
+    path = tmp_path_factory.mktemp("worker") / "worker.py"
+    path.write_text(CKPT_WORKER)
+    return CkptWorker(path)

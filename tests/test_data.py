@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from hookloop.data import TokenDataset, check_token_range
 from hookloop.errors import DataError
 

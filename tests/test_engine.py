@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+
 from hookloop import ConfigError, DataError, Engine, PluginError, hookimpl
 
 

@@ -7,6 +7,7 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+
 from hookloop import Engine, PluginError, hookimpl, loading
 from hookloop.loading import LoadedPlugin, PluginInfo
 

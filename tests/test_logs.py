@@ -25,6 +25,7 @@ def test_json_format_prints_one_json_object_per_line(capsys):
     import io
 
     import structlog
+
     from hookloop.logs import configure_logging
 
     stream = io.StringIO()

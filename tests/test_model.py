@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hookloop.model import TinyTransformerLM
 from safetensors.torch import load_file, save_file
+
+from hookloop.model import TinyTransformerLM
 
 
 def tiny(vocab=37, **kw):

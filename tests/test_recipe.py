@@ -8,6 +8,8 @@ import time
 
 import pytest
 import torch
+from safetensors.torch import save_file
+
 from hookloop.config import load_config
 from hookloop.errors import CheckpointError, ConfigError, DataError
 from hookloop.prepare import prepare_texts, read_meta
@@ -19,7 +21,6 @@ from hookloop.recipe import (
     resolve_device,
     set_threads,
 )
-from safetensors.torch import save_file
 
 
 def test_build_run_writes_config_and_tokenizer(tmp_path, tiny_lm_overrides, lm_data):
@@ -84,7 +85,9 @@ def test_run_dirs(tmp_path):
 
 
 def test_load_trained_reads_the_latest_checkpoint(tmp_path, tiny_lm_overrides):
-    run = build_run(load_config(None, tiny_lm_overrides), tmp_path / "run")
+    # weights written in the agreed layout by hand (the checkpoint plugin is left out)
+    no_ckpt = [*tiny_lm_overrides, 'plugins.disable=["checkpoint"]']
+    run = build_run(load_config(None, no_ckpt), tmp_path / "run")
     with pytest.raises(CheckpointError, match="has no checkpoint yet"):
         load_trained(tmp_path / "run")
     run.fit()
@@ -101,6 +104,15 @@ def test_load_trained_reads_the_latest_checkpoint(tmp_path, tiny_lm_overrides):
     save_file({"tok_emb.weight": torch.zeros(2, 2)}, ckpt / "model.safetensors")
     with pytest.raises(CheckpointError, match="does not fit the model"):
         load_trained(tmp_path / "run")
+
+
+def test_the_checkpoint_plugin_output_loads(tmp_path, tiny_lm_overrides):
+    run = build_run(load_config(None, tiny_lm_overrides), tmp_path / "run")
+    run.fit()
+    model, _, _, path = load_trained(tmp_path / "run")
+    assert path.parent == tmp_path / "run" / "checkpoints"
+    ids = torch.tensor([[1, 2, 3]])
+    torch.testing.assert_close(model(ids), run.engine.model.eval()(ids))
 
 
 def test_device_and_threads():

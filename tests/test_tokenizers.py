@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from hookloop.errors import DataError
 from hookloop.tokenizers import (
     ByteTokenizer,

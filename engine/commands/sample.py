@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load the run's model and print the prompt and its continuation."""
     from hookloop.errors import CheckpointError, ConfigError
-    from hookloop.recipe import latest_run_dir, load_trained
+    from hookloop.recipe import latest_run_dir, load_trained, set_threads
 
     run_dir = args.run_dir or latest_run_dir(args.runs)
     if run_dir is None:
@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--top-k must be >= 1, got {args.top_k}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ConfigError(f"--top-p must be in (0, 1], got {args.top_p}")
-    model, tokenizer, _, _ = load_trained(run_dir, args.checkpoint)
+    model, tokenizer, config, _ = load_trained(run_dir, args.checkpoint)
+    set_threads(config["training"]["threads"])
     prompt = "\n" if args.prompt is None else args.prompt
     ids = tokenizer.encode(prompt).tolist()
     if not ids:

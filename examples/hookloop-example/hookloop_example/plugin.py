@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import structlog
-from hookloop import PluginError, hookimpl
 
+from hookloop import PluginError, hookimpl
 from hookloop_example import hookspecs
 
 if TYPE_CHECKING:

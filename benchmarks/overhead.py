@@ -1,0 +1,169 @@
+"""Per-step cost of the Engine against a hand-written PyTorch loop, on the same work.
+
+Three variants run the same model from the same seed over the same pre-made batches:
+
+    raw       for batch: loss = loss_fn(model, batch); backward; step; zero_grad
+    engine    Engine(...).fit() with no plugins
+    defaults  Engine(...).fit() with the default built-in plugins (whatever is installed)
+
+Each variant records a timestamp after every optimizer step; the per-step time of a round is
+the median of the differences (so a rare checkpoint write does not hide the steady state) and
+the mean is shown too. Rounds interleave the variants (raw, engine, defaults, raw, ...) so
+machine noise hits all of them alike; the table gives the median over rounds with min-max.
+
+    python benchmarks/overhead.py                   # both models
+    python benchmarks/overhead.py --model mlp --steps 2000 --rounds 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from hookloop import Engine, hookimpl
+from hookloop.loading import load_plugins
+from hookloop.logs import configure_logging
+
+
+class Clock:
+    """Records the time at the end of every step (runs after every other plugin)."""
+
+    name = "clock"
+
+    def __init__(self, stamps: list[float]) -> None:
+        self.stamps = stamps
+
+    @hookimpl(trylast=True)  # time the step including every other plugin's after_step
+    def after_step(self) -> None:
+        self.stamps.append(time.perf_counter())
+
+
+def mlp_setup(seed: int, steps: int) -> tuple[torch.nn.Module, list[Any], Callable, None]:
+    """A two-layer MLP on 4x8 inputs: a step well under a millisecond."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8))
+    g = torch.Generator().manual_seed(seed)
+    batches = [(torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g))
+               for _ in range(steps)]
+    return model, batches, lambda m, b: F.mse_loss(m(b[0]), b[1]), None
+
+
+def transformer_setup(seed: int, steps: int) -> tuple[torch.nn.Module, list[Any], Callable, int]:
+    """hookloop's TinyTransformerLM (4 layers, d_model 128, context 64, batch 12, vocab 65)."""
+    from hookloop.losses import next_token_loss
+    from hookloop.model import TinyTransformerLM
+
+    torch.manual_seed(seed)
+    vocab = 65
+    model = TinyTransformerLM(vocab_size=vocab, d_model=128, n_heads=4, n_layers=4, d_ff=512,
+                              max_seq_len=64, dropout=0.0)
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, vocab, (steps, 12, 65), generator=g)
+    batches = [(t[:, :-1], t[:, 1:]) for t in tokens]
+    return model, batches, next_token_loss, vocab
+
+
+def raw_loop(model, optimizer, batches, loss_fn, stamps: list[float]) -> None:
+    model.train()
+    for batch in batches:
+        loss = loss_fn(model, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        stamps.append(time.perf_counter())
+
+
+PLUGIN_COSTS: dict[str, list[float]] = {}
+
+
+def run_variant(variant: str, setup: Callable, steps: int, seed: int) -> list[float]:
+    model, batches, loss_fn, _ = setup(seed, steps)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    stamps: list[float] = [time.perf_counter()]
+    if variant == "raw":
+        raw_loop(model, optimizer, batches, loss_fn, stamps)
+        return stamps
+    with tempfile.TemporaryDirectory() as run_dir:
+        plugins: list[Any] = [Clock(stamps)]
+        if variant == "defaults":
+            plugins += load_plugins()
+        engine = Engine(model, optimizer, batches, loss_fn=loss_fn, val_data=batches[:4],
+                        plugins=plugins, run_dir=Path(run_dir))
+        stamps[0] = time.perf_counter()
+        engine.fit(max_steps=steps)
+        if variant == "defaults":
+            for name, ms in engine.plugin_costs().items():
+                PLUGIN_COSTS.setdefault(name, []).append(ms * 1000)
+    return stamps
+
+
+def per_step(stamps: list[float], warmup: int) -> tuple[float, float]:
+    """Median and mean seconds per step after `warmup` steps."""
+    diffs = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1:], strict=False)]
+    return statistics.median(diffs), sum(diffs) / len(diffs)
+
+
+def bench(name: str, setup: Callable, steps: int, rounds: int, seed: int) -> list[str]:
+    variants = ("raw", "engine", "defaults")
+    medians: dict[str, list[float]] = {v: [] for v in variants}
+    means: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(rounds):
+        for variant in variants:
+            median, mean = per_step(run_variant(variant, setup, steps, seed), warmup=steps // 10)
+            medians[variant].append(median)
+            means[variant].append(mean)
+    raw = statistics.median(medians["raw"])
+    rows = [f"\n### {name}: {steps} steps x {rounds} interleaved rounds\n",
+            "| variant | median µs/step (min–max over rounds) | mean µs/step | ratio to raw "
+            "| overhead µs/step |",
+            "| --- | --- | --- | --- | --- |"]
+    for v in variants:
+        med = statistics.median(medians[v])
+        rows.append(
+            f"| {v} | {med * 1e6:.1f} ({min(medians[v]) * 1e6:.1f}–{max(medians[v]) * 1e6:.1f}) "
+            f"| {statistics.median(means[v]) * 1e6:.1f} | {med / raw:.4f} "
+            f"| {(med - raw) * 1e6:+.1f} |"
+        )
+    costs = ", ".join(
+        f"{name} {statistics.median(us):.1f}"
+        for name, us in sorted(PLUGIN_COSTS.items(), key=lambda kv: -statistics.median(kv[1]))
+        if name != "clock"
+    )
+    rows.append(f"\nTime inside each default plugin's hooks, µs/step (median over rounds, "
+                f"including periodic work): {costs}")
+    PLUGIN_COSTS.clear()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("mlp", "transformer", "both"), default="both")
+    parser.add_argument("--steps", type=int, default=0, help="steps per round (default per model)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # two threads stall intermittently on 2-core hosts
+    configure_logging(stream=io.StringIO())  # keep plugin log lines out of the table
+    default_plugins = [p.name for p in load_plugins()]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread, "
+          f"default plugins: {', '.join(default_plugins) or '(none)'}")
+    models = {"mlp": (mlp_setup, 3000), "transformer": (transformer_setup, 150)}
+    for name in (models if args.model == "both" else [args.model]):
+        setup, default_steps = models[name]
+        for row in bench(name, setup, args.steps or default_steps, args.rounds, args.seed):
+            print(row, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""Save checkpoints on a schedule, keep the last few and the best, and save on the way out.
+
+Checkpoints go to `run_dir/checkpoints/step-<N>/` in the format of `hookloop.checkpointing`
+(atomic: a crash at any instant leaves the previous checkpoint loadable); `latest` names the
+newest, `best` the one with the best watched metric. Only rank 0 writes. An engine without a
+`run_dir` saves nothing.
+
+    [plugins.checkpoint]
+    every_steps = 1000        # save every N optimizer steps (0: never on a step count)
+    every_minutes = 0.0       # also save when this many minutes passed since the last save
+    keep_last = 3             # keep the newest K checkpoints (0: keep all); `best` is never pruned
+    monitor = "val_loss"      # metric from on_eval_end that `best` tracks ("" turns it off)
+    mode = "min"              # "min" or "max"
+    save_on_end = true        # save when fit() ends (also after a stop request)
+    save_on_exception = true  # save when fit() raises, if every parameter is still finite
+    background = false        # copy tensors to CPU, then write on a thread
+
+Hooks: `on_fit_start`, `after_step` and `on_epoch_end` (trylast), `on_eval_end`,
+`on_fit_end`, `on_exception`, `on_save_checkpoint` / `on_load_checkpoint`.
+Cost: a modulo and a clock read per step; a save costs what writing the tensors costs
+(with `background`, only the copy to CPU stalls the loop; `checkpoint_saved` records it).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import torch
+
+from hookloop import checkpointing as ckpt
+from hookloop.errors import PluginError
+from hookloop.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from hookloop.engine import Engine
+    from hookloop.state import State
+
+__all__ = ["Checkpoint"]
+
+log = structlog.get_logger(__name__)
+
+
+class Checkpoint:
+    """Periodic, best, final and emergency checkpoints with keep-last-K pruning."""
+
+    name = "checkpoint"
+
+    def __init__(
+        self, *, every_steps: int = 1000, every_minutes: float = 0.0, keep_last: int = 3,
+        monitor: str = "val_loss", mode: str = "min", save_on_end: bool = True,
+        save_on_exception: bool = True, background: bool = False,
+    ) -> None:
+        for option, value in (("every_steps", every_steps), ("keep_last", keep_last)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise PluginError(f"checkpoint: option {option} must be an int >= 0, got {value!r}")
+        if not isinstance(every_minutes, (int, float)) or every_minutes < 0:
+            raise PluginError(f"checkpoint: option every_minutes must be >= 0, got {every_minutes!r}")
+        if mode not in ("min", "max"):
+            raise PluginError(f"checkpoint: option mode must be 'min' or 'max', got {mode!r}")
+        self.every_steps, self.every_minutes, self.keep_last = every_steps, every_minutes, keep_last
+        self.monitor, self.mode = monitor, mode
+        self.save_on_end, self.save_on_exception = save_on_end, save_on_exception
+        self.background = background
+        # Persisted: the checkpoints this run wrote (oldest first), the best one and its value.
+        self.saved: list[str] = []
+        self.best: str | None = None
+        self.best_value: float | None = None
+        self._pending_best: tuple[int, float] | None = None  # (step, value) awaiting a save
+        self._last_key: tuple[int, ...] | None = None  # counters of the last save
+        self._consistent: dict[str, int] = {}  # counters at the last step boundary
+        self._last_time = time.monotonic()
+        self._thread: threading.Thread | None = None
+        self._thread_result: tuple[Engine, Path, dict, float] | BaseException | None = None
+
+    # --- hooks -----------------------------------------------------------------------
+
+    @hookimpl
+    def on_fit_start(self, state: State) -> None:
+        self._last_time = time.monotonic()
+        self._consistent = state.counters()
+
+    @hookimpl(trylast=True)  # after every other plugin has updated the state it saves
+    def after_step(self, engine: Engine, state: State) -> None:
+        self._consistent = state.counters()
+        if self._thread is not None and not self._thread.is_alive():
+            self._finish(engine)
+        due = self.every_steps and state.step % self.every_steps == 0
+        if not due and self.every_minutes:
+            due = time.monotonic() - self._last_time >= 60.0 * self.every_minutes
+        if due or self._best_due(state):
+            self.save(engine, reason="periodic" if due else "best")
+
+    @hookimpl(trylast=True)  # same reason as after_step
+    def on_epoch_end(self, engine: Engine, state: State) -> None:
+        self._consistent = state.counters()
+        if self._best_due(state):
+            self.save(engine, reason="best")
+
+    @hookimpl
+    def on_eval_end(self, state: State, metrics: dict[str, float]) -> None:
+        value = metrics.get(self.monitor) if self.monitor else None
+        if value is None or not math.isfinite(float(value)):
+            return
+        value = float(value)
+        if self.best_value is None or (
+            value < self.best_value if self.mode == "min" else value > self.best_value
+        ):
+            self._pending_best = (state.step, value)
+
+    @hookimpl
+    def on_fit_end(self, engine: Engine) -> None:
+        if self.save_on_end:
+            self.save(engine, reason="end")
+        self.wait(engine)
+
+    @hookimpl
+    def on_exception(self, engine: Engine, state: State, error: BaseException) -> None:
+        self.wait(engine)
+        if not self.save_on_exception or not engine.is_main_process or engine.run_dir is None:
+            return
+        if not all(bool(torch.isfinite(p).all()) for p in engine.model.parameters()):
+            log.warning("checkpoint_skipped", reason="parameters are not finite", step=state.step)
+            return
+        counters = state.counters()
+        # Raised between micro-batches: the data position is mid-step, the weights are not.
+        mid_step = counters != self._consistent and counters["step"] == self._consistent.get("step")
+        self.save(engine, reason=f"exception: {type(error).__name__}",
+                  counters=self._consistent if mid_step else None, wait=True)
+
+    @hookimpl
+    def on_save_checkpoint(self) -> dict[str, Any]:
+        return {"saved": list(self.saved), "best": self.best, "best_value": self.best_value}
+
+    @hookimpl
+    def on_load_checkpoint(self, state: State, saved: dict[str, Any]) -> None:
+        self.saved, self.best = list(saved["saved"]), saved["best"]
+        self.best_value = saved["best_value"]
+        self._last_key = tuple(state.counters().values())
+
+    # --- saving ----------------------------------------------------------------------
+
+    def save(
+        self, engine: Engine, *, reason: str, counters: dict[str, int] | None = None,
+        wait: bool = False,
+    ) -> Path | None:
+        """Save a checkpoint of the current state now, unless this state is already saved.
+
+        Args:
+            engine: The engine to save.
+            reason: Why, for the journal (`periodic`, `best`, `end`, `preempted`, ...).
+            counters: Counters to record instead of the state's (see `snapshot`).
+            wait: Return only once the checkpoint is on disk, even in background mode.
+
+        Returns:
+            The checkpoint directory, or None on a non-zero rank or without a run_dir.
+        """
+        state = engine.state
+        if not engine.is_main_process or engine.run_dir is None:
+            return None
+        directory = engine.run_dir / ckpt.CHECKPOINTS_DIR / ckpt.checkpoint_name(
+            (counters or state.counters())["step"])
+        key = tuple((counters or state.counters()).values())
+        if key == self._last_key:
+            return directory
+        self.wait(engine)
+        is_best = self._best_due(state)
+        if is_best:
+            self.best, self.best_value = directory.name, self._pending_best[1]
+            self._pending_best = None
+        if directory.name in self.saved:
+            self.saved.remove(directory.name)
+        self.saved.append(directory.name)
+        self._last_time = time.monotonic()
+        start = time.perf_counter()
+        snap = ckpt.snapshot(engine, extra={"reason": reason}, counters=counters,
+                             copy=self.background and not wait)
+        info = {"reason": reason, "best": is_best, "step": key[0]}
+        if self.background and not wait:
+            self._last_key = key  # in flight; forgotten again if the write fails
+            self._thread = threading.Thread(
+                target=self._write_in_thread, args=(engine, snap, directory, info, start),
+                name="hookloop-checkpoint", daemon=True,
+            )
+            self._thread.start()
+            log.debug("checkpoint_started", path=str(directory),
+                      stall_ms=round(1000 * (time.perf_counter() - start), 3))
+            return directory
+        ckpt.write_snapshot(snap, directory)
+        self._last_key = key
+        self._saved(engine, directory, info, time.perf_counter() - start)
+        return directory
+
+    def _write_in_thread(self, engine: Engine, snap: ckpt.Snapshot, directory: Path,
+                         info: dict, start: float) -> None:
+        stall = time.perf_counter() - start
+        try:
+            ckpt.write_snapshot(snap, directory)
+            self._thread_result = (engine, directory, {**info, "stall_ms": 1000 * stall},
+                                   time.perf_counter() - start)
+        except BaseException as exc:  # re-raised in the training thread by _finish
+            self._thread_result = exc
+
+    def wait(self, engine: Engine) -> None:
+        """Wait for a background save in flight, then record it (re-raising its error)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._finish(engine)
+
+    def _finish(self, engine: Engine) -> None:
+        result, self._thread, self._thread_result = self._thread_result, None, None
+        if isinstance(result, BaseException):
+            self._last_key = None
+            raise result
+        if result is not None:
+            self._saved(*result)
+
+    def _saved(self, engine: Engine, directory: Path, info: dict, seconds: float) -> None:
+        if info.pop("best"):
+            ckpt.write_pointer(directory.parent, ckpt.BEST, directory.name)
+        engine.journal.record(
+            "checkpoint_saved", step=info.pop("step"), reason=info.pop("reason"),
+            path=str(directory), seconds=round(seconds, 4), best=self.best == directory.name,
+            **{k: round(v, 3) for k, v in info.items()},
+        )
+        self._prune(engine, directory.parent)
+
+    def _best_due(self, state: State) -> bool:
+        return self._pending_best is not None and self._pending_best[0] == state.step
+
+    def _prune(self, engine: Engine, checkpoints: Path) -> None:
+        if not self.keep_last:
+            return
+        keep = set(self.saved[-self.keep_last:]) | {self.best}
+        for name in [n for n in self.saved if n not in keep]:
+            self.saved.remove(name)
+            shutil.rmtree(checkpoints / name, ignore_errors=True)
+            engine.journal.record("checkpoint_pruned", step=engine.state.step,
+                                  reason=f"keep_last={self.keep_last}", path=str(checkpoints / name))

@@ -1,0 +1,68 @@
+"""Clip gradients by their global norm or element by element, and record the norm.
+
+    [plugins.clip]
+    max_norm = 1.0       # clip the global L2 norm to this (mode = "norm")
+    mode = "norm"        # "norm" or "value"
+    max_value = 1.0      # clamp every gradient element to [-max_value, max_value] (mode = "value")
+
+Writes two metrics each step, both as tensors so nothing waits for the device:
+`grad_norm`, the global L2 norm of the gradients *before* clipping, and `clipped`, a bool
+tensor telling whether clipping changed anything. Under fp16 the gradients are unscaled
+first (`engine.unscale_gradients()`), so the norm and the threshold are in true units.
+
+Hooks: `on_fit_start` (collects the parameters), `after_backward`. Cost: one pass over
+the gradients (the norm that `clip_grad_norm_` computes anyway); in value mode, a second
+pass for the max-abs test. No host sync.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from hookloop import PluginError, hookimpl
+
+if TYPE_CHECKING:
+    from hookloop import Engine, State
+
+__all__ = ["GradClip"]
+
+MODES = ("norm", "value")
+
+
+class GradClip:
+    """Clip gradients after backward and record their pre-clip global norm."""
+
+    name = "clip"
+
+    def __init__(self, *, max_norm: float = 1.0, mode: str = "norm", max_value: float = 1.0) -> None:
+        if mode not in MODES:
+            raise PluginError(f"clip: option mode must be 'norm' or 'value', got {mode!r}")
+        for option, value in (("max_norm", max_norm), ("max_value", max_value)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise PluginError(f"clip: option {option} must be a number > 0, got {value!r}")
+        self.mode, self.max_norm, self.max_value = mode, float(max_norm), float(max_value)
+        self._params: list[torch.nn.Parameter] = []
+
+    @hookimpl
+    def on_fit_start(self, engine: Engine) -> None:
+        self._params = [p for p in engine.model.parameters() if p.requires_grad]
+
+    @hookimpl
+    def after_backward(self, engine: Engine, state: State) -> None:
+        engine.unscale_gradients()  # fp16: clip true gradients, not loss-scaled ones
+        params = [p for p in self._params if p.grad is not None]
+        if not params:
+            return
+        if self.mode == "norm":
+            # Returns the total norm before clipping, as a tensor on the device.
+            norm = torch.nn.utils.clip_grad_norm_(params, self.max_norm)
+            clipped = norm > self.max_norm
+        else:
+            grads = [p.grad for p in params]
+            norm = torch.nn.utils.get_total_norm(grads)
+            clipped = torch.nn.utils.get_total_norm(grads, norm_type=float("inf")) > self.max_value
+            torch.nn.utils.clip_grad_value_(params, self.max_value)
+        state.metrics["grad_norm"] = norm.detach()
+        state.metrics["clipped"] = clipped

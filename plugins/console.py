@@ -1,0 +1,102 @@
+"""Log one line of training progress every `every` steps, plus each evaluation.
+
+    [plugins.console]
+    every = 10         # log every N optimizer steps (and always the last step)
+    ema_beta = 0.9     # smoothing of the `ema_loss` field
+
+A `train` line carries step, loss, ema_loss (smoothed), ppl, lr, grad_norm (when `clip`
+runs), tokens_per_s (since the previous line), elapsed and eta; an `eval` line carries the
+validation metrics. Lines go through structlog, so `hookloop --log-format json` turns them
+into JSON objects and the default gives human key=value text.
+
+Hooks: `on_fit_start`, `after_step`, `on_eval_end`, `on_fit_end`. Cost: one small tensor
+op per step (the smoothed loss); one host sync on the steps it logs, none on the others.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from hookloop import PluginError, hookimpl
+from hookloop.plugins._metrics import METRIC_WRITERS, LossEMA, step_values, to_floats
+
+if TYPE_CHECKING:
+    from hookloop import Engine, State
+
+__all__ = ["Console"]
+
+log = structlog.get_logger(__name__)
+
+
+def _clock(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=round(seconds)))
+
+
+def _sig(value: float) -> float:
+    return float(f"{value:.5g}")
+
+
+class Console:
+    """A structlog line every `every` steps with loss, lr, grad norm, speed and ETA."""
+
+    name = "console"
+    critical = False  # a broken log line must not stop training
+    after = METRIC_WRITERS  # run after them in after_step: see this step's metrics
+
+    def __init__(self, *, every: int = 10, ema_beta: float = 0.9) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise PluginError(f"console: option every must be an integer >= 1, got {every!r}")
+        if isinstance(ema_beta, bool) or not isinstance(ema_beta, (int, float)) or not 0 <= ema_beta < 1:
+            raise PluginError(f"console: option ema_beta must be in [0, 1), got {ema_beta!r}")
+        self.every = every
+        self.ema = LossEMA(float(ema_beta))
+        self._start = self._last = 0.0
+        self._start_step = self._last_tokens = 0
+        self._total: int | None = None
+
+    @hookimpl
+    def on_fit_start(self, engine: Engine, state: State) -> None:
+        self._start = self._last = time.perf_counter()
+        self._start_step, self._last_tokens = state.step, state.tokens_seen
+        self._total = engine.max_steps
+        if self._total is None and engine.max_epochs and hasattr(engine.train_data, "__len__"):
+            self._total = engine.max_epochs * (len(engine.train_data) // engine.accumulate)
+
+    @hookimpl
+    def after_step(self, engine: Engine, state: State) -> None:
+        self.ema.update(state.loss)  # tensor op: no sync
+        if state.step % self.every and state.step != self._total:
+            return
+        if not engine.is_main_process:
+            return
+        values = step_values(state, self.ema)  # the one host sync, on logged steps only
+        now = time.perf_counter()
+        fields: dict[str, Any] = {"step": state.step}
+        for key in ("loss", "ema_loss", "ppl", "lr", "grad_norm"):
+            if key in values:
+                fields[key] = _sig(values[key])
+        if now > self._last:
+            fields["tokens_per_s"] = round((state.tokens_seen - self._last_tokens) / (now - self._last))
+        fields["elapsed"] = _clock(now - self._start)
+        done = state.step - self._start_step
+        if self._total is not None and done > 0:
+            fields["eta"] = _clock((now - self._start) / done * max(self._total - state.step, 0))
+        self._last, self._last_tokens = now, state.tokens_seen
+        log.info("train", **fields)
+
+    @hookimpl
+    def on_eval_end(self, engine: Engine, state: State, metrics: dict[str, float]) -> None:
+        if engine.is_main_process:
+            log.info("eval", step=state.step, **{k: _sig(v) for k, v in to_floats(metrics).items()})
+
+    @hookimpl
+    def on_fit_end(self, engine: Engine, state: State) -> None:
+        if engine.is_main_process:
+            log.info(
+                "fit_end", step=state.step, reason=state.should_stop or "planned length reached",
+                elapsed=_clock(time.perf_counter() - self._start),
+            )

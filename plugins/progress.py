@@ -1,0 +1,97 @@
+"""Show a progress bar over the run's steps, with the loss and learning rate.
+
+    [plugins.progress]
+    enabled = "auto"   # "auto": only when stdout is a terminal and CI is not set; true; false
+    refresh_s = 0.5    # seconds between updates of the loss / lr shown on the bar
+
+The bar (tqdm, optional extra `[progress]`) goes to standard output. With `enabled = "auto"`
+it stays off when standard output is not a terminal or the `CI` environment variable is set,
+so log files and CI output stay clean; if tqdm is not installed it is silently off (a debug
+log line says why). `enabled = true` forces the bar on and is a `PluginError` without tqdm.
+
+Hooks: `on_fit_start`, `after_step`, `on_fit_end`, `on_exception`. Cost: a counter update
+per step; the loss (one host sync) is read at most once every `refresh_s` seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from hookloop import PluginError, hookimpl
+from hookloop.plugins._metrics import METRIC_WRITERS, ClosesAtEnd
+
+if TYPE_CHECKING:
+    from hookloop import Engine, State
+
+__all__ = ["Progress"]
+
+log = structlog.get_logger(__name__)
+
+
+class Progress(ClosesAtEnd):
+    """A tqdm bar over optimizer steps."""
+
+    name = "progress"
+    critical = False  # a display: failing must not stop training
+    after = METRIC_WRITERS  # run after them in after_step: show this step's lr
+
+    def __init__(self, *, enabled: bool | str = "auto", refresh_s: float = 0.5) -> None:
+        if enabled not in ("auto", True, False):
+            raise PluginError(f"progress: option enabled must be 'auto', true or false, got {enabled!r}")
+        if isinstance(refresh_s, bool) or not isinstance(refresh_s, (int, float)) or refresh_s < 0:
+            raise PluginError(f"progress: option refresh_s must be a number >= 0, got {refresh_s!r}")
+        if enabled is True:
+            try:
+                import tqdm  # noqa: F401
+            except ImportError as exc:
+                raise PluginError(
+                    "progress: enabled = true needs tqdm; run `pip install 'hookloop[progress]'`"
+                ) from exc
+        self.enabled, self.refresh_s = enabled, float(refresh_s)
+        self.bar: Any = None
+        self._shown = 0.0
+
+    def wanted(self) -> bool:
+        """Whether to show a bar in this process, for `enabled = "auto"`."""
+        return sys.stdout.isatty() and not os.environ.get("CI")
+
+    @hookimpl
+    def on_fit_start(self, engine: Engine, state: State) -> None:
+        self.close()
+        if not engine.is_main_process or not (self.enabled is True or (self.enabled and self.wanted())):
+            return
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            log.debug("progress_off", reason="tqdm is not installed (pip install 'hookloop[progress]')")
+            return
+        self.bar = tqdm(
+            total=engine.max_steps, initial=state.step, unit="step", file=sys.stdout,
+            dynamic_ncols=True, desc="train",
+        )
+        self._shown = 0.0
+
+    @hookimpl
+    def after_step(self, state: State) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        now = time.monotonic()
+        if now - self._shown >= self.refresh_s and state.loss is not None:
+            self._shown = now
+            postfix = {"loss": f"{state.loss.item():.4f}"}  # the sync, at most every refresh_s
+            if "lr" in state.metrics:
+                postfix["lr"] = f"{float(state.metrics['lr']):.3e}"
+            self.bar.set_postfix(postfix, refresh=False)
+
+    def close(self) -> None:
+        """Close it now; the hooks call this at the end of fit()."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+

@@ -1,0 +1,137 @@
+"""Set the learning rate of every step as a pure function of the optimizer step.
+
+Because the rate depends on the step number alone, a resumed run continues exactly the
+same curve: there is no scheduler object whose state could drift from the checkpoint.
+
+    [plugins.schedule]
+    kind = "cosine"        # "cosine" | "constant" | "linear" | "wsd"
+    warmup_steps = 0       # linear warmup from 0 to the peak lr; 0 = none
+    min_lr = 0.0           # absolute lr reached at total_steps (cosine, linear, wsd)
+    total_steps = 0        # length of the curve; 0 = the max_steps given to fit()
+    decay_fraction = 0.2   # wsd only: the final fraction of total_steps that decays
+
+The peak lr is each parameter group's lr when the run starts, kept in
+`group["initial_lr"]` (saved with the optimizer, so a resume keeps it). For optimizer step
+`k` (1-based: the k-th update) the plugin sets `lr = lr_at(k, ...)`, the seed's closed form:
+warmup `peak * k / warmup_steps` for `k <= warmup_steps`, then
+`min_lr + (peak - min_lr) * 0.5 * (1 + cos(pi * p))` with
+`p = (k - warmup_steps) / (total_steps - warmup_steps)`. Counting from 1 means no update is
+wasted at lr 0 and the last update of the run uses exactly `min_lr`. Past `total_steps` the
+rate stays at `min_lr` (the seed's cosine would climb back up).
+
+Hooks: `on_fit_start` (resolve total_steps, record peaks), `before_step` (set lr, write the
+`lr` metric). Cost: a few float operations per step, no tensor work.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from hookloop import PluginError, hookimpl
+
+if TYPE_CHECKING:
+    from hookloop import Engine, State
+
+__all__ = ["KINDS", "LRSchedule", "lr_at"]
+
+KINDS = ("cosine", "constant", "linear", "wsd")
+
+
+def lr_at(
+    step: int, *, peak_lr: float, kind: str = "cosine", warmup_steps: int = 0,
+    total_steps: int, min_lr: float = 0.0, decay_fraction: float = 0.2,
+) -> float:
+    """The learning rate of the `step`-th optimizer update (1-based) of a schedule.
+
+    Args:
+        step: The update number; 0 gives 0.0 when there is a warmup.
+        peak_lr: The rate reached at the end of warmup.
+        kind: `cosine` (decay to min_lr along half a cosine), `constant` (peak after warmup),
+            `linear` (straight line to min_lr), `wsd` (warmup, stable at peak, then a linear
+            decay to min_lr over the last `decay_fraction` of the steps).
+        warmup_steps: Steps of linear warmup from 0 to `peak_lr`.
+        total_steps: The step at which the decay reaches `min_lr`.
+        min_lr: The floor of the decay, absolute.
+        decay_fraction: The decaying share of `total_steps` for `wsd`.
+    """
+    if warmup_steps > 0 and step <= warmup_steps:
+        return peak_lr * step / warmup_steps
+    if kind == "constant":
+        return peak_lr
+    if step >= total_steps:
+        return min_lr
+    if kind == "wsd":
+        decay_start = max(warmup_steps, total_steps - round(decay_fraction * total_steps))
+        if step <= decay_start:
+            return peak_lr
+        progress = (step - decay_start) / (total_steps - decay_start)
+        return peak_lr + (min_lr - peak_lr) * progress
+    progress = (step - warmup_steps) / (total_steps - warmup_steps)
+    if kind == "linear":
+        return peak_lr + (min_lr - peak_lr) * progress
+    return min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class LRSchedule:
+    """Warmup followed by cosine, constant, linear or warmup-stable-decay learning rates."""
+
+    name = "schedule"
+
+    def __init__(
+        self, *, kind: str = "cosine", warmup_steps: int = 0, min_lr: float = 0.0,
+        total_steps: int = 0, decay_fraction: float = 0.2,
+    ) -> None:
+        if kind not in KINDS:
+            raise PluginError(f"schedule: option kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        for option, value in (("warmup_steps", warmup_steps), ("total_steps", total_steps)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise PluginError(f"schedule: option {option} must be an integer >= 0, got {value!r}")
+        if not isinstance(min_lr, (int, float)) or isinstance(min_lr, bool) or min_lr < 0:
+            raise PluginError(f"schedule: option min_lr must be a number >= 0, got {min_lr!r}")
+        if not isinstance(decay_fraction, (int, float)) or not 0 < decay_fraction <= 1:
+            raise PluginError(
+                f"schedule: option decay_fraction must be in (0, 1], got {decay_fraction!r}"
+            )
+        if total_steps and warmup_steps >= total_steps:
+            raise PluginError(
+                f"schedule: warmup_steps ({warmup_steps}) must be less than total_steps ({total_steps})"
+            )
+        self.kind, self.warmup_steps, self.min_lr = kind, warmup_steps, float(min_lr)
+        self.total_steps, self.decay_fraction = total_steps, float(decay_fraction)
+        self.resolved_total = total_steps
+
+    @hookimpl
+    def on_fit_start(self, engine: Engine) -> None:
+        total = self.total_steps or engine.max_steps
+        if not total and engine.max_epochs and hasattr(engine.train_data, "__len__"):
+            total = engine.max_epochs * (len(engine.train_data) // engine.accumulate)
+        if not total:
+            raise PluginError(
+                "schedule: cannot tell how long the run is; set [plugins.schedule] total_steps "
+                "or pass max_steps to fit()"
+            )
+        if self.kind != "constant" and self.warmup_steps >= total:
+            raise PluginError(
+                f"schedule: warmup_steps ({self.warmup_steps}) must be less than the run's "
+                f"{total} steps; lower warmup_steps"
+            )
+        for group in engine.optimizer.param_groups:
+            peak = group.setdefault("initial_lr", group["lr"])
+            if self.kind != "constant" and self.min_lr > peak:
+                raise PluginError(f"schedule: min_lr ({self.min_lr}) is above the peak lr ({peak})")
+        self.resolved_total = total
+
+    def lr(self, step: int, peak_lr: float) -> float:
+        """The rate of update `step` (1-based) for a group whose peak is `peak_lr`."""
+        return lr_at(
+            step, peak_lr=peak_lr, kind=self.kind, warmup_steps=self.warmup_steps,
+            total_steps=self.resolved_total, min_lr=self.min_lr, decay_fraction=self.decay_fraction,
+        )
+
+    @hookimpl
+    def before_step(self, engine: Engine, state: State) -> None:
+        step = state.step + 1  # the update about to happen, counted from 1
+        for group in engine.optimizer.param_groups:
+            group["lr"] = self.lr(step, group["initial_lr"])
+        state.metrics["lr"] = engine.optimizer.param_groups[0]["lr"]

@@ -1,0 +1,88 @@
+"""Write training and validation scalars for TensorBoard.
+
+    [plugins.tensorboard]
+    log_dir = ""     # where event files go; "" = <run_dir>/tensorboard
+    every = 10       # write the training scalars every N optimizer steps
+
+Needs the optional extra: `pip install 'hookloop[tensorboard]'`; enabling the plugin without
+it is a `PluginError` saying so. Training scalars go under `train/` (loss, ema_loss, ppl, lr,
+grad_norm, tokens_per_s and every other metric of the step), evaluation scalars under
+`val/`. A resumed run purges the events written after the checkpoint it resumes from.
+
+Hooks: `on_fit_start`, `after_step`, `on_eval_end`, `on_fit_end`, `on_exception`.
+Cost: one small tensor op per step; one host sync and a buffered write on logged steps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hookloop import PluginError, hookimpl
+from hookloop.plugins._metrics import METRIC_WRITERS, ClosesAtEnd, LossEMA, step_values, to_floats
+
+if TYPE_CHECKING:
+    from hookloop import Engine, State
+
+__all__ = ["TensorBoard"]
+
+
+class TensorBoard(ClosesAtEnd):
+    """Scalars to a `torch.utils.tensorboard.SummaryWriter`."""
+
+    name = "tensorboard"
+    critical = False  # an optional viewer: failing must not stop training
+    after = METRIC_WRITERS  # run after them in after_step: see this step's metrics
+
+    def __init__(self, *, log_dir: str = "", every: int = 10) -> None:
+        if not isinstance(log_dir, str):
+            raise PluginError(f"tensorboard: option log_dir must be a path, got {log_dir!r}")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise PluginError(f"tensorboard: option every must be an integer >= 1, got {every!r}")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise PluginError(
+                "tensorboard: the tensorboard package is not installed; "
+                "run `pip install 'hookloop[tensorboard]'` or disable the plugin (-p no:tensorboard)"
+            ) from exc
+        self._writer_class = SummaryWriter
+        self.log_dir, self.every = log_dir, every
+        self.ema = LossEMA()
+        self.writer: Any = None
+
+    @hookimpl
+    def on_fit_start(self, engine: Engine, state: State) -> None:
+        self.close()
+        if not engine.is_main_process:
+            return
+        if self.log_dir:
+            directory = Path(self.log_dir)
+        elif engine.run_dir is not None:
+            directory = engine.run_dir / "tensorboard"
+        else:
+            raise PluginError("tensorboard: the engine has no run_dir; set [plugins.tensorboard] log_dir")
+        # Resuming at step k: drop events a crashed run wrote after its last checkpoint.
+        purge = state.step + 1 if state.step else None
+        self.writer = self._writer_class(log_dir=str(directory), purge_step=purge)
+
+    @hookimpl
+    def after_step(self, state: State) -> None:
+        self.ema.update(state.loss)
+        if self.writer is None or state.step % self.every:
+            return
+        for key, value in step_values(state, self.ema).items():
+            self.writer.add_scalar(f"train/{key}", value, state.step)
+
+    @hookimpl
+    def on_eval_end(self, state: State, metrics: dict[str, float]) -> None:
+        if self.writer is not None:
+            for key, value in to_floats(metrics).items():
+                self.writer.add_scalar(f"val/{key}", value, state.step)
+
+    def close(self) -> None:
+        """Close it now; the hooks call this at the end of fit()."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+

@@ -1,0 +1,173 @@
+"""The checkpoint format, exact resume in a fresh engine, verification and refusals."""
+
+from __future__ import annotations
+
+import errno
+import json
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hookloop import checkpointing as ckpt
+from hookloop.errors import CheckpointError
+
+
+def params(engine):
+    return {k: v.clone() for k, v in engine.model.state_dict().items()}
+
+
+def test_format_files_keys_and_a_model_file_any_safetensors_reader_loads(ckpt_worker, tmp_path):
+    engine = ckpt_worker.build(tmp_path)
+    engine.fit(max_steps=4)
+    path = tmp_path / "checkpoints" / ckpt.checkpoint_name(4)
+    assert sorted(p.name for p in path.iterdir()) == [
+        "model.safetensors", "optimizer.safetensors", "state.json"]
+    fresh = ckpt_worker.namespace["TinyLM"]()
+    fresh.load_state_dict(load_file(path / "model.safetensors"))  # strict: every key, once
+    assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), engine.model.parameters(), strict=True))
+    opt = load_file(path / "optimizer.safetensors")
+    assert sorted(opt) == [f"state.{i}.{n}" for i in range(3) for n in ("exp_avg", "exp_avg_sq", "step")]
+
+    state = json.loads((path / "state.json").read_text())
+    assert state["format_version"] == 1 and state["exact"] is True
+    assert state["counters"] == {"step": 4, "epoch": 0, "epoch_batch": 8, "micro_step": 8,
+                                 "tokens_seen": 256}
+    assert state["optimizer"]["param_groups"][0]["betas"] == {"__tuple__": [0.9, 0.95]}
+    assert set(state["rng"]) >= {"torch", "numpy", "python"}
+    assert set(state["plugins"]) == {"checkpoint", "csv"} and "trace" in state["plugin_versions"]
+    assert state["plugin_versions"]["checkpoint"].startswith("hookloop ")
+    assert state["torch_version"] == torch.__version__ and "loss" in state["metrics"]
+    for name, info in state["files"].items():
+        assert info["bytes"] == (path / name).stat().st_size
+    assert ckpt.read_pointer(tmp_path / "checkpoints", ckpt.LATEST) == path
+
+
+def test_clean_stop_then_resume_in_a_fresh_engine_is_bitwise_exact(ckpt_worker, tmp_path):
+    straight = ckpt_worker.build(tmp_path / "a")
+    straight.fit(max_steps=16)  # crosses three epochs of 5 steps each
+    first = ckpt_worker.build(tmp_path / "b")
+    first.fit(max_steps=7)  # a clean stop mid-epoch, saved at the end
+    torch.manual_seed(123), random.seed(123), np.random.seed(123)  # state a new process has
+    second = ckpt_worker.build(tmp_path / "b", seed=99)
+    found = ckpt.latest_valid_checkpoint(tmp_path / "b")
+    assert found.name == ckpt.checkpoint_name(7)
+    ckpt.load_checkpoint(second, found)
+    assert second.state.counters() == first.state.counters()
+    second.fit(max_steps=16)
+    pairs = zip(straight.model.parameters(), second.model.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    a = straight.optimizer.state_dict()["state"]
+    b = second.optimizer.state_dict()["state"]
+    assert all(torch.equal(a[i][n], b[i][n]) for i in a for n in a[i])
+    trace = [json.loads(x) for x in (tmp_path / "b" / "trace.jsonl").read_text().splitlines()]
+    assert trace == [json.loads(x) for x in (tmp_path / "a" / "trace.jsonl").read_text().splitlines()]
+
+
+def test_tied_weights_are_stored_once_and_restored(make_engine, tmp_path):
+    engine = make_engine()
+    engine.model.fc2.weight = engine.model.fc1.weight
+    engine.optimizer = torch.optim.SGD(engine.model.parameters(), lr=0.1)
+    engine.fit(max_steps=2)
+    path = ckpt.save_checkpoint(engine, tmp_path / "c")
+    assert sorted(load_file(path / "model.safetensors")) == ["fc1.bias", "fc1.weight", "fc2.bias"]
+    assert json.loads((path / "state.json").read_text())["model"]["aliases"] == {
+        "fc2.weight": "fc1.weight"}
+    before = params(engine)
+    with torch.no_grad():
+        engine.model.fc1.weight.zero_()
+    ckpt.load_checkpoint(engine, path)
+    assert torch.equal(engine.model.fc2.weight, before["fc2.weight"])
+    assert engine.model.fc2.weight is engine.model.fc1.weight
+
+
+def test_corrupt_checkpoint_is_reported_and_the_previous_one_used(ckpt_worker, tmp_path):
+    engine = ckpt_worker.build(tmp_path)
+    engine.fit(max_steps=4)
+    bad = tmp_path / "checkpoints" / ckpt.checkpoint_name(4)
+    data = bytearray((bad / "model.safetensors").read_bytes())
+    data[-3] ^= 0xFF
+    (bad / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="is corrupt: model.safetensors does not match"):
+        ckpt.load_checkpoint(engine, bad)
+    found = ckpt.latest_valid_checkpoint(tmp_path, journal=engine.journal)
+    assert found.name == ckpt.checkpoint_name(2)
+    (entry,) = [e for e in engine.journal.read() if e["event"] == "checkpoint_invalid"]
+    assert entry["step"] == 4 and "corrupt" in entry["reason"]
+
+    (found / "state.json").unlink()  # a partial checkpoint
+    assert ckpt.latest_valid_checkpoint(tmp_path) is None
+    with pytest.raises(CheckpointError, match="is partial: it has no state.json"):
+        ckpt.verify_checkpoint(found)
+
+
+def test_mismatched_model_shape_is_refused_and_nothing_changes(ckpt_worker, tmp_path):
+    ckpt_worker.build(tmp_path / "run").fit(max_steps=2)
+    path = ckpt.latest_valid_checkpoint(tmp_path / "run")
+    other = ckpt_worker.build(tmp_path / "other")
+    other.model.mix = torch.nn.Linear(16, 16, bias=False)
+    before = params(other)
+    with pytest.raises(CheckpointError) as info:
+        ckpt.load_checkpoint(other, path)
+    message = str(info.value)
+    assert "does not match the configured model: mix.bias is not in the model" in message
+    assert "\n" not in message
+    assert all(torch.equal(v, params(other)[k]) for k, v in before.items())
+    assert other.state.step == 0
+
+
+def test_different_vocabulary_is_refused(ckpt_worker, tmp_path):
+    (tmp_path / "tokenizer.json").write_text('{"vocab": "abc"}')
+    engine = ckpt_worker.build(tmp_path)
+    engine.fit(max_steps=2)
+    path = ckpt.latest_valid_checkpoint(tmp_path)
+    assert json.loads((path / "state.json").read_text())["tokenizer"]["file"] == "tokenizer.json"
+    (tmp_path / "tokenizer.json").write_text('{"vocab": "abd"}')
+    with pytest.raises(CheckpointError, match="different vocabulary"):
+        ckpt.load_checkpoint(ckpt_worker.build(tmp_path), path)
+
+
+def test_disk_full_during_a_save_leaves_the_previous_checkpoint(make_engine, tmp_path, monkeypatch):
+    engine = make_engine()
+    engine.fit(max_steps=1)
+    first = ckpt.save_checkpoint(engine, tmp_path / "checkpoints" / "step-00000001")
+    engine.fit(max_steps=2)
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "_write_file", full)
+    with pytest.raises(CheckpointError) as info:
+        ckpt.save_checkpoint(engine, tmp_path / "checkpoints" / "step-00000002")
+    assert re.fullmatch(r"could not write checkpoint \S+: No space left on device \(is the disk "
+                        r"full\?\); the previous checkpoint is intact", str(info.value))
+    assert ckpt.latest_valid_checkpoint(tmp_path) == first
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-00000001"]
+
+
+def test_a_crash_mid_swap_or_mid_write_is_repaired_on_the_next_save(make_engine, tmp_path):
+    engine = make_engine()
+    engine.fit(max_steps=1)
+    checkpoints = tmp_path / "checkpoints"
+    path = ckpt.save_checkpoint(engine, checkpoints / "step-00000001")
+    path.rename(checkpoints / ".old-step-00000001")  # killed between the two renames
+    (checkpoints / ".tmp-step-00000002-999999-abcd").mkdir()  # killed while writing
+    assert ckpt.latest_valid_checkpoint(tmp_path) is None
+    ckpt.recover_partial(checkpoints)
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step-00000001"]
+    ckpt.verify_checkpoint(path)
+    again = ckpt.save_checkpoint(engine, path)  # same step again: swapped in atomically
+    assert again == path and sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step-00000001"]
+
+
+def test_nothing_is_pickled_or_unpickled_anywhere():
+    root = Path(__file__).resolve().parent.parent
+    sources = [*(root / "engine").rglob("*.py"), *(root / "plugins").rglob("*.py")]
+    assert len(sources) > 10
+    for source in sources:
+        text = source.read_text()
+        assert "torch.load(" not in text and "import pickle" not in text, source

@@ -1,0 +1,121 @@
+"""Resume after kill -9, at random moments and mid-write, and after a full disk: subprocesses.
+
+The worker (conftest `ckpt_worker`) trains a tiny LM with random-window batches, dropout and
+gradient accumulation, checkpointing through the default `checkpoint` plugin.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hookloop.checkpointing import (
+    LATEST,
+    checkpoint_name,
+    latest_valid_checkpoint,
+    read_pointer,
+    verify_checkpoint,
+)
+
+STEPS = 40
+
+
+def final_tensors(run_dir, step=STEPS):
+    path = run_dir / "checkpoints" / checkpoint_name(step)
+    return load_file(path / "model.safetensors"), load_file(path / "optimizer.safetensors")
+
+
+def losses(run_dir):
+    """Loss per step, the last process's value winning where a killed one also logged it."""
+    rows = [json.loads(line) for line in (run_dir / "trace.jsonl").read_text().splitlines()]
+    return rows, {r["step"]: r["loss"] for r in rows}
+
+
+def assert_bitwise_equal(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.fixture(scope="module")
+def straight(ckpt_worker, tmp_path_factory):
+    """An uninterrupted run of STEPS steps."""
+    run_dir = tmp_path_factory.mktemp("straight")
+    rc, _, err = ckpt_worker.run(run_dir, "--steps", str(STEPS))
+    assert rc == 0, err
+    return run_dir
+
+
+def test_kill_9_right_after_checkpoint_k_resumes_bitwise(ckpt_worker, straight, tmp_path):
+    k = STEPS // 2
+    rc, _, _ = ckpt_worker.run(tmp_path, "--steps", str(STEPS), "--kill-after", str(k))
+    assert rc == -signal.SIGKILL
+    assert read_pointer(tmp_path / "checkpoints", LATEST).name == checkpoint_name(k)
+    rc, out, err = ckpt_worker.run(tmp_path, "--steps", str(STEPS))
+    assert rc == 0, err
+    assert out.split() == ["READY", str(k)]
+
+    for mine, theirs in zip(final_tensors(tmp_path), final_tensors(straight), strict=True):
+        assert_bitwise_equal(mine, theirs)
+    rows, by_step = losses(tmp_path)
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))  # one row per step
+    assert by_step == losses(straight)[1]
+
+
+@pytest.mark.slow
+def test_ten_random_kills_including_mid_write_then_same_weights(ckpt_worker, straight, tmp_path):
+    rng = random.Random(5)
+    slow_writes = {"HOOKLOOP_CHECKPOINT_WRITE_DELAY": "0.02"}  # most of the time is in saves
+    ready_steps, mid_write = [], 0
+    for _ in range(10):
+        proc = ckpt_worker.popen(tmp_path, "--steps", str(STEPS), "--every", "1",
+                                 "--sleep", "0.005", env=slow_writes)
+        line = proc.stdout.readline()
+        assert line.startswith("READY"), proc.communicate()[1]
+        ready_steps.append(int(line.split()[1]))
+        time.sleep(rng.uniform(0.0, 0.15))
+        proc.kill()
+        proc.communicate()
+        mid_write += any(p.name.startswith(".tmp-") for p in (tmp_path / "checkpoints").iterdir())
+    assert ready_steps == sorted(ready_steps) and ready_steps[-1] < STEPS, ready_steps
+    assert mid_write >= 1, "no kill landed in the middle of a checkpoint write"
+
+    rc, _, err = ckpt_worker.run(tmp_path, "--steps", str(STEPS))
+    assert rc == 0, err
+    for mine, theirs in zip(final_tensors(tmp_path), final_tensors(straight), strict=True):
+        assert_bitwise_equal(mine, theirs)
+    assert losses(tmp_path)[1] == losses(straight)[1]
+    print(f"resumed from steps {ready_steps}; {mid_write} kills landed mid-write")
+
+
+def test_full_disk_keeps_previous_checkpoint_and_says_so(ckpt_worker, tmp_path):
+    ckpt_worker.build(tmp_path).fit(max_steps=4)
+    before = latest_valid_checkpoint(tmp_path)
+    assert before.name == checkpoint_name(4)
+    state_json = (before / "state.json").stat().st_size
+
+    def small_disk():  # every file this process writes stops growing at this size
+        limit = state_json // 2
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    out = subprocess.run(
+        [sys.executable, str(ckpt_worker.path), str(tmp_path), "--steps", "6"],
+        capture_output=True, text=True, preexec_fn=small_disk, timeout=120,
+    )
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("hookloop.errors.CheckpointError: could not write checkpoint"), last
+    assert "File too large" in last and "previous checkpoint is intact" in last
+    assert read_pointer(tmp_path / "checkpoints", LATEST) == before
+    verify_checkpoint(before)
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
+    assert not (tmp_path / "checkpoints" / checkpoint_name(6)).exists()

@@ -1,0 +1,42 @@
+"""`hookloop schedule`: the configured run's learning-rate curve, from the plugin's formula."""
+
+from __future__ import annotations
+
+import pytest
+
+from hookloop.commands.schedule import curve, sample_steps, sparkline
+from hookloop.errors import ConfigError, PluginError
+from hookloop.plugins.schedule import lr_at
+
+
+def config(max_steps=1000, lr=1e-3, **schedule):
+    plugins = {"schedule": schedule} if schedule else {}
+    return {"optimizer": {"lr": lr}, "training": {"max_steps": max_steps}, "plugins": plugins}
+
+
+def test_curve_is_the_plugins_formula_with_the_run_settings():
+    c = curve(config(warmup_steps=100, min_lr=1e-4))
+    assert c.total == 1000 and c.warmup_steps == 100
+    for step in (1, 50, 100, 101, 500, 999, 1000):
+        assert c.lr(step) == lr_at(step, peak_lr=1e-3, warmup_steps=100, total_steps=1000, min_lr=1e-4)
+    assert c.description == "cosine schedule: warmup 100 steps, peak lr 0.001, min_lr 0.0001, 1000 steps"
+
+
+def test_total_steps_option_and_disabled_plugin():
+    c = curve(config(max_steps=500, kind="linear", total_steps=400))
+    assert c.total == 500 and c.lr(400) == 0.0 and c.lr(500) == 0.0
+    flat = curve({**config(max_steps=10), "plugins": {"disable": ["schedule"]}})
+    assert [flat.lr(s) for s in (1, 10)] == [1e-3, 1e-3]
+
+
+def test_no_step_limit_and_bad_options_are_clear_errors():
+    with pytest.raises(ConfigError, match="set plugins.schedule.total_steps"):
+        curve(config(max_steps=0))
+    with pytest.raises(PluginError, match="schedule: option kind"):
+        curve(config(kind="exp"))
+
+
+def test_sampled_steps_and_sparkline():
+    assert sample_steps(1000, 5, (100,)) == [1, 100, 250, 500, 750, 1000]
+    assert sample_steps(3, 12) == [1, 2, 3]
+    assert sparkline([0.0, 0.5, 1.0]) == "▁▅█"
