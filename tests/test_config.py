@@ -141,3 +141,20 @@ def test_dump_of_defaults_has_every_section():
     text = dumps_toml(default_config())
     for section in ("[data]", "[model]", "[optimizer]", "[training]", "[plugins.eval]"):
         assert section in text
+
+
+def test_configuration_page_lists_every_key_with_its_default():
+    from pathlib import Path
+
+    from hookloop.config import PLUGIN_DEFAULTS, _toml_value
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "guide" / "configuration.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in page.splitlines() if line.startswith("| `")}
+    for section, keys in SCHEMA.items():
+        for name, key in keys.items():
+            row = rows[f"`{section}.{name}`"]
+            assert f"`{_toml_value(key.default)}`" in row, row
+    for plugin, options in PLUGIN_DEFAULTS.items():
+        for option, value in options.items():
+            assert f"`{_toml_value(value)}`" in rows[f"`plugins.{plugin}.{option}`"]
+    assert "`plugins.schedule.warmup_steps`" in rows and "`plugins.schedule.min_lr`" in rows
