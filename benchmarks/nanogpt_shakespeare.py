@@ -9,7 +9,9 @@ nanoGPT's README trains this on a CPU with
 same text (../shared/data/tinyshakespeare.txt), 90/10 split, char vocabulary, 4 layers,
 4 heads, d_model 128 (MLP 512), context 64, batch 12 random windows, dropout 0, 2000 steps,
 AdamW lr 1e-3 with 100 warmup steps and cosine decay to 1e-4 (the built-in `schedule`
-plugin), and nanoGPT's other settings: beta2 0.99, weight decay 0.1, gradient clipping 1.0.
+plugin), and nanoGPT's other settings: no biases in linears and LayerNorms (`bias=False`),
+beta2 0.99, weight decay 0.1 (on matrices; hookloop leaves embeddings undecayed), gradient
+clipping 1.0.
 The validation loss reported is over the whole validation split (nanoGPT averages 20 random
 batches). torch runs on `--threads` intra-op threads.
 """
@@ -30,6 +32,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--bias", action="store_true", help="biases in linears and norms "
+                        "(nanoGPT's config has none)")
     args = parser.parse_args()
 
     from hookloop.config import load_config
@@ -42,7 +46,8 @@ def main() -> None:
         config = load_config(None, [
             f"data.path={tmp}/data", "data.seq_len=64", "data.batch_size=12",
             "data.sampling=random", "model.d_model=128", "model.n_heads=4", "model.n_layers=4",
-            "model.d_ff=512", "model.max_seq_len=64", "model.dropout=0.0", "optimizer.lr=1e-3",
+            "model.d_ff=512", "model.max_seq_len=64", "model.dropout=0.0",
+            f"model.bias={str(args.bias).lower()}", "optimizer.lr=1e-3",
             "optimizer.betas=[0.9, 0.99]", "optimizer.weight_decay=0.1",
             f"training.max_steps={args.steps}", f"training.threads={args.threads}",
             f"training.seed={args.seed}", "training.device=cpu",

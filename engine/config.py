@@ -91,6 +91,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                             "can read (generation crops to it).", _POS),
         "dropout": _key(0.0, "float", "Dropout on embeddings, attention and residual branches.",
                         (_between(0.0, 1.0, hi_open=True), "in [0, 1)")),
+        "bias": _key(True, "bool", "Biases in the linear layers and LayerNorms (false: none, "
+                     "as nanoGPT's `bias=False`)."),
     },
     "optimizer": {
         "lr": _key(2e-3, "float", "Peak learning rate (the schedule plugin warms up to it "

@@ -133,7 +133,7 @@ def build_model(config: dict[str, Any], tokenizer_vocab: int) -> TinyTransformer
         raise ConfigError(f"model.vocab_size ({vocab}) is smaller than the tokenizer's "
                           f"vocabulary ({tokenizer_vocab}); set it to 0 to use the tokenizer's")
     return TinyTransformerLM(vocab, m["d_model"], m["n_heads"], m["n_layers"], m["d_ff"],
-                             m["max_seq_len"], m["dropout"])
+                             m["max_seq_len"], m["dropout"], bias=m["bias"])
 
 
 def val_dataset(config: dict[str, Any], directory: Path, vocab_size: int,
