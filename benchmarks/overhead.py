@@ -13,6 +13,11 @@ machine noise hits all of them alike; the table gives the median over rounds wit
 
     python benchmarks/overhead.py                   # both models
     python benchmarks/overhead.py --model mlp --steps 2000 --rounds 7
+    python benchmarks/overhead.py --model transformer --device cuda
+
+On CUDA the steps run asynchronously, so per-step timestamps say little: there the time of a
+round is the whole loop, from a synchronize before the first step to one after the last,
+divided by the steps (the "mean" column), after one discarded warm-up round.
 """
 
 from __future__ import annotations
@@ -48,14 +53,17 @@ class Clock:
         self.stamps.append(time.perf_counter())
 
 
+DEVICE = torch.device("cpu")
+
+
 def mlp_setup(seed: int, steps: int) -> tuple[torch.nn.Module, list[Any], Callable, None]:
     """A two-layer MLP on 4x8 inputs: a step well under a millisecond."""
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8))
     g = torch.Generator().manual_seed(seed)
-    batches = [(torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g))
+    batches = [(torch.randn(4, 8, generator=g).to(DEVICE), torch.randn(4, 8, generator=g).to(DEVICE))
                for _ in range(steps)]
-    return model, batches, lambda m, b: F.mse_loss(m(b[0]), b[1]), None
+    return model.to(DEVICE), batches, lambda m, b: F.mse_loss(m(b[0]), b[1]), None
 
 
 def transformer_setup(seed: int, steps: int) -> tuple[torch.nn.Module, list[Any], Callable, int]:
@@ -68,9 +76,9 @@ def transformer_setup(seed: int, steps: int) -> tuple[torch.nn.Module, list[Any]
     model = TinyTransformerLM(vocab_size=vocab, d_model=128, n_heads=4, n_layers=4, d_ff=512,
                               max_seq_len=64, dropout=0.0)
     g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, vocab, (steps, 12, 65), generator=g)
-    batches = [(t[:, :-1], t[:, 1:]) for t in tokens]
-    return model, batches, next_token_loss, vocab
+    tokens = torch.randint(0, vocab, (steps, 12, 65), generator=g).to(DEVICE)
+    batches = [(t[:, :-1].contiguous(), t[:, 1:].contiguous()) for t in tokens]
+    return model.to(DEVICE), batches, next_token_loss, vocab
 
 
 def raw_loop(model, optimizer, batches, loss_fn, stamps: list[float]) -> None:
@@ -89,9 +97,12 @@ PLUGIN_COSTS: dict[str, list[float]] = {}
 def run_variant(variant: str, setup: Callable, steps: int, seed: int) -> list[float]:
     model, batches, loss_fn, _ = setup(seed, steps)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    synchronize()
     stamps: list[float] = [time.perf_counter()]
     if variant == "raw":
         raw_loop(model, optimizer, batches, loss_fn, stamps)
+        synchronize()
+        stamps[-1] = time.perf_counter()
         return stamps
     with tempfile.TemporaryDirectory() as run_dir:
         plugins: list[Any] = [Clock(stamps)]
@@ -99,16 +110,28 @@ def run_variant(variant: str, setup: Callable, steps: int, seed: int) -> list[fl
             plugins += load_plugins()
         engine = Engine(model, optimizer, batches, loss_fn=loss_fn, val_data=batches[:4],
                         plugins=plugins, run_dir=Path(run_dir))
+        synchronize()
         stamps[0] = time.perf_counter()
         engine.fit(max_steps=steps)
+        synchronize()
+        stamps[-1] = time.perf_counter()
         if variant == "defaults":
             for name, ms in engine.plugin_costs().items():
                 PLUGIN_COSTS.setdefault(name, []).append(ms * 1000)
     return stamps
 
 
+def synchronize() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def per_step(stamps: list[float], warmup: int) -> tuple[float, float]:
-    """Median and mean seconds per step after `warmup` steps."""
+    """Median and mean seconds per step: after `warmup` steps on the CPU; on CUDA, the mean
+    of the whole synchronized loop (for both figures)."""
+    if DEVICE.type == "cuda":
+        mean = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+        return mean, mean
     diffs = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1:], strict=False)]
     return statistics.median(diffs), sum(diffs) / len(diffs)
 
@@ -117,6 +140,10 @@ def bench(name: str, setup: Callable, steps: int, rounds: int, seed: int) -> lis
     variants = ("raw", "engine", "defaults")
     medians: dict[str, list[float]] = {v: [] for v in variants}
     means: dict[str, list[float]] = {v: [] for v in variants}
+    if DEVICE.type == "cuda":
+        for variant in variants:  # warm-up round: CUDA context, kernels, allocator
+            run_variant(variant, setup, steps, seed)
+        PLUGIN_COSTS.clear()
     for _ in range(rounds):
         for variant in variants:
             median, mean = per_step(run_variant(variant, setup, steps, seed), warmup=steps // 10)
@@ -151,11 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=0, help="steps per round (default per model)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(1)  # two threads stall intermittently on 2-core hosts
     configure_logging(stream=io.StringIO())  # keep plugin log lines out of the table
     default_plugins = [p.name for p in load_plugins()]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread, "
+    where = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu"
+    print(f"torch {torch.__version__} on {where}, {torch.get_num_threads()} thread, "
           f"default plugins: {', '.join(default_plugins) or '(none)'}")
     models = {"mlp": (mlp_setup, 3000), "transformer": (transformer_setup, 150)}
     for name in (models if args.model == "both" else [args.model]):

@@ -15,34 +15,43 @@ Writing goes to a temporary directory beside the target; every file and the dire
 fsynced, then the directory is renamed into place and the `latest` pointer (a text file
 holding the directory name) is replaced with `os.replace`. A crash at any instant leaves the
 previous checkpoint and pointer as they were. Nothing is pickled and nothing is unpickled.
-The full format is specified in docs/guide/checkpoints.md.
+The full format is specified in docs/guide/checkpoints.md. The file-level pieces live beside
+this module: `hookloop.atomic` (fsync, swaps, pointers), `hookloop.rng` (generator states)
+and `hookloop.tensorfile` (safetensors written from tensor memory, hashed while written).
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
-import random
 import re
 import shutil
 import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import structlog
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
+from hookloop.atomic import (
+    fsync_dir,
+    injected_delay,
+    read_pointer,
+    recover_partial,
+    replace_dir,
+    write_file,
+    write_pointer,
+)
 from hookloop.errors import CheckpointError
+from hookloop.rng import rng_state, set_rng_state
+from hookloop.tensorfile import read_tensors, write_tensors
 
 if TYPE_CHECKING:
     from hookloop.engine import Engine
@@ -60,6 +69,7 @@ __all__ = [
     "load_checkpoint",
     "read_checkpoint",
     "read_pointer",
+    "recover_partial",
     "save_checkpoint",
     "snapshot",
     "verify_checkpoint",
@@ -73,7 +83,6 @@ FORMAT_VERSION = 1
 MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.safetensors", "optimizer.safetensors", "state.json"
 CHECKPOINTS_DIR = "checkpoints"
 LATEST, BEST = "latest", "best"
-WRITE_DELAY_ENV = "HOOKLOOP_CHECKPOINT_WRITE_DELAY"  # fault-injection aid for tests
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -131,7 +140,7 @@ def snapshot(
         "model": {"aliases": aliases, "class": type(engine.model).__name__},
         "optimizer": opt_json,
         "scaler": engine.scaler.state_dict() if engine.scaler is not None else None,
-        "rng": _rng_state(),
+        "rng": rng_state(),
         "plugins": engine.plugin_states(),
         "plugin_versions": {name: p.origin for name, p in engine.plugins.items()},
         "config": engine.config,
@@ -202,35 +211,6 @@ def _decode(value: Any) -> Any:
     if isinstance(value, list):
         return [_decode(v) for v in value]
     return value
-
-
-def _rng_state() -> dict[str, Any]:
-    def b64(t: torch.Tensor) -> str:
-        return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
-
-    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
-    version, internal, gauss_next = random.getstate()
-    rng = {
-        "torch": b64(torch.get_rng_state()),
-        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
-        "python": [version, list(internal), gauss_next],
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        rng["cuda"] = [b64(s) for s in torch.cuda.get_rng_state_all()]
-    return rng
-
-
-def _set_rng_state(rng: dict[str, Any]) -> None:
-    def tensor(text: str) -> torch.Tensor:
-        return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
-
-    torch.set_rng_state(tensor(rng["torch"]))
-    kind, keys, pos, has_gauss, gauss = rng["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = rng["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([tensor(s) for s in rng["cuda"]])
 
 
 def _float_metrics(state: Any) -> dict[str, float]:
@@ -309,14 +289,13 @@ def write_snapshot(snap: Snapshot, directory: Path, *, update_latest: bool = Tru
         tmp.mkdir()
         files = {}
         for name, tensors in ((MODEL_FILE, snap.model), (OPTIMIZER_FILE, snap.optimizer)):
-            data = st_save(tensors, metadata={"format": "pt"})
-            _write_file(tmp / name, data)
-            files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-            _injected_delay()
+            sha256, size = write_tensors(tmp / name, tensors, {"format": "pt"})
+            files[name] = {"sha256": sha256, "bytes": size}
+            injected_delay()
         state = {**snap.state, "files": files}
-        _write_file(tmp / STATE_FILE, json.dumps(state, indent=1, default=str).encode())
-        _fsync_dir(tmp)
-        _move_into_place(tmp, directory)
+        write_file(tmp / STATE_FILE, json.dumps(state, indent=1, default=str).encode())
+        fsync_dir(tmp)
+        replace_dir(tmp, directory)
         if update_latest:
             write_pointer(parent, LATEST, directory.name)
     except (OSError, CheckpointError) as exc:
@@ -328,87 +307,6 @@ def write_snapshot(snap: Snapshot, directory: Path, *, update_latest: bool = Tru
             "(is the disk full?); the previous checkpoint is intact"
         ) from exc
     return directory
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _injected_delay() -> None:
-    delay = os.environ.get(WRITE_DELAY_ENV)
-    if delay:
-        time.sleep(float(delay))
-
-
-def _move_into_place(tmp: Path, directory: Path) -> None:
-    """Rename `tmp` to `directory`; an existing one is swapped out first and then removed."""
-    parent = directory.parent
-    if directory.exists():
-        old = parent / f".old-{directory.name}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(directory, old)  # a crash from here to the next rename: recover_partial
-        os.rename(tmp, directory)
-        _fsync_dir(parent)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, directory)
-        _fsync_dir(parent)
-
-
-def recover_partial(checkpoints: Path) -> None:
-    """Remove what a killed writer left behind and put back a checkpoint caught mid-swap.
-
-    Temporary directories of this process (a background save in flight) are kept.
-    """
-    mine = f"-{os.getpid()}-"
-    for entry in checkpoints.iterdir():
-        name = entry.name
-        if name.startswith(".tmp-") and mine not in name:
-            shutil.rmtree(entry, ignore_errors=True)
-        elif name.startswith(".old-"):
-            original = checkpoints / name.removeprefix(".old-")
-            if original.exists():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                os.rename(entry, original)
-        elif name.startswith(".pointer-") and mine not in name:
-            entry.unlink(missing_ok=True)
-
-
-def write_pointer(checkpoints: Path, pointer: str, target: str) -> None:
-    """Atomically make the pointer file `checkpoints/<pointer>` name the directory `target`."""
-    tmp = checkpoints / f".pointer-{pointer}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        _write_file(tmp, (target + "\n").encode())
-        os.replace(tmp, checkpoints / pointer)
-        _fsync_dir(checkpoints)
-    except OSError as exc:
-        raise CheckpointError(
-            f"could not update {checkpoints / pointer}: {exc.strerror or exc} (is the disk "
-            "full?); it still names the previous checkpoint"
-        ) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def read_pointer(checkpoints: Path, pointer: str) -> Path | None:
-    """The checkpoint directory a pointer file names, or None if there is no pointer."""
-    try:
-        target = (checkpoints / pointer).read_text(encoding="utf-8").strip()
-    except (FileNotFoundError, UnicodeDecodeError):
-        return None
-    return checkpoints / target if target and "/" not in target else None
 
 
 def list_checkpoints(checkpoints: Path) -> list[Path]:
@@ -455,21 +353,35 @@ def _read_verified(path: Path, *, deserialize: bool) -> tuple[dict, dict]:
             f"checkpoint {path} has format version {version!r}; this hookloop reads version "
             f"{FORMAT_VERSION}: use the hookloop version that wrote it"
         )
+    files = state.get("files", {})
+    contents = {name: _read_file(path, name) for name in files}
+    with ThreadPoolExecutor(max(1, len(files))) as pool:  # hashlib releases the GIL
+        digests = dict(zip(files, pool.map(lambda d: hashlib.sha256(d).hexdigest(),
+                                           contents.values()), strict=True))
     tensors: dict[str, dict[str, torch.Tensor]] = {}
-    for name, info in state.get("files", {}).items():
-        try:
-            data = (path / name).read_bytes()
-        except FileNotFoundError:
-            raise CheckpointError(f"checkpoint {path} is partial: {name} is missing") from None
-        if hashlib.sha256(data).hexdigest() != info["sha256"]:
+    for name, info in files.items():
+        if digests[name] != info["sha256"]:
             raise CheckpointError(
                 f"checkpoint {path} is corrupt: {name} does not match its SHA-256 in {STATE_FILE}"
             )
         if deserialize:
-            tensors[name] = st_load(data)
+            try:
+                tensors[name] = read_tensors(contents[name])
+            except (ValueError, KeyError) as exc:
+                raise CheckpointError(f"checkpoint {path} is corrupt: {name}: {exc}") from None
     if MODEL_FILE not in state.get("files", {}):
         raise CheckpointError(f"checkpoint {path} is corrupt: {STATE_FILE} lists no {MODEL_FILE}")
     return state, tensors
+
+
+def _read_file(path: Path, name: str) -> bytearray:
+    try:
+        with open(path / name, "rb") as f:
+            data = bytearray(os.fstat(f.fileno()).st_size)
+            f.readinto(data)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} is partial: {name} is missing") from None
+    return data
 
 
 def latest_valid_checkpoint(run_dir: Path, *, journal: Journal | None = None) -> Path | None:
@@ -523,7 +435,7 @@ def load_checkpoint(engine: Engine, path: Path) -> dict[str, Any]:
     if engine.scaler is not None and state.get("scaler"):
         engine.scaler.load_state_dict(state["scaler"])
     engine.state.load_counters(state["counters"])
-    _set_rng_state(state["rng"])
+    set_rng_state(state["rng"])
     engine.load_plugin_states(state.get("plugins", {}))
     engine.journal.record(
         "checkpoint_loaded", step=engine.state.step, reason="resuming", path=str(path),

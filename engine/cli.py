@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("hookloop.commands.eval", "evaluate a checkpoint on the validation split"),
     "schedule": ("hookloop.commands.schedule", "print and plot the learning-rate curve of the configured run"),
     "plot": ("hookloop.commands.plot", "plot a run's loss, learning rate and gradient norm to a PNG"),
+    "doctor": ("hookloop.commands.doctor", "check a configured run before training it"),
 }
 
 

@@ -29,6 +29,9 @@ on_fit_end                                    # normal end or stop request
 on_exception                                  # instead of on_fit_end when the loop raised
 ```
 
+`hookloop doctor` (not `fit()`) collects `doctor_checks` from every plugin before it runs
+its checklist.
+
 `engine.evaluate()` may be called from any hook; it fires `on_eval_end` when it finishes.
 A checkpoint save collects `on_save_checkpoint` from every plugin; a resume hands each plugin
 its own saved dict through `on_load_checkpoint` before `on_fit_start`.
@@ -41,6 +44,9 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from hookloop.doctor import Finding, Subject
     from hookloop.engine import Engine
     from hookloop.state import State
 
@@ -213,4 +219,28 @@ def on_load_checkpoint(engine: Engine, state: State, saved: dict[str, Any]) -> N
         engine: The engine running the loop.
         state: The run's progress record.
         saved: Exactly the dict this plugin returned from `on_save_checkpoint`.
+    """
+
+
+# --- diagnosis ---------------------------------------------------------------------------
+
+
+@hookspec
+def doctor_checks(engine: Engine) -> list[Callable[[Subject], Finding]]:
+    """Contribute checks to the checklist of `hookloop doctor`.
+
+    Fires: once per `hookloop doctor` run (`hookloop.doctor.diagnose()`), after the engine
+    of the configured run is built and before any check runs; never during `fit()`.
+    Valid: the model is untrained and has no gradients; `engine.plugins` holds every enabled
+    plugin. Each returned check is called with a `hookloop.doctor.Subject` (model,
+    optimizer, a few real batches, loss_fn, vocab_size, engine) and returns one
+    `hookloop.doctor.Finding` (check name, "PASS" / "WARN" / "FAIL", the number behind it).
+    A check that raises is reported as a FAIL naming the error. Checks that train should
+    work on a copy (`copy.deepcopy((subject.model, subject.optimizer))`).
+
+    Args:
+        engine: The engine of the configured run.
+
+    Returns:
+        The plugin's checks, run after the built-in ones in the order returned.
     """

@@ -41,8 +41,8 @@ ENTRY_POINT_GROUP = "hookloop"
 BUILTIN_DISTRIBUTION = "hookloop"
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
-    "clip", "schedule", "throughput", "eval", "checkpoint", "preemption",
-    "console", "csv", "progress",
+    "nan_guard", "clip", "divergence", "schedule", "throughput", "eval", "checkpoint",
+    "preemption", "console", "csv", "progress",
 )
 """Built-in plugins enabled when a config says nothing about them."""
 

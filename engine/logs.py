@@ -33,7 +33,7 @@ def configure_logging(fmt: str = "console", *, level: str = "info", stream: Text
     renderer = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=False, pad_event_to=20)
+        else structlog.dev.ConsoleRenderer(colors=False, pad_event_to=20, sort_keys=False)
     )
     structlog.configure(
         processors=[

@@ -1,7 +1,9 @@
-"""Helpers shared by the logging plugins (console, csv, tensorboard, progress).
+"""Helpers shared by the built-in plugins (mostly the loggers: console, csv, tensorboard,
+progress).
 
-Not a plugin: no entry point. It keeps the loggers agreeing on what they report: the same
-smoothed loss, the same perplexity, and one host sync per logged row instead of one per value.
+Not a plugin: no entry point. It keeps the loggers agreeing on what they report (the same
+smoothed loss, the same perplexity), reads device values at most once per logged row, and
+knows how long the current run is planned to be.
 """
 
 from __future__ import annotations
@@ -15,13 +17,27 @@ import torch
 from hookloop import hookimpl
 
 if TYPE_CHECKING:
-    from hookloop import State
+    from hookloop import Engine, State
 
-__all__ = ["METRIC_WRITERS", "ClosesAtEnd", "LossEMA", "step_values", "to_floats"]
+__all__ = [
+    "METRIC_WRITERS", "ClosesAtEnd", "HostCopy", "LossEMA", "planned_steps", "step_copy",
+    "step_values", "to_floats", "with_ppl",
+]
 
 METRIC_WRITERS = ("clip", "schedule", "eval", "throughput")
 """Plugins that write `state.metrics`; loggers declare `after = METRIC_WRITERS` so that they
 run after them within a hook and see every value of the step."""
+
+
+def planned_steps(engine: Engine) -> int | None:
+    """The step the current `fit()` ends at if nothing stops it early: `max_steps`, or
+    `epochs` times the steps per epoch when the data has a length (the smaller of the two
+    when both are given); None when it cannot be known."""
+    by_epochs = None
+    if engine.max_epochs and hasattr(engine.train_data, "__len__"):
+        by_epochs = engine.max_epochs * (len(engine.train_data) // engine.accumulate)
+    limits = [n for n in (engine.max_steps, by_epochs) if n]
+    return min(limits) if limits else None
 
 
 class LossEMA:
@@ -50,37 +66,84 @@ class LossEMA:
         self.value = None if saved is None else torch.tensor(saved, dtype=torch.float32, device=device)
 
 
-def to_floats(values: Mapping[str, Any]) -> dict[str, float]:
-    """Convert a dict of numbers and scalar tensors to floats with one sync per accelerator.
+class HostCopy:
+    """Scalar values on their way to the host: the copy is queued at once, read later.
 
-    Entries that are neither (None, strings, non-scalar tensors) are dropped. CPU tensors are
-    read one by one (`.item()` costs about a microsecond there and waits for nothing).
+    Numbers and CPU tensors are read immediately (about a microsecond each, waiting for
+    nothing). CUDA scalars are stacked and copied with one non-blocking transfer into pinned
+    memory, followed by an event, so `result()` waits only for the work queued before the
+    copy, not for later steps: read a step later, it usually waits for nothing. Other
+    devices are read in one blocking transfer per device. Entries that are neither numbers
+    nor scalar tensors are dropped.
     """
-    out: dict[str, float] = {}
-    by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
-    for key, value in values.items():
-        if isinstance(value, torch.Tensor):
-            if value.numel() != 1:
-                continue
-            if value.device.type == "cpu":
-                out[key] = float(value.item())
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self.floats: dict[str, float] = {}
+        by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                if value.numel() != 1:
+                    continue
+                if value.device.type == "cpu":
+                    self.floats[key] = float(value.item())
+                else:
+                    by_device.setdefault(value.device, []).append((key, value))
+            elif isinstance(value, (int, float)):  # bool is an int: True -> 1.0
+                self.floats[key] = float(value)
+        self._copies: list[tuple[list[str], torch.Tensor, Any]] = []
+        for device, items in by_device.items():
+            stacked = torch.stack([v.detach().reshape(()).double() for _, v in items])
+            event = None
+            if device.type == "cuda":
+                host = stacked.to("cpu", non_blocking=True)  # lands in pinned memory
+                event = torch.cuda.Event()
+                event.record()
             else:
-                by_device.setdefault(value.device, []).append((key, value))
-        elif isinstance(value, (int, float)):  # bool is an int: True -> 1.0
-            out[key] = float(value)
-    for items in by_device.values():
-        stacked = torch.stack([v.detach().reshape(()).double() for _, v in items])
-        out.update(zip([k for k, _ in items], stacked.tolist(), strict=True))
-    return out
+                host = stacked.cpu()
+            self._copies.append(([k for k, _ in items], host, event))
+
+    @property
+    def waiting(self) -> bool:
+        """True while some copy may still be queued on the device."""
+        return any(event is not None for _, _, event in self._copies)
+
+    @property
+    def ready(self) -> bool:
+        """True when `result()` would not wait."""
+        return all(event is None or event.query() for _, _, event in self._copies)
+
+    def result(self) -> dict[str, float]:
+        """The values as floats, waiting for the queued copies if they have not landed."""
+        for keys, host, event in self._copies:
+            if event is not None:
+                event.synchronize()
+            self.floats.update(zip(keys, host.tolist(), strict=True))
+        self._copies.clear()
+        return self.floats
 
 
-def step_values(state: State, ema: LossEMA) -> dict[str, float]:
-    """Everything a logger reports for the step just finished, as floats: `loss`,
-    `ema_loss`, `ppl` (exp of loss) and every entry of `state.metrics`."""
-    values = to_floats({"loss": state.loss, "ema_loss": ema.value, **state.metrics})
+def to_floats(values: Mapping[str, Any]) -> dict[str, float]:
+    """Numbers and scalar tensors of `values` as floats, now (one sync per accelerator)."""
+    return HostCopy(values).result()
+
+
+def step_copy(state: State, ema: LossEMA) -> HostCopy:
+    """Start copying what a logger reports for the step just finished: `loss`,
+    `ema_loss` and every entry of `state.metrics`. Finish with `with_ppl(copy.result())`."""
+    return HostCopy({"loss": state.loss, "ema_loss": ema.value, **state.metrics})
+
+
+def with_ppl(values: dict[str, float]) -> dict[str, float]:
+    """Add `ppl`, the exponential of `loss`, to a step's values."""
     if "loss" in values:
         values["ppl"] = math.exp(min(values["loss"], 700.0))
     return values
+
+
+def step_values(state: State, ema: LossEMA) -> dict[str, float]:
+    """Everything a logger reports for the step just finished, as floats, now: `loss`,
+    `ema_loss`, `ppl` (exp of loss) and every entry of `state.metrics`."""
+    return with_ppl(step_copy(state, ema).result())
 
 
 class ClosesAtEnd:

@@ -166,7 +166,7 @@ class Checkpoint:
         directory = engine.run_dir / ckpt.CHECKPOINTS_DIR / ckpt.checkpoint_name(
             (counters or state.counters())["step"])
         key = tuple((counters or state.counters()).values())
-        if key == self._last_key:
+        if key == self._last_key and not self._best_due(state):
             return directory
         self.wait(engine)
         is_best = self._best_due(state)

@@ -15,14 +15,16 @@ op per step (the smoothed loss); one host sync on the steps it logs, none on the
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from hookloop import PluginError, hookimpl
-from hookloop.plugins._metrics import METRIC_WRITERS, LossEMA, step_values, to_floats
+from hookloop.plugins._metrics import METRIC_WRITERS, LossEMA, planned_steps, step_values, to_floats
 
 if TYPE_CHECKING:
     from hookloop import Engine, State
@@ -34,6 +36,15 @@ log = structlog.get_logger(__name__)
 
 def _clock(seconds: float) -> str:
     return str(datetime.timedelta(seconds=round(seconds)))
+
+
+def _bars_cleared() -> contextlib.AbstractContextManager[Any]:
+    """Lift any live tqdm bar (the progress plugin's) off the terminal while a line is
+    printed, so the line does not land on the end of the bar; a no-op without tqdm."""
+    tqdm = sys.modules.get("tqdm")
+    if tqdm is None or not getattr(tqdm.tqdm, "_instances", None):
+        return contextlib.nullcontext()
+    return tqdm.tqdm.external_write_mode(file=sys.stderr)
 
 
 def _sig(value: float) -> float:
@@ -62,9 +73,7 @@ class Console:
     def on_fit_start(self, engine: Engine, state: State) -> None:
         self._start = self._last = time.perf_counter()
         self._start_step, self._last_tokens = state.step, state.tokens_seen
-        self._total = engine.max_steps
-        if self._total is None and engine.max_epochs and hasattr(engine.train_data, "__len__"):
-            self._total = engine.max_epochs * (len(engine.train_data) // engine.accumulate)
+        self._total = planned_steps(engine)
 
     @hookimpl
     def after_step(self, engine: Engine, state: State) -> None:
@@ -86,17 +95,20 @@ class Console:
         if self._total is not None and done > 0:
             fields["eta"] = _clock((now - self._start) / done * max(self._total - state.step, 0))
         self._last, self._last_tokens = now, state.tokens_seen
-        log.info("train", **fields)
+        with _bars_cleared():
+            log.info("train", **fields)
 
     @hookimpl
     def on_eval_end(self, engine: Engine, state: State, metrics: dict[str, float]) -> None:
         if engine.is_main_process:
-            log.info("eval", step=state.step, **{k: _sig(v) for k, v in to_floats(metrics).items()})
+            with _bars_cleared():
+                log.info("eval", step=state.step, **{k: _sig(v) for k, v in to_floats(metrics).items()})
 
     @hookimpl
     def on_fit_end(self, engine: Engine, state: State) -> None:
         if engine.is_main_process:
-            log.info(
-                "fit_end", step=state.step, reason=state.should_stop or "planned length reached",
-                elapsed=_clock(time.perf_counter() - self._start),
-            )
+            with _bars_cleared():
+                log.info(
+                    "fit_end", step=state.step, reason=state.should_stop or "planned length reached",
+                    elapsed=_clock(time.perf_counter() - self._start),
+                )

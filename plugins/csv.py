@@ -21,21 +21,35 @@ Critical: yes. The file is the run's record (`hookloop plot` reads it). A write 
 (disk full, permissions) stops the run; resuming from the last checkpoint then produces a
 complete file, whereas disabling the plugin would leave a permanent hole in it.
 
+On a GPU a row's values are copied to the host without waiting, and the row is written at a
+later step, once the copy has landed (at the latest 16 rows later, before a checkpoint, and at
+the end): no step waits for the device because of this plugin. A crash then loses the rows
+still on their way.
+
 Hooks: `on_fit_start`, `after_step`, `on_eval_end`, `on_fit_end`, `on_exception`,
-`on_save_checkpoint`, `on_load_checkpoint`. Cost: one host sync and one flushed line per row.
+`on_save_checkpoint`, `on_load_checkpoint`. Cost: one flushed line per row; on CPU a few
+scalar reads, on a GPU one asynchronous copy.
 """
 
 from __future__ import annotations
 
-import csv
 import os
-from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from collections import deque
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from hookloop import PluginError, hookimpl
-from hookloop.plugins._metrics import METRIC_WRITERS, ClosesAtEnd, LossEMA, step_values, to_floats
+from hookloop.plugins._csvfile import MetricsFile
+from hookloop.plugins._metrics import (
+    METRIC_WRITERS,
+    ClosesAtEnd,
+    HostCopy,
+    LossEMA,
+    step_copy,
+    to_floats,
+    with_ppl,
+)
 
 if TYPE_CHECKING:
     from hookloop import Engine, State
@@ -44,15 +58,9 @@ __all__ = ["COLUMNS", "CSVLogger"]
 
 log = structlog.get_logger(__name__)
 
+MAX_QUEUED = 16  # rows waiting for their device copy before a step waits for the oldest
 COLUMNS = ("step", "epoch", "loss", "ema_loss", "ppl", "lr", "grad_norm", "tokens_per_s",
            "val_loss", "val_ppl")
-
-
-def _cell(value: Any) -> Any:
-    """Floats at full precision (repr round-trips), missing values empty."""
-    if value is None:
-        return ""
-    return repr(value) if isinstance(value, float) else value
 
 
 class CSVLogger(ClosesAtEnd):
@@ -70,104 +78,69 @@ class CSVLogger(ClosesAtEnd):
         if isinstance(ema_beta, bool) or not isinstance(ema_beta, (int, float)) or not 0 <= ema_beta < 1:
             raise PluginError(f"csv: option ema_beta must be in [0, 1), got {ema_beta!r}")
         self.filename, self.every, self.ema = filename, every, LossEMA(float(ema_beta))
-        self.path: Path | None = None
-        self.columns = list(COLUMNS)
-        self._file: IO[str] | None = None
-        self._writer: Any = None
-        self._last_row: dict[str, Any] | None = None
-        self._last_offset = 0
+        self.file: MetricsFile | None = None
+        self._queued: deque[tuple[dict[str, Any], HostCopy]] = deque()  # rows on their way
+        self._pending: dict[str, float] = {}  # eval metrics for the row about to be made
         self._seen_step = -1
-        self._pending: dict[str, float] = {}
 
     @hookimpl
     def on_fit_start(self, engine: Engine, state: State) -> None:
         self.close()
-        self._seen_step, self._pending, self._last_row = -1, {}, None
+        self._seen_step, self._pending = -1, {}
         if engine.run_dir is None or not engine.is_main_process:
-            self.path = None
             if engine.run_dir is None:
                 log.warning("csv_off", reason="the engine has no run_dir; metrics.csv is not written")
             return
-        self.path = engine.run_dir / self.filename
-        rows: list[dict[str, str]] = []
-        if self.path.exists():
-            with self.path.open(newline="", encoding="utf-8") as f:
-                reader = csv.DictReader(f)
-                self.columns = list(reader.fieldnames or COLUMNS)
-                rows = [r for r in reader if r.get("step") and int(r["step"]) <= state.step]
-        self._rewrite(rows)
+        self.file = MetricsFile(engine.run_dir / self.filename, list(COLUMNS), keep_through=state.step)
 
     @hookimpl
-    def after_step(self, engine: Engine, state: State) -> None:
+    def after_step(self, state: State) -> None:
         self.ema.update(state.loss)  # tensor op: no sync
         self._seen_step = state.step
-        if self._file is None or (state.step % self.every and not self._pending):
+        if self.file is None:
             return
-        row = {"step": state.step, "epoch": state.epoch, **step_values(state, self.ema)}
-        row.update(self._pending)
+        if state.step % self.every == 0 or self._pending:
+            self._queue(state)
+        self._write_queued(wait=False)
+
+    def _queue(self, state: State, extra: dict[str, float] | None = None) -> None:
+        row = {"step": state.step, "epoch": state.epoch, **self._pending, **(extra or {})}
         self._pending = {}
-        self._write(row)
+        self._queued.append((row, step_copy(state, self.ema)))
+
+    def _write_queued(self, *, wait: bool = True) -> None:
+        """Write queued rows in order: all of them, or (wait=False) those that have landed,
+        waiting only when more than MAX_QUEUED rows are queued."""
+        while self._queued and self.file is not None and (
+            wait or len(self._queued) > MAX_QUEUED or self._queued[0][1].ready
+        ):
+            row, copy = self._queued.popleft()
+            self.file.write({**with_ppl(copy.result()), **row})
 
     @hookimpl
-    def on_eval_end(self, engine: Engine, state: State, metrics: dict[str, float]) -> None:
-        if self._file is None:
+    def on_eval_end(self, state: State, metrics: dict[str, float]) -> None:
+        if self.file is None:
             return
-        values = to_floats(metrics)
-        if self._last_row is not None and self._last_row["step"] == state.step:
-            self._write({**self._last_row, **values}, replace_last=True)  # fill in its row
+        values, last = to_floats(metrics), self.file.last_row
+        if self._queued and self._queued[-1][0]["step"] == state.step:
+            self._queued[-1][0].update(values)
+        elif last is not None and last["step"] == state.step:
+            self.file.write({**last, **values}, replace_last=True)  # fill in its row
         elif self._seen_step == state.step:  # its step got no row (every > 1): add one
-            self._write({"step": state.step, "epoch": state.epoch,
-                         **step_values(state, self.ema), **values})
+            self._queue(state, values)
         else:  # called inside after_step before this plugin's turn: goes into the step's row
             self._pending.update(values)
 
-    def _write(self, row: dict[str, Any], *, replace_last: bool = False) -> None:
-        assert self._file is not None
-        new = sorted(k for k in row if k not in self.columns)
-        if new:  # a metric first seen now: rewrite the file once with the wider header
-            self.columns.extend(new)
-            rows = self._read_rows()
-            if replace_last:
-                rows, replace_last = rows[:-1], False
-            self._rewrite(rows)
-        if replace_last:
-            self._file.seek(self._last_offset)
-            self._file.truncate()
-        self._last_offset = self._file.tell()
-        self._writer.writerow([_cell(row.get(column)) for column in self.columns])
-        self._file.flush()
-        self._last_row = row
-
-    def _read_rows(self) -> list[dict[str, str]]:
-        assert self.path is not None and self._file is not None
-        self._file.flush()
-        with self.path.open(newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
-
-    def _rewrite(self, rows: list[dict[str, str]]) -> None:
-        """Replace the file atomically with the header and `rows`, then reopen it to append."""
-        assert self.path is not None
-        self.close()
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, self.columns, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        self._file = self.path.open("a", newline="", encoding="utf-8")
-        self._writer = csv.writer(self._file, lineterminator="\n")
-
     def close(self) -> None:
-        """Close it now; the hooks call this at the end of fit()."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
+        """Write the row still on its way and close the file; the hooks call this at the end."""
+        if self.file is not None:
+            self._write_queued()
+            self.file.close()
+            self.file = None
 
     @hookimpl
     def on_save_checkpoint(self) -> dict[str, Any]:
+        self._write_queued()  # row k is on disk before checkpoint k is complete
         return {"ema_loss": self.ema.save()}
 
     @hookimpl

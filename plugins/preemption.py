@@ -12,7 +12,7 @@ pointers and pruning, and no second copy of its end-of-fit save), else straight 
 An engine without a `run_dir` stops without saving.
 
     [plugins.preemption]
-    signals = ["SIGTERM", "SIGINT"]   # the signals handled
+    signals = "SIGTERM,SIGINT"   # the signals handled (a comma-separated string or a list)
 
 Hooks: `on_fit_start` installs the handlers (only in the main thread; never at import),
 `on_fit_end` / `on_exception` restore the previous ones; `on_fit_end` saves after a signal.
@@ -48,7 +48,9 @@ class Preemption:
     name = "preemption"
     after = ("checkpoint",)  # its on_fit_end save comes first; ours is then a no-op
 
-    def __init__(self, *, signals: list[str] | tuple[str, ...] = ("SIGTERM", "SIGINT")) -> None:
+    def __init__(self, *, signals: str | list[str] = "SIGTERM,SIGINT") -> None:
+        if isinstance(signals, str):
+            signals = [s.strip() for s in signals.split(",") if s.strip()]
         known = {s.name for s in signal.Signals}
         for name in signals:
             if name not in known or name in ("SIGKILL", "SIGSTOP"):

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from hookloop import PluginError, hookimpl
-from hookloop.plugins._metrics import METRIC_WRITERS, ClosesAtEnd
+from hookloop.plugins._metrics import METRIC_WRITERS, ClosesAtEnd, planned_steps
 
 if TYPE_CHECKING:
     from hookloop import Engine, State
@@ -71,7 +71,7 @@ class Progress(ClosesAtEnd):
             log.debug("progress_off", reason="tqdm is not installed (pip install 'hookloop[progress]')")
             return
         self.bar = tqdm(
-            total=engine.max_steps, initial=state.step, unit="step", file=sys.stdout,
+            total=planned_steps(engine), initial=state.step, unit="step", file=sys.stdout,
             dynamic_ncols=True, desc="train",
         )
         self._shown = 0.0

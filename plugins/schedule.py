@@ -7,7 +7,7 @@ same curve: there is no scheduler object whose state could drift from the checkp
     kind = "cosine"        # "cosine" | "constant" | "linear" | "wsd"
     warmup_steps = 0       # linear warmup from 0 to the peak lr; 0 = none
     min_lr = 0.0           # absolute lr reached at total_steps (cosine, linear, wsd)
-    total_steps = 0        # length of the curve; 0 = the max_steps given to fit()
+    total_steps = 0        # length of the curve; 0 = the run's length (max_steps given to fit())
     decay_fraction = 0.2   # wsd only: the final fraction of total_steps that decays
 
 The peak lr is each parameter group's lr when the run starts, kept in
@@ -103,9 +103,9 @@ class LRSchedule:
 
     @hookimpl
     def on_fit_start(self, engine: Engine) -> None:
-        total = self.total_steps or engine.max_steps
-        if not total and engine.max_epochs and hasattr(engine.train_data, "__len__"):
-            total = engine.max_epochs * (len(engine.train_data) // engine.accumulate)
+        from hookloop.plugins._metrics import planned_steps  # here: keep the module torch-free
+
+        total = self.total_steps or planned_steps(engine)
         if not total:
             raise PluginError(
                 "schedule: cannot tell how long the run is; set [plugins.schedule] total_steps "

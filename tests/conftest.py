@@ -53,38 +53,6 @@ def make_engine() -> Callable[..., Any]:
     return make
 
 
-# --- language-model recipe ------------------------------------------------------------------
-
-LM_TEXT = "".join(
-    f"def f{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(400)
-)
-"""A small, very regular text: a tiny model learns it within a few dozen steps."""
-
-TINY_LM = [
-    "model.d_model=32", "model.n_heads=2", "model.n_layers=1", "model.d_ff=64",
-    "model.max_seq_len=32", "data.seq_len=32", "data.batch_size=8", "training.max_steps=4",
-    "training.device=cpu", "training.threads=1",
-]
-"""`--set` overrides for a model and run small enough for a test."""
-
-
-@pytest.fixture
-def lm_data(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """A prepared char-level data directory of `LM_TEXT` (90/10 split)."""
-    from hookloop.prepare import prepare_texts, split_text
-
-    out = tmp_path_factory.mktemp("lm") / "data"
-    train, val = split_text(LM_TEXT, 0.1)
-    prepare_texts(train, val, out, tokenizer="char", source="conftest.LM_TEXT")
-    return out
-
-
-@pytest.fixture
-def tiny_lm_overrides(lm_data: Any) -> list[str]:
-    """`--set` overrides for a tiny model trained on `lm_data`."""
-    return [*TINY_LM, f"data.path={lm_data}"]
-
-
 # --- checkpoint tests: a tiny LM trained in this process or in a subprocess -----------------
 
 CKPT_WORKER = r'''
@@ -153,12 +121,12 @@ class Trace:
 
 
 class Misbehave:
-    """Test controls: sleep per step, SIGKILL self right after step `kill_after`."""
+    """Test controls: sleep per step, stop after step `stop_at`, SIGKILL right after `kill_after`."""
 
     name = "misbehave"
 
-    def __init__(self, kill_after=-1, sleep=0.0, ready=False):
-        self.kill_after, self.sleep, self.ready = kill_after, sleep, ready
+    def __init__(self, kill_after=-1, sleep=0.0, ready=False, stop_at=-1):
+        self.kill_after, self.sleep, self.ready, self.stop_at = kill_after, sleep, ready, stop_at
 
     @hookimpl
     def on_fit_start(self, state):
@@ -166,9 +134,11 @@ class Misbehave:
             print(f"READY {state.step}", flush=True)
 
     @hookimpl
-    def after_step(self):
+    def after_step(self, state):
         if self.sleep:
             time.sleep(self.sleep)
+        if state.step == self.stop_at:
+            state.request_stop("test stop")
 
     @hookimpl
     def before_step(self, state):  # so the after_step checkpoint of that step is written
@@ -255,3 +225,35 @@ def ckpt_worker(tmp_path_factory: pytest.TempPathFactory) -> CkptWorker:
     path = tmp_path_factory.mktemp("worker") / "worker.py"
     path.write_text(CKPT_WORKER)
     return CkptWorker(path)
+
+
+# --- language-model recipe ------------------------------------------------------------------
+
+LM_TEXT = "".join(
+    f"def f{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(400)
+)
+"""A small, very regular text: a tiny model learns it within a few dozen steps."""
+
+TINY_LM = [
+    "model.d_model=32", "model.n_heads=2", "model.n_layers=1", "model.d_ff=64",
+    "model.max_seq_len=32", "data.seq_len=32", "data.batch_size=8", "training.max_steps=4",
+    "training.device=cpu", "training.threads=1",
+]
+"""`--set` overrides for a model and run small enough for a test."""
+
+
+@pytest.fixture
+def lm_data(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A prepared char-level data directory of `LM_TEXT` (90/10 split)."""
+    from hookloop.prepare import prepare_texts, split_text
+
+    out = tmp_path_factory.mktemp("lm") / "data"
+    train, val = split_text(LM_TEXT, 0.1)
+    prepare_texts(train, val, out, tokenizer="char", source="conftest.LM_TEXT")
+    return out
+
+
+@pytest.fixture
+def tiny_lm_overrides(lm_data: Any) -> list[str]:
+    """`--set` overrides for a tiny model trained on `lm_data`."""
+    return [*TINY_LM, f"data.path={lm_data}"]

@@ -39,7 +39,7 @@ def test_format_files_keys_and_a_model_file_any_safetensors_reader_loads(ckpt_wo
                                  "tokens_seen": 256}
     assert state["optimizer"]["param_groups"][0]["betas"] == {"__tuple__": [0.9, 0.95]}
     assert set(state["rng"]) >= {"torch", "numpy", "python"}
-    assert set(state["plugins"]) == {"checkpoint", "csv"} and "trace" in state["plugin_versions"]
+    assert set(state["plugins"]) == {"checkpoint", "csv", "nan_guard", "divergence"} and "trace" in state["plugin_versions"]
     assert state["plugin_versions"]["checkpoint"].startswith("hookloop ")
     assert state["torch_version"] == torch.__version__ and "loss" in state["metrics"]
     for name, info in state["files"].items():
@@ -50,8 +50,9 @@ def test_format_files_keys_and_a_model_file_any_safetensors_reader_loads(ckpt_wo
 def test_clean_stop_then_resume_in_a_fresh_engine_is_bitwise_exact(ckpt_worker, tmp_path):
     straight = ckpt_worker.build(tmp_path / "a")
     straight.fit(max_steps=16)  # crosses three epochs of 5 steps each
-    first = ckpt_worker.build(tmp_path / "b")
-    first.fit(max_steps=7)  # a clean stop mid-epoch, saved at the end
+    stop = ckpt_worker.namespace["Misbehave"](stop_at=7)
+    first = ckpt_worker.build(tmp_path / "b", misbehave=stop)
+    first.fit(max_steps=16)  # a clean stop mid-epoch, saved at the end
     torch.manual_seed(123), random.seed(123), np.random.seed(123)  # state a new process has
     second = ckpt_worker.build(tmp_path / "b", seed=99)
     found = ckpt.latest_valid_checkpoint(tmp_path / "b")
@@ -66,6 +67,8 @@ def test_clean_stop_then_resume_in_a_fresh_engine_is_bitwise_exact(ckpt_worker, 
     assert all(torch.equal(a[i][n], b[i][n]) for i in a for n in a[i])
     trace = [json.loads(x) for x in (tmp_path / "b" / "trace.jsonl").read_text().splitlines()]
     assert trace == [json.loads(x) for x in (tmp_path / "a" / "trace.jsonl").read_text().splitlines()]
+    csv_b = (tmp_path / "b" / "metrics.csv").read_text().splitlines()
+    assert [int(row.split(",")[0]) for row in csv_b[1:]] == list(range(1, 17))  # one row per step
 
 
 def test_tied_weights_are_stored_once_and_restored(make_engine, tmp_path):
@@ -140,7 +143,7 @@ def test_disk_full_during_a_save_leaves_the_previous_checkpoint(make_engine, tmp
     def full(path, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ckpt, "_write_file", full)
+    monkeypatch.setattr(ckpt, "write_file", full)
     with pytest.raises(CheckpointError) as info:
         ckpt.save_checkpoint(engine, tmp_path / "checkpoints" / "step-00000002")
     assert re.fullmatch(r"could not write checkpoint \S+: No space left on device \(is the disk "

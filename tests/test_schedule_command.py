@@ -40,3 +40,12 @@ def test_sampled_steps_and_sparkline():
     assert sample_steps(1000, 5, (100,)) == [1, 100, 250, 500, 750, 1000]
     assert sample_steps(3, 12) == [1, 2, 3]
     assert sparkline([0.0, 0.5, 1.0]) == "▁▅█"
+
+
+def test_the_schedule_module_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, hookloop.plugins.schedule, hookloop.commands.schedule; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -100,3 +100,21 @@ def test_loss_is_read_on_logged_steps_only(make_engine, log_stream):
 def test_bad_options_are_named(options, message):
     with pytest.raises(PluginError, match=f"console: option {message}"):
         Console(**options)
+
+
+def test_lines_do_not_land_on_a_live_progress_bar(make_engine, log_stream, monkeypatch):
+    from hookloop.plugins.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()  # stdout and stderr on one terminal, as in a shell
+    monkeypatch.setattr("sys.stdout", screen)
+    monkeypatch.setattr("sys.stderr", screen)
+    monkeypatch.delenv("CI", raising=False)
+    configure_logging("console", stream=screen)
+    make_engine(batches=6, plugins=[Console(every=3), Progress(refresh_s=0)]).fit(max_steps=6)
+    lines = screen.getvalue().replace("\r", "\n").splitlines()
+    logged = [line for line in lines if " train " in line]
+    assert len(logged) == 2 and all(line[:2].isdigit() for line in logged)  # each on its own line

@@ -106,7 +106,7 @@ def test_resume_drops_rows_past_the_checkpoint_and_matches_an_uninterrupted_run(
 def test_without_run_dir_it_writes_nothing(make_engine):
     engine = make_engine(batches=2, plugins=[CSVLogger()])
     engine.fit(max_steps=2)
-    assert engine.plugins["csv"].plugin.path is None
+    assert engine.plugins["csv"].plugin.file is None
 
 
 @pytest.mark.parametrize(
@@ -116,3 +116,63 @@ def test_without_run_dir_it_writes_nothing(make_engine):
 def test_bad_options_are_named(options, message):
     with pytest.raises(PluginError, match=f"csv: option {message}"):
         CSVLogger(**options)
+
+
+def test_rows_waiting_for_a_device_copy_are_written_in_order_before_checkpoints_and_at_the_end(
+    make_engine, tmp_path, monkeypatch
+):
+    # Stand-in for a GPU whose copies never land by themselves: rows queue up, and are
+    # written when the queue is full, before a checkpoint collects state, and at the end.
+    from hookloop.plugins import _metrics
+    from hookloop.plugins import csv as csv_plugin
+
+    class SlowCopy(_metrics.HostCopy):
+        waiting = True
+        ready = False
+
+    monkeypatch.setattr(csv_plugin, "step_copy", lambda state, ema: SlowCopy(
+        {"loss": state.loss, "ema_loss": ema.value, **state.metrics}))
+    on_disk = {}
+
+    class Peek:
+        after = ("csv",)
+
+        @hookimpl
+        def after_step(self, engine, state):
+            if state.step == 20:
+                engine.plugin_states()  # a checkpoint: everything up to step 20 lands first
+            on_disk[state.step] = [int(r["step"]) for r in read(tmp_path / "metrics.csv")[1]]
+
+    engine = make_engine(batches=30, run_dir=tmp_path, plugins=[CSVLogger(), Eval(every=20), Peek()])
+    engine.fit(max_steps=30)
+    assert on_disk[10] == [] and on_disk[17] == [1]  # more than 16 queued: the oldest is written
+    assert on_disk[20] == list(range(1, 21)) and on_disk[25] == list(range(1, 21))
+    _, rows = read(tmp_path / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == list(range(1, 31))
+    assert rows[19]["val_loss"] and rows[29]["val_loss"]  # step 20 in-step, 30 at the end
+
+
+def test_resume_from_a_real_checkpoint_after_a_crash_gives_the_uninterrupted_file(make_engine, tmp_path):
+    from hookloop.checkpointing import latest_valid_checkpoint, load_checkpoint
+    from hookloop.plugins.checkpoint import Checkpoint
+
+    class Crash:  # dies in step 8 after its row, before checkpoint 8: rows 7, 8 are past 6
+        name = "crash"
+
+        @hookimpl
+        def after_step(self, state):
+            if state.step == 8:
+                raise RuntimeError("power cut")
+
+    def plugins(*extra):
+        return [GradClip(), LRSchedule(warmup_steps=2, total_steps=12), Eval(every=3),
+                CSVLogger(), Checkpoint(every_steps=4, save_on_exception=False), *extra]
+
+    make_engine(batches=12, run_dir=tmp_path / "full", plugins=plugins()).fit(max_steps=12)
+    with pytest.raises(Exception, match="power cut"):
+        make_engine(batches=12, run_dir=tmp_path / "run", plugins=plugins(Crash())).fit(max_steps=12)
+    resumed = make_engine(batches=12, run_dir=tmp_path / "run", plugins=plugins())
+    load_checkpoint(resumed, latest_valid_checkpoint(tmp_path / "run"))
+    assert resumed.state.step == 6  # the best checkpoint at the step-6 evaluation is the latest
+    resumed.fit(max_steps=12)
+    assert read(tmp_path / "run" / "metrics.csv") == read(tmp_path / "full" / "metrics.csv")

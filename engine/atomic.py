@@ -1,0 +1,107 @@
+"""Crash-safe file operations for checkpoints: fsynced writes, directory swaps, pointer files,
+and the clean-up of what a killed writer left behind.
+
+Work in progress is named with a leading dot (`.tmp-*`, `.old-*`, `.pointer-*`) so readers
+never take it for a checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from hookloop.errors import CheckpointError
+
+__all__ = [
+    "WRITE_DELAY_ENV", "fsync_dir", "injected_delay", "read_pointer", "recover_partial",
+    "replace_dir", "write_file", "write_pointer",
+]
+
+WRITE_DELAY_ENV = "HOOKLOOP_CHECKPOINT_WRITE_DELAY"  # fault-injection aid for tests
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write `data` to `path` and fsync it."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    """Fsync a directory, so the renames and creations inside it are durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def injected_delay() -> None:
+    """Sleep `HOOKLOOP_CHECKPOINT_WRITE_DELAY` seconds, if set (for fault-injection tests)."""
+    delay = os.environ.get(WRITE_DELAY_ENV)
+    if delay:
+        time.sleep(float(delay))
+
+
+def replace_dir(tmp: Path, directory: Path) -> None:
+    """Rename `tmp` to `directory`; an existing one is swapped out first and then removed."""
+    parent = directory.parent
+    if directory.exists():
+        old = parent / f".old-{directory.name}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(directory, old)  # a crash from here to the next rename: recover_partial
+        os.rename(tmp, directory)
+        fsync_dir(parent)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, directory)
+        fsync_dir(parent)
+
+
+def recover_partial(checkpoints: Path) -> None:
+    """Remove what a killed writer left behind and put back a checkpoint caught mid-swap.
+
+    Temporary directories of this process (a background save in flight) are kept.
+    """
+    mine = f"-{os.getpid()}-"
+    for entry in checkpoints.iterdir():
+        name = entry.name
+        if name.startswith(".tmp-") and mine not in name:
+            shutil.rmtree(entry, ignore_errors=True)
+        elif name.startswith(".old-"):
+            original = checkpoints / name.removeprefix(".old-")
+            if original.exists():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                os.rename(entry, original)
+        elif name.startswith(".pointer-") and mine not in name:
+            entry.unlink(missing_ok=True)
+
+
+def write_pointer(checkpoints: Path, pointer: str, target: str) -> None:
+    """Atomically make the pointer file `checkpoints/<pointer>` name the directory `target`."""
+    tmp = checkpoints / f".pointer-{pointer}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        write_file(tmp, (target + "\n").encode())
+        os.replace(tmp, checkpoints / pointer)
+        fsync_dir(checkpoints)
+    except OSError as exc:
+        raise CheckpointError(
+            f"could not update {checkpoints / pointer}: {exc.strerror or exc} (is the disk "
+            "full?); it still names the previous checkpoint"
+        ) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_pointer(checkpoints: Path, pointer: str) -> Path | None:
+    """The checkpoint directory a pointer file names, or None if there is no pointer."""
+    try:
+        target = (checkpoints / pointer).read_text(encoding="utf-8").strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    return checkpoints / target if target and "/" not in target else None

@@ -1,0 +1,138 @@
+"""Resuming a run from the command line: which checkpoint, which config, which changes.
+
+`hookloop train --resume auto|PATH` uses these. A resumed run is built from the config the
+run was started with (`run_dir/config.toml`) plus the command line's `--set` overrides, or
+from `-c FILE` when one is given. The differences from the checkpoint's recorded config are
+printed; only the safe ones are accepted unless `--force`:
+
+- safe: `training.max_steps`, `training.epochs`, `training.device`, `training.compile`,
+  `training.threads`, `data.val_batches`, and every `plugins.*` key (logging, evaluation and
+  checkpoint cadence, schedule, enabling or disabling a plugin);
+- refused: everything else: the model's shape, the data (`data.path`, `seq_len`,
+  `batch_size`, `sampling`, `shuffle`, `batches_per_epoch`), `training.accumulate`,
+  `training.precision`, `training.seed` and `optimizer.*` (the optimizer's hyper-parameters
+  are restored from the checkpoint, so a changed value would silently not apply).
+
+This module imports no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hookloop.errors import CheckpointError, ConfigError
+
+__all__ = ["SAFE_KEYS", "Change", "check_changes", "config_changes", "find_resume"]
+
+SAFE_KEYS = (
+    "training.max_steps", "training.epochs", "training.device", "training.compile",
+    "training.threads", "data.val_batches", "plugins.",
+)
+"""Config keys (a trailing dot: every key below it) that a resume may change."""
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One config key whose value differs between the checkpoint and the new config."""
+
+    key: str
+    old: Any
+    new: Any
+
+    @property
+    def safe(self) -> bool:
+        """Whether a resume may apply it without `--force`."""
+        return any(self.key == k or (k.endswith(".") and self.key.startswith(k)) for k in SAFE_KEYS)
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.old!r} -> {self.new!r}"
+
+
+_MISSING = "<unset>"
+
+
+def _flatten(table: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(table, dict) or not table:  # an empty table is a value too
+        return {prefix.rstrip("."): table}
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        flat.update(_flatten(value, f"{prefix}{key}."))
+    return flat
+
+
+def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> list[Change]:
+    """Every key whose value differs between two configs, as dotted names, sorted."""
+    old_flat, new_flat = _flatten(saved), _flatten(new)
+    keys = sorted(set(old_flat) | set(new_flat))
+    return [
+        Change(k, old_flat.get(k, _MISSING), new_flat.get(k, _MISSING))
+        for k in keys
+        if _normal(old_flat.get(k, _MISSING)) != _normal(new_flat.get(k, _MISSING))
+    ]
+
+
+def _normal(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def check_changes(changes: list[Change], *, force: bool) -> list[str]:
+    """The lines describing each change; raises unless every change is safe or forced.
+
+    Raises:
+        ConfigError: an unsafe change without `force`, naming every such key.
+    """
+    lines = [f"  {c}  ({'applied' if c.safe else 'FORCED' if force else 'refused'})"
+             for c in changes]
+    unsafe = [c.key for c in changes if not c.safe]
+    if unsafe and not force:
+        raise ConfigError(
+            f"resuming with a changed {', '.join(unsafe)} is not safe (the checkpoint was "
+            "trained with other values); undo the change, or pass --force to resume anyway"
+        )
+    return lines
+
+
+def find_resume(resume: str, run_dir: Path | None, runs: Path) -> tuple[Path | None, Path | None]:
+    """The run directory and checkpoint that `--resume` names.
+
+    Args:
+        resume: `auto` (the latest valid checkpoint of the run: `run_dir`, else the newest
+            run under `runs`), a checkpoint directory, or a run directory.
+        run_dir: `--run-dir`, when given.
+        runs: `--runs`, the directory holding one sub-directory per run.
+
+    Returns:
+        `(run_dir, checkpoint)`; the checkpoint is None when the run has no valid one (a
+        fresh start), and run_dir is None when `auto` found no run at all.
+
+    Raises:
+        CheckpointError: an explicit PATH that is not a valid checkpoint or run directory.
+    """
+    from hookloop.checkpointing import CHECKPOINTS_DIR, latest_valid_checkpoint, verify_checkpoint
+    from hookloop.journal import Journal
+
+    def latest(run: Path) -> Path | None:  # invalid ones are logged and journaled
+        journal = Journal(run / "journal.jsonl") if run.is_dir() else None
+        return latest_valid_checkpoint(run, journal=journal)
+
+    if resume == "auto":
+        if run_dir is None:
+            from hookloop.recipe import latest_run_dir
+
+            run_dir = latest_run_dir(runs)
+        return run_dir, latest(run_dir) if run_dir is not None else None
+    path = Path(resume)
+    if (path / "state.json").is_file() or path.parent.name == CHECKPOINTS_DIR:
+        verify_checkpoint(path)
+        return run_dir or path.parent.parent, path
+    if (path / CHECKPOINTS_DIR).is_dir() or (path / "config.toml").is_file():
+        found = latest(path)
+        if found is None:
+            raise CheckpointError(f"run {path} has no valid checkpoint to resume from")
+        return run_dir or path, found
+    raise CheckpointError(
+        f"--resume {resume}: not a checkpoint directory (no state.json) nor a run directory "
+        "(no checkpoints/); pass auto, a run directory or runs/<run>/checkpoints/step-N"
+    )

@@ -1,0 +1,144 @@
+"""Flag a loss spike or a gradient-norm spike, and warn, roll back or stop.
+
+    [plugins.divergence]
+    action = "warn"        # "warn" | "rollback" | "stop"
+    loss_factor = 2.0      # a spike: loss > loss_factor x its moving average
+    grad_factor = 10.0     # a spike: grad norm > grad_factor x its moving average
+    beta = 0.98            # smoothing of the moving averages (exponential, per step)
+    warmup_steps = 100     # steps measured before spikes are judged
+    lr_factor = 0.5        # rollback: multiply the lr (and the schedule's peak) by this
+    max_rollbacks = 3      # rollback: stop after this many rollbacks in the run
+
+In `after_backward` it compares the step's loss and pre-clip gradient norm with their
+exponential moving averages. A spike is journaled as `divergence` with both numbers; spikes
+do not enter the averages. Then, by `action`: `warn` logs and continues; `rollback` skips
+the step and, in `after_step`, reloads the last valid checkpoint with the lr multiplied by
+`lr_factor` (journal: `rollback`); `stop` skips the step, journals `stop` and raises
+`TrainingHalted`. Steps with a non-finite loss or norm are left to `nan_guard`.
+
+The averages and counters are saved in checkpoints, so a resumed run judges spikes against
+the same history; a rollback restores the averages of the checkpoint it goes back to.
+
+Hooks: `after_backward`, `after_step`, `on_save_checkpoint`, `on_load_checkpoint`.
+Cost: a few float operations. The loss and norm come from `hookloop.guards.step_scalars`,
+the one host sync per step that `nan_guard` already paid (or pays here when it is off).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from hookloop import PluginError, hookimpl
+from hookloop.guards import TrainingHalted, rollback, step_scalars
+
+if TYPE_CHECKING:
+    from hookloop import Engine, State
+
+__all__ = ["Divergence"]
+
+ACTIONS = ("warn", "rollback", "stop")
+
+
+class Divergence:
+    """Detect loss and gradient-norm spikes against their moving averages."""
+
+    name = "divergence"
+    # After nan_guard: a non-finite step is its business, and it decides first. After clip:
+    # reuse the pre-clip norm it measured. Before checkpoint: roll back before a checkpoint
+    # of the diverged step could be written.
+    after = ("nan_guard", "clip")
+    before = ("checkpoint",)
+
+    def __init__(
+        self, *, action: str = "warn", loss_factor: float = 2.0, grad_factor: float = 10.0,
+        beta: float = 0.98, warmup_steps: int = 100, lr_factor: float = 0.5,
+        max_rollbacks: int = 3,
+    ) -> None:
+        if action not in ACTIONS:
+            raise PluginError(f"divergence: option action must be one of {', '.join(ACTIONS)}, got {action!r}")
+        for option, value, low in (("loss_factor", loss_factor, 1.0), ("grad_factor", grad_factor, 1.0)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > low:
+                raise PluginError(f"divergence: option {option} must be a number > {low}, got {value!r}")
+        for option, value in (("beta", beta), ("lr_factor", lr_factor)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+                raise PluginError(f"divergence: option {option} must be in (0, 1), got {value!r}")
+        for option, value, low in (("warmup_steps", warmup_steps, 0), ("max_rollbacks", max_rollbacks, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise PluginError(f"divergence: option {option} must be an integer >= {low}, got {value!r}")
+        self.action, self.loss_factor, self.grad_factor = action, float(loss_factor), float(grad_factor)
+        self.beta, self.warmup_steps, self.lr_factor = float(beta), warmup_steps, float(lr_factor)
+        self.max_rollbacks = max_rollbacks
+        self.loss_avg: float | None = None
+        self.grad_avg: float | None = None
+        self.seen = 0  # healthy steps folded into the averages
+        self.spikes = 0
+        self.rollbacks = 0
+        self._pending: str | None = None
+
+    @hookimpl
+    def after_backward(self, engine: Engine, state: State) -> None:
+        s = step_scalars(engine, state)
+        if not s.finite:
+            return
+        reason = self._spike(s.loss, s.grad_norm)
+        if reason is None:
+            self._fold(s.loss, s.grad_norm)
+            return
+        self.spikes += 1
+        engine.journal.record(
+            "divergence", step=state.step, reason=reason, plugin=self.name, action=self.action,
+            loss=s.loss, loss_avg=self.loss_avg, grad_norm=s.grad_norm, grad_avg=self.grad_avg,
+        )
+        if self.action == "warn":
+            return
+        state.skip_step = True  # do not apply the update that spiked
+        if self.action == "rollback" and self.rollbacks < self.max_rollbacks:
+            self._pending = reason
+            return
+        if self.action == "rollback":
+            reason += f"; already rolled back {self.rollbacks} times (max_rollbacks={self.max_rollbacks})"
+        engine.journal.record("stop", step=state.step, reason=reason, plugin=self.name)
+        raise TrainingHalted(f"divergence: step {state.step}: {reason}")
+
+    def _spike(self, loss: float, norm: float) -> str | None:
+        """Why this step is a spike, or None when it is not (or still in warm-up)."""
+        if self.seen < self.warmup_steps or self.loss_avg is None or self.grad_avg is None:
+            return None
+        if loss > self.loss_factor * self.loss_avg:
+            return f"loss {loss:.4g} > {self.loss_factor:g} x its average {self.loss_avg:.4g}"
+        if norm > self.grad_factor * self.grad_avg:
+            return f"gradient norm {norm:.4g} > {self.grad_factor:g} x its average {self.grad_avg:.4g}"
+        return None
+
+    def _fold(self, loss: float, norm: float) -> None:
+        b = self.beta
+        self.loss_avg = loss if self.loss_avg is None else b * self.loss_avg + (1 - b) * loss
+        self.grad_avg = norm if self.grad_avg is None else b * self.grad_avg + (1 - b) * norm
+        self.seen += 1
+
+    # After the spiked step, before checkpoint (declared above).
+    @hookimpl
+    def after_step(self, engine: Engine, state: State) -> None:
+        if self._pending is None:
+            return
+        reason, self._pending = self._pending, None
+        self.rollbacks += 1
+        rollbacks, spikes = self.rollbacks, self.spikes
+        try:
+            rollback(engine, state, lr_factor=self.lr_factor, reason=reason, by=self.name)
+        finally:  # the reload restored the averages of that checkpoint; keep our counters
+            self.rollbacks, self.spikes = rollbacks, spikes
+
+    @hookimpl
+    def on_save_checkpoint(self) -> dict[str, Any]:
+        return {
+            "loss_avg": self.loss_avg, "grad_avg": self.grad_avg, "seen": self.seen,
+            "spikes": self.spikes, "rollbacks": self.rollbacks,
+        }
+
+    @hookimpl
+    def on_load_checkpoint(self, saved: dict[str, Any]) -> None:
+        self.loss_avg, self.grad_avg = saved.get("loss_avg"), saved.get("grad_avg")
+        self.seen = int(saved.get("seen", 0))
+        self.spikes = int(saved.get("spikes", 0))
+        self.rollbacks = int(saved.get("rollbacks", 0))

@@ -1,0 +1,132 @@
+"""The `checkpoint` plugin: cadence, keep-last-K, best, end and emergency saves, background."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hookloop import checkpointing as ckpt
+from hookloop import hookimpl
+from hookloop.errors import PluginError
+from hookloop.plugins.checkpoint import Checkpoint
+
+
+def names(run_dir):
+    return [p.name for p in ckpt.list_checkpoints(run_dir / "checkpoints")]
+
+
+def events(engine, event):
+    return [e for e in engine.journal.read() if e["event"] == event]
+
+
+class ScriptedEval:
+    """Fires on_eval_end with a scripted val_loss at chosen steps (before the save)."""
+
+    def __init__(self, values):
+        self.values = values
+
+    @hookimpl
+    def after_step(self, engine, state):
+        if state.step in self.values:
+            engine.hooks.call("on_eval_end", engine=engine, state=state,
+                              metrics={"val_loss": self.values[state.step]})
+
+
+def test_every_n_steps_keeps_the_last_k_and_journals(make_engine, tmp_path):
+    engine = make_engine(batches=20, run_dir=tmp_path, plugins=[Checkpoint(every_steps=2, keep_last=2)])
+    engine.fit(max_steps=9)
+    assert names(tmp_path) == ["step-00000008", "step-00000009"]  # 9: the save at the end
+    assert [e["step"] for e in events(engine, "checkpoint_saved")] == [2, 4, 6, 8, 9]
+    assert [e["path"][-13:] for e in events(engine, "checkpoint_pruned")] == [
+        "step-00000002", "step-00000004", "step-00000006"]
+    assert ckpt.read_pointer(tmp_path / "checkpoints", ckpt.LATEST).name == "step-00000009"
+
+
+def test_best_by_watched_metric_is_never_pruned(make_engine, tmp_path):
+    evals = ScriptedEval({2: 1.0, 4: 0.5, 6: 0.8, 8: 0.9})
+    plugin = Checkpoint(every_steps=0, keep_last=1, save_on_end=False)
+    engine = make_engine(batches=20, run_dir=tmp_path, plugins=[evals, plugin])
+    engine.fit(max_steps=9)
+    assert names(tmp_path) == ["step-00000004"]
+    assert ckpt.read_pointer(tmp_path / "checkpoints", ckpt.BEST).name == "step-00000004"
+    assert plugin.on_save_checkpoint()["best_value"] == 0.5
+    maximize = Checkpoint(every_steps=0, keep_last=1, save_on_end=False, mode="max")
+    other = make_engine(batches=20, run_dir=tmp_path / "max", plugins=[evals, maximize])
+    other.fit(max_steps=9)
+    assert ckpt.read_pointer(tmp_path / "max" / "checkpoints", ckpt.BEST).name == "step-00000002"
+
+
+def test_end_of_fit_save_and_its_options(make_engine, tmp_path):
+    make_engine(run_dir=tmp_path / "a", plugins=[Checkpoint(every_steps=0)]).fit(max_steps=3)
+    assert names(tmp_path / "a") == ["step-00000003"]
+    make_engine(run_dir=tmp_path / "b", plugins=[Checkpoint(save_on_end=False)]).fit(max_steps=3)
+    assert names(tmp_path / "b") == []
+    make_engine(plugins=[Checkpoint(every_steps=1)]).fit(max_steps=2)  # no run_dir: no files
+    engine = make_engine(run_dir=tmp_path / "c", plugins=[Checkpoint(every_steps=1)])
+    engine.is_main_process = False  # only rank 0 writes
+    engine.fit(max_steps=2)
+    assert not (tmp_path / "c" / "checkpoints").exists()
+
+
+def test_every_minutes(make_engine, tmp_path):
+    engine = make_engine(run_dir=tmp_path, plugins=[
+        Checkpoint(every_steps=0, every_minutes=1e-9, keep_last=0, save_on_end=False)])
+    engine.fit(max_steps=3)
+    assert names(tmp_path) == ["step-00000001", "step-00000002", "step-00000003"]
+
+
+def test_exception_saves_the_last_consistent_state_when_finite(make_engine, tmp_path):
+    calls = {"n": 0}
+
+    def flaky_loss(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 6:  # second micro-batch of step 3 (accumulate=2)
+            raise RuntimeError("boom")
+        x, y = batch
+        return torch.nn.functional.mse_loss(model(x), y)
+
+    engine = make_engine(batches=20, run_dir=tmp_path, accumulate=2, loss_fn=flaky_loss,
+                         plugins=[Checkpoint(every_steps=0)])
+    with pytest.raises(RuntimeError, match="boom"):
+        engine.fit(max_steps=5)
+    path = tmp_path / "checkpoints" / "step-00000002"
+    saved = ckpt.verify_checkpoint(path)
+    assert saved["exact"] is False and saved["extra"]["reason"] == "exception: RuntimeError"
+    assert saved["counters"]["micro_step"] == 4 and saved["counters"]["epoch_batch"] == 4
+
+
+def test_no_emergency_save_of_non_finite_parameters(make_engine, tmp_path):
+    class Poison:
+        @hookimpl
+        def after_step(self, engine, state):
+            with torch.no_grad():
+                engine.model.fc1.weight.fill_(float("nan"))
+            raise RuntimeError("diverged")
+
+    engine = make_engine(run_dir=tmp_path, plugins=[Poison(), Checkpoint(every_steps=0)])
+    with pytest.raises(PluginError):
+        engine.fit(max_steps=3)
+    assert names(tmp_path) == []
+
+
+def test_background_save_writes_the_same_bytes(make_engine, tmp_path):
+    engines = {}
+    for mode in ("sync", "background"):
+        plugin = Checkpoint(every_steps=2, keep_last=0, background=mode == "background")
+        engines[mode] = make_engine(batches=20, run_dir=tmp_path / mode, plugins=[plugin])
+        engines[mode].fit(max_steps=6)
+    for step in (2, 4, 6):
+        name = ckpt.checkpoint_name(step)
+        a = load_file(tmp_path / "sync" / "checkpoints" / name / "model.safetensors")
+        b = load_file(tmp_path / "background" / "checkpoints" / name / "model.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    saved = events(engines["background"], "checkpoint_saved")
+    assert [e["step"] for e in saved] == [2, 4, 6] and all("stall_ms" in e for e in saved[:2])
+
+
+@pytest.mark.parametrize("options", [{"every_steps": -1}, {"mode": "best"}, {"keep_last": 1.5},
+                                     {"every_minutes": -2}])
+def test_bad_options_are_refused(options):
+    with pytest.raises(PluginError, match="checkpoint: option"):
+        Checkpoint(**options)

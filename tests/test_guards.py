@@ -1,0 +1,112 @@
+"""hookloop.guards: the one-sync step reader, also under DDP (two gloo processes)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = '''
+import json, sys
+import torch, torch.distributed as dist, torch.multiprocessing as mp
+import torch.nn.functional as F
+from hookloop import Engine, hookimpl
+from hookloop.guards import step_scalars
+from hookloop.plugins.nan_guard import NanGuard
+
+
+class Record:
+    """Keep what every rank read for each step."""
+
+    name = "record"
+    after = ("nan_guard",)
+
+    def __init__(self):
+        self.seen = []
+
+    @hookimpl
+    def after_backward(self, engine, state):
+        s = step_scalars(engine, state)
+        self.seen.append([state.step, s.loss, s.grad_norm, state.skip_step])
+
+
+def worker(rank, world, init_file, out_dir):
+    dist.init_process_group("gloo", init_method="file://" + init_file, rank=rank,
+                            world_size=world)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    g = torch.Generator().manual_seed(100 + rank)
+    data = [(torch.randn(3, 4, generator=g), torch.randn(3, 2, generator=g)) for _ in range(4)]
+    if rank == 1:
+        data[2][0][0, 0] = float("nan")  # only rank 1 sees bad data at step 2
+    record = Record()
+    engine = Engine(model, torch.optim.SGD(model.parameters(), lr=0.1), data,
+                    loss_fn=lambda m, b: F.mse_loss(m(b[0]), b[1]),
+                    plugins=[NanGuard(action="skip"), record])
+    engine.fit(max_steps=4)
+    with open(f"{out_dir}/rank{rank}.json", "w") as f:
+        json.dump({"seen": record.seen, "skipped": engine.plugins["nan_guard"].plugin.skipped,
+                   "params": [p.detach().flatten().tolist() for p in model.parameters()]}, f)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mp.spawn(worker, args=(2, sys.argv[1] + "/init", sys.argv[1]), nprocs=2, join=True)
+'''
+
+
+@pytest.mark.slow
+def test_ranks_read_the_same_scalars_and_skip_the_same_step(tmp_path):
+    (tmp_path / "ddp.py").write_text(SCRIPT)
+    subprocess.run([sys.executable, str(tmp_path / "ddp.py"), str(tmp_path)], check=True,
+                   timeout=120, capture_output=True)
+    rank0 = json.loads((tmp_path / "rank0.json").read_text())
+    rank1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert rank0["seen"] == rank1["seen"]  # same averaged loss and norm on both ranks
+    assert [row[3] for row in rank0["seen"]] == [False, False, True, False]
+    assert rank0["skipped"] == rank1["skipped"] == 1
+    assert rank0["params"] == rank1["params"]
+
+
+def test_step_scalars_reuse_the_clip_norm_and_are_cached_per_step(make_engine):
+    import torch
+
+    from hookloop import hookimpl
+    from hookloop.guards import step_scalars
+    from hookloop.plugins.clip import GradClip
+
+    seen = []
+
+    class Read:
+        name = "read"
+        after = ("clip",)
+
+        @hookimpl
+        def after_backward(self, engine, state):
+            first, again = step_scalars(engine, state), step_scalars(engine, state)
+            seen.append((first is again, first.grad_norm, float(state.metrics["grad_norm"]),
+                         first.loss, float(state.loss)))
+
+    engine = make_engine(batches=3, plugins=[GradClip(max_norm=0.01), Read()])
+    engine.fit(max_steps=3)
+    assert len(seen) == 3
+    for cached, norm, clip_norm, loss, state_loss in seen:
+        assert cached and norm == pytest.approx(clip_norm) and loss == pytest.approx(state_loss)
+    assert all(isinstance(v, torch.Tensor) for v in [engine.state.metrics["grad_norm"]])
+
+
+def test_a_non_finite_gradient_makes_the_step_not_finite_and_is_named():
+    import torch
+
+    from hookloop.guards import StepScalars, bad_gradient_names
+
+    model = torch.nn.Sequential(*[torch.nn.Linear(2, 2) for _ in range(6)])
+    for p in model.parameters():
+        p.grad = torch.full_like(p, float("inf"))
+    names = bad_gradient_names(model, limit=3)
+    assert names == ["0.weight", "0.bias", "1.weight", "... 9 more"]
+    assert not StepScalars(loss=1.0, grad_norm=float("inf")).finite
+    assert not StepScalars(loss=float("nan"), grad_norm=1.0).finite
+    assert StepScalars(loss=1.0, grad_norm=2.0).finite
