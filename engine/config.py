@@ -28,6 +28,8 @@ from typing import Any
 from hookloop.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_WARMUP_STEPS",
+    "PLUGIN_DEFAULTS",
     "SCHEMA",
     "Key",
     "apply_plugin_flags",
