@@ -17,7 +17,7 @@ from hookloop.errors import CheckpointError
 
 __all__ = [
     "WRITE_DELAY_ENV", "fsync_dir", "injected_delay", "read_pointer", "recover_partial",
-    "replace_dir", "write_file", "write_pointer",
+    "remove_dir", "replace_dir", "write_file", "write_pointer",
 ]
 
 WRITE_DELAY_ENV = "HOOKLOOP_CHECKPOINT_WRITE_DELAY"  # fault-injection aid for tests
@@ -62,6 +62,20 @@ def replace_dir(tmp: Path, directory: Path) -> None:
         fsync_dir(parent)
 
 
+def remove_dir(path: Path) -> None:
+    """Remove a directory so that it vanishes at once: renamed to a dot-name, then deleted.
+
+    A crash mid-delete leaves a `.prune-*` directory (removed by `recover_partial`), never a
+    half-deleted checkpoint under its own name.
+    """
+    trash = path.parent / f".prune-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(path, trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def recover_partial(checkpoints: Path) -> None:
     """Remove what a killed writer left behind and put back a checkpoint caught mid-swap.
 
@@ -70,7 +84,7 @@ def recover_partial(checkpoints: Path) -> None:
     mine = f"-{os.getpid()}-"
     for entry in checkpoints.iterdir():
         name = entry.name
-        if name.startswith(".tmp-") and mine not in name:
+        if name.startswith((".tmp-", ".prune-")) and mine not in name:
             shutil.rmtree(entry, ignore_errors=True)
         elif name.startswith(".old-"):
             original = checkpoints / name.removeprefix(".old-")

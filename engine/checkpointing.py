@@ -387,12 +387,14 @@ def _read_file(path: Path, name: str) -> bytearray:
 def latest_valid_checkpoint(run_dir: Path, *, journal: Journal | None = None) -> Path | None:
     """The newest checkpoint of a run that verifies, or None when there is none.
 
-    The `latest` pointer is tried first, then every `step-N` directory from the highest
-    step down. Each invalid one is logged and recorded in `journal` (`checkpoint_invalid`).
+    The `latest` pointer is tried first (or, if a writer was killed while swapping that
+    directory, its `.old-` copy), then every `step-N` directory from the highest step down. Each invalid one is logged and recorded in `journal` (`checkpoint_invalid`).
     """
     checkpoints = Path(run_dir) / CHECKPOINTS_DIR
     pointed = read_pointer(checkpoints, LATEST)
     candidates = [pointed] if pointed is not None else []
+    if pointed is not None and not pointed.exists():  # killed mid-swap: the old copy is whole
+        candidates.append(checkpoints / f".old-{pointed.name}")
     candidates += [p for p in reversed(list_checkpoints(checkpoints)) if p != pointed]
     for path in candidates:
         try:

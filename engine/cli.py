@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "schedule": ("hookloop.commands.schedule", "print and plot the learning-rate curve of the configured run"),
     "plot": ("hookloop.commands.plot", "plot a run's loss, learning rate and gradient norm to a PNG"),
     "doctor": ("hookloop.commands.doctor", "check a configured run before training it"),
+    "verify-resume": ("hookloop.commands.verify_resume",
+                      "check that stopping and resuming a run changes nothing"),
 }
 
 

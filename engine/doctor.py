@@ -122,11 +122,16 @@ def _peak_lrs(optimizer: torch.optim.Optimizer) -> list[float]:
 def batch_shapes(s: Subject) -> Finding:
     """Inputs and targets are integer tensors of one shape `(B, T)`."""
     inputs, targets = s.batches[0]
-    desc = f"inputs {tuple(inputs.shape)} {str(inputs.dtype)[6:]}, targets {tuple(targets.shape)} {str(targets.dtype)[6:]}"
+    desc = (
+        f"inputs {tuple(inputs.shape)} {str(inputs.dtype)[6:]}, "
+        f"targets {tuple(targets.shape)} {str(targets.dtype)[6:]}"
+    )
     if inputs.shape != targets.shape or inputs.dim() != 2:
         return Finding("batch_shapes", FAIL, f"{desc}: expected two (B, T) tensors of one shape")
     if inputs.is_floating_point() or targets.is_floating_point():
-        bad = int((~torch.isfinite(inputs.float())).sum() + (~torch.isfinite(targets.float())).sum())
+        bad = int(
+            (~torch.isfinite(inputs.float())).sum() + (~torch.isfinite(targets.float())).sum()
+        )
         extra = f", {bad} NaN/inf values" if bad else ""
         return Finding("batch_shapes", FAIL, f"{desc}{extra}: token ids must be integers")
     return Finding("batch_shapes", PASS, f"{desc}, {len(s.batches)} batches")
@@ -137,7 +142,11 @@ def token_range(s: Subject) -> Finding:
     vocab = _vocab(s)
     ids = torch.cat([t.flatten() for b in s.batches for t in b]).double()
     if not bool(torch.isfinite(ids).all()):
-        return Finding("token_range", FAIL, f"{int((~torch.isfinite(ids)).sum())} NaN/inf values in the batches")
+        return Finding(
+            "token_range",
+            FAIL,
+            f"{int((~torch.isfinite(ids)).sum())} NaN/inf values in the batches",
+        )
     ids = ids[ids != -100]
     low, high = int(ids.min()), int(ids.max())
     status = PASS if low >= 0 and high < vocab else FAIL
@@ -156,7 +165,11 @@ def targets_shifted(s: Subject) -> Finding:
     if share >= 0.99:
         return Finding("targets_shifted", PASS, f"{share:.1%} of targets are the next input token")
     if same / total >= 0.99:
-        return Finding("targets_shifted", FAIL, f"targets equal the inputs at {same / total:.1%} of positions: not shifted by one")
+        return Finding(
+            "targets_shifted",
+            FAIL,
+            f"targets equal the inputs at {same / total:.1%} of positions: not shifted by one",
+        )
     return Finding("targets_shifted", FAIL, f"only {share:.1%} of targets are the next input token")
 
 
@@ -169,11 +182,17 @@ def logits_range(s: Subject) -> Finding:
     logits = _logits(s, inputs)
     shape = tuple(logits.shape)
     if not bool(torch.isfinite(logits).all()):
-        return Finding("logits_range", FAIL, f"{int((~torch.isfinite(logits)).sum())} non-finite logits of {logits.numel()}")
+        return Finding(
+            "logits_range",
+            FAIL,
+            f"{int((~torch.isfinite(logits)).sum())} non-finite logits of {logits.numel()}",
+        )
     low, high = float(logits.min()), float(logits.max())
     detail = f"shape {shape}, range [{low:.3g}, {high:.3g}]"
     if logits.dim() != 3 or shape[:2] != tuple(inputs.shape):
-        return Finding("logits_range", FAIL, f"{detail}: expected (B, T, V) for inputs {tuple(inputs.shape)}")
+        return Finding(
+            "logits_range", FAIL, f"{detail}: expected (B, T, V) for inputs {tuple(inputs.shape)}"
+        )
     return Finding("logits_range", PASS if max(-low, high) < 30 else WARN, detail)
 
 
@@ -186,7 +205,11 @@ def initial_loss(s: Subject) -> Finding:
     if not math.isfinite(loss):
         return Finding("initial_loss", FAIL, detail)
     off = abs(loss - expected) / expected
-    return Finding("initial_loss", PASS if off <= 0.15 else WARN if off <= 0.5 else FAIL, f"{detail} ({off:.0%} off)")
+    return Finding(
+        "initial_loss",
+        PASS if off <= 0.15 else WARN if off <= 0.5 else FAIL,
+        f"{detail} ({off:.0%} off)",
+    )
 
 
 def causal_mask(s: Subject) -> Finding:
@@ -217,10 +240,18 @@ def gradients(s: Subject) -> Finding:
     peaks = {n: float(p.grad.abs().max()) for n, p in trainable if p.grad is not None}
     s.model.zero_grad(set_to_none=True)
     if missing:
-        return Finding("gradients", FAIL, f"no gradient for {_names(missing)} ({len(missing)} of {len(trainable)} trainable tensors): detached from the graph or unused")
+        return Finding(
+            "gradients",
+            FAIL,
+            f"no gradient for {_names(missing)} ({len(missing)} of {len(trainable)} trainable "
+            "tensors): detached from the graph or unused",
+        )
     tiny = [n for n, v in peaks.items() if v < 1e-8]
     smallest = min(peaks, key=peaks.__getitem__)
-    detail = f"{len(peaks)} of {len(trainable)} trainable tensors get gradients; smallest max|grad| {peaks[smallest]:.2g} ({smallest})"
+    detail = (
+        f"{len(peaks)} of {len(trainable)} trainable tensors get gradients; "
+        f"smallest max|grad| {peaks[smallest]:.2g} ({smallest})"
+    )
     if tiny:
         return Finding("gradients", WARN, f"{detail}; tiny: {_names(tiny)}")
     return Finding("gradients", PASS, detail)
@@ -233,7 +264,12 @@ def frozen_parameters(s: Subject) -> Finding:
     if not frozen:
         return Finding("frozen_parameters", PASS, f"0 of {len(params)} tensors frozen")
     share = sum(k for _, k in frozen) / sum(p.numel() for _, p in params)
-    return Finding("frozen_parameters", WARN, f"frozen (requires_grad=False): {_names([n for n, _ in frozen])} ({len(frozen)} of {len(params)} tensors, {share:.0%} of weights)")
+    return Finding(
+        "frozen_parameters",
+        WARN,
+        f"frozen (requires_grad=False): {_names([n for n, _ in frozen])} "
+        f"({len(frozen)} of {len(params)} tensors, {share:.0%} of weights)",
+    )
 
 
 def grad_norm_range(s: Subject) -> Finding:
@@ -264,16 +300,25 @@ def optimizer_step(s: Subject) -> Finding:
     """One optimizer step changes every trainable parameter that has a gradient."""
     model, optimizer = _copy(s)
     _backward(s, model, s.batches[0])
-    named = [(n, p) for n, p in model.named_parameters() if p.grad is not None and bool(p.grad.any())]
+    named = [
+        (n, p) for n, p in model.named_parameters() if p.grad is not None and bool(p.grad.any())
+    ]
     before = [p.detach().clone() for _, p in named]
     optimizer.step()
     pairs = [(n, p.detach(), b) for (n, p), b in zip(named, before, strict=True)]
     still = [n for n, p, b in pairs if torch.equal(p, b)]
     moved = math.sqrt(sum(float((p - b).square().sum()) for _, p, b in pairs))
     size = math.sqrt(sum(float(b.square().sum()) for _, _, b in pairs))
-    detail = f"{len(named) - len(still)} of {len(named)} tensors with gradients changed; update norm / weight norm {moved / max(size, 1e-12):.2g}"
+    detail = (
+        f"{len(named) - len(still)} of {len(named)} tensors with gradients changed; "
+        f"update norm / weight norm {moved / max(size, 1e-12):.2g}"
+    )
     if still:
-        return Finding("optimizer_step", FAIL, f"{detail}; unchanged: {_names(still)} (lr 0, or not in the optimizer)")
+        return Finding(
+            "optimizer_step",
+            FAIL,
+            f"{detail}; unchanged: {_names(still)} (lr 0, or not in the optimizer)",
+        )
     return Finding("optimizer_step", PASS, detail)
 
 
@@ -304,12 +349,19 @@ def schedule(s: Subject) -> Finding:
     """The `schedule` plugin warms up over `warmup_steps` and decays to `min_lr` as configured."""
     loaded = s.engine.plugins.get("schedule") if s.engine is not None else None
     if loaded is None:
-        return Finding("schedule", WARN, f"no schedule plugin: the lr stays {_peak_lrs(s.optimizer)[0]:.3g} (no warmup, no decay)")
+        return Finding(
+            "schedule",
+            WARN,
+            f"no schedule plugin: the lr stays {_peak_lrs(s.optimizer)[0]:.3g} "
+            "(no warmup, no decay)",
+        )
     engine, plugin = s.engine, loaded.plugin
     assert engine is not None
     total = int(getattr(plugin, "total_steps", 0) or s.max_steps or engine.max_steps or 0)
     if not total:
-        return Finding("schedule", WARN, "the run length is unknown: pass max_steps to check the schedule")
+        return Finding(
+            "schedule", WARN, "the run length is unknown: pass max_steps to check the schedule"
+        )
     warmup = int(getattr(plugin, "warmup_steps", 0))
     kind, min_lr = getattr(plugin, "kind", "?"), getattr(plugin, "min_lr", None)
     peak = _peak_lrs(s.optimizer)[0]
@@ -320,12 +372,22 @@ def schedule(s: Subject) -> Finding:
     finally:
         engine.max_steps = planned
     at = dict(zip(points, lrs, strict=True))
-    detail = f"{kind}: " + ", ".join(f"step {k}: {v:.3g}" for k, v in at.items()) + f" (peak {peak:.3g}, warmup {warmup})"
+    detail = (
+        f"{kind}: "
+        + ", ".join(f"step {k}: {v:.3g}" for k, v in at.items())
+        + f" (peak {peak:.3g}, warmup {warmup})"
+    )
     if not all(math.isfinite(v) and v >= 0 for v in lrs) or max(lrs) == 0:
         return Finding("schedule", FAIL, detail + ": the lr is never positive")
     if warmup > 1 and not (at[1] < at[warmup] and math.isclose(at[warmup], peak, rel_tol=1e-6)):
-        return Finding("schedule", FAIL, detail + f": does not warm up to the peak over {warmup} steps")
-    if kind != "constant" and min_lr is not None and not math.isclose(at[total], min_lr, rel_tol=1e-6, abs_tol=1e-12):
+        return Finding(
+            "schedule", FAIL, detail + f": does not warm up to the peak over {warmup} steps"
+        )
+    if (
+        kind != "constant"
+        and min_lr is not None
+        and not math.isclose(at[total], min_lr, rel_tol=1e-6, abs_tol=1e-12)
+    ):
         return Finding("schedule", FAIL, detail + f": does not decay to min_lr {min_lr:.3g}")
     return Finding("schedule", PASS, detail)
 
@@ -345,13 +407,31 @@ def overfit_one_batch(s: Subject) -> Finding:
         if not math.isfinite(loss):
             break
         if loss < target:
-            return Finding("overfit_one_batch", PASS, f"loss {start:.4g} -> {loss:.4g} (< {target:.4g}) in {step} steps")
-    return Finding("overfit_one_batch", FAIL, f"loss {start:.4g} -> {loss:.4g} after {s.overfit_steps} steps, target < {target:.4g}")
+            return Finding(
+                "overfit_one_batch",
+                PASS,
+                f"loss {start:.4g} -> {loss:.4g} (< {target:.4g}) in {step} steps",
+            )
+    return Finding(
+        "overfit_one_batch",
+        FAIL,
+        f"loss {start:.4g} -> {loss:.4g} after {s.overfit_steps} steps, target < {target:.4g}",
+    )
 
 
 CHECKS: tuple[Check, ...] = (
-    batch_shapes, token_range, targets_shifted, logits_range, initial_loss, gradients,
-    frozen_parameters, grad_norm_range, learning_rate, schedule, optimizer_step, causal_mask,
+    batch_shapes,
+    token_range,
+    targets_shifted,
+    logits_range,
+    initial_loss,
+    gradients,
+    frozen_parameters,
+    grad_norm_range,
+    learning_rate,
+    schedule,
+    optimizer_step,
+    causal_mask,
     overfit_one_batch,
 )
 """The built-in checks, in the order the checklist prints them."""
@@ -378,10 +458,18 @@ def diagnose(engine: Engine, batches: Sequence[Any], **options: Any) -> list[Fin
         **options: Further `Subject` fields (vocab_size, max_steps, overfit_steps, ...).
     """
     subject = Subject(
-        model=engine.model, optimizer=engine.optimizer, loss_fn=engine.loss_fn,
-        batches=[engine.to_device(b) for b in batches], engine=engine, **options,
+        model=engine.model,
+        optimizer=engine.optimizer,
+        loss_fn=engine.loss_fn,
+        batches=[engine.to_device(b) for b in batches],
+        engine=engine,
+        **options,
     )
-    extra = [c for checks in engine.hooks.collect("doctor_checks", engine=engine).values() for c in checks]
+    extra = [
+        c
+        for checks in engine.hooks.collect("doctor_checks", engine=engine).values()
+        for c in checks
+    ]
     return run_checks(subject, [*CHECKS, *extra])
 
 

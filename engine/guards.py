@@ -84,7 +84,9 @@ def step_scalars(engine: Engine, state: State) -> StepScalars:
     else:
         engine.unscale_gradients()
         grads = [p.grad for p in engine.model.parameters() if p.grad is not None]
-        values = torch.stack([loss, *torch._foreach_norm(grads)]).float() if grads else loss.reshape(1)
+        values = (
+            torch.stack([loss, *torch._foreach_norm(grads)]).float() if grads else loss.reshape(1)
+        )
     if engine.world_size > 1:
         # Every rank must take the same decision: average the loss (the gradients, hence the
         # norms, are already all-reduced and equal on every rank).
@@ -109,12 +111,14 @@ def _to_host(values: torch.Tensor) -> list[float]:
 
 
 def bad_gradient_names(model: torch.nn.Module, limit: int = 8) -> list[str]:
-    """Names of the parameters whose gradient holds a NaN or an infinity (failure path only:
-    one sync per parameter)."""
-    names = [
-        name for name, p in model.named_parameters()
-        if p.grad is not None and not bool(torch.isfinite(p.grad).all())
-    ]
+    """Names of the parameters whose gradient holds a NaN or an infinity; when every element
+    is finite (the norm overflowed), the few with the largest gradients, with their size.
+    For the failure path only: one sync per parameter."""
+    grads = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
+    names = [name for name, g in grads if not bool(torch.isfinite(g).all())]
+    if not names and grads:
+        peaks = sorted(((float(g.abs().max()), name) for name, g in grads), reverse=True)
+        return [f"{name} (max |grad| {peak:.3g})" for peak, name in peaks[:3]]
     return names if len(names) <= limit else [*names[:limit], f"... {len(names) - limit} more"]
 
 
@@ -170,7 +174,12 @@ def rollback(engine: Engine, state: State, *, lr_factor: float, reason: str, by:
         if peak is not None:
             group["initial_lr"] = peak * lr_factor
     engine.journal.record(
-        "rollback", step=state.step, reason=reason, plugin=by, from_step=from_step,
-        checkpoint=str(path), lr_factor=lr_factor,
+        "rollback",
+        step=state.step,
+        reason=reason,
+        plugin=by,
+        from_step=from_step,
+        checkpoint=str(path),
+        lr_factor=lr_factor,
     )
     return state.step

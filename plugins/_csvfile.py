@@ -67,9 +67,15 @@ class MetricsFile:
         with tmp.open("w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, self.columns, lineterminator="\n")
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows(rows[:-1])
+            f.flush()
+            self._last_offset = f.tell()
+            writer.writerows(rows[-1:])
             f.flush()
             os.fsync(f.fileno())
+        # A resumed run can still fill in the kept last row: an epoch-end evaluation of the
+        # step its checkpoint was taken at runs again after the resume.
+        self.last_row = {**rows[-1], "step": int(rows[-1]["step"])} if rows else None
         os.replace(tmp, self.path)
         file = self.path.open("a", newline="", encoding="utf-8")
         self._writer = csv.writer(file, lineterminator="\n")

@@ -24,7 +24,6 @@ Cost: a modulo and a clock read per step; a save costs what writing the tensors 
 from __future__ import annotations
 
 import math
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ import structlog
 import torch
 
 from hookloop import checkpointing as ckpt
+from hookloop.atomic import remove_dir
 from hookloop.errors import PluginError
 from hookloop.hookspecs import hookimpl
 
@@ -239,6 +239,6 @@ class Checkpoint:
         keep = set(self.saved[-self.keep_last:]) | {self.best}
         for name in [n for n in self.saved if n not in keep]:
             self.saved.remove(name)
-            shutil.rmtree(checkpoints / name, ignore_errors=True)
+            remove_dir(checkpoints / name)
             engine.journal.record("checkpoint_pruned", step=engine.state.step,
                                   reason=f"keep_last={self.keep_last}", path=str(checkpoints / name))

@@ -11,8 +11,9 @@ tensor telling whether clipping changed anything. Under fp16 the gradients are u
 first (`engine.unscale_gradients()`), so the norm and the threshold are in true units.
 
 Hooks: `on_fit_start` (collects the parameters), `after_backward`. Cost: one pass over
-the gradients (the norm that `clip_grad_norm_` computes anyway); in value mode, a second
-pass for the max-abs test. No host sync.
+the gradients for the norm, and a second to rescale them when they are clipped (on an
+accelerator: always, by a factor of at most 1, so that nothing waits for the device); in
+value mode, a max-abs pass and the clamp. No host sync on accelerators.
 """
 
 from __future__ import annotations
@@ -55,13 +56,15 @@ class GradClip:
         params = [p for p in self._params if p.grad is not None]
         if not params:
             return
+        grads = [p.grad for p in params]
+        norm = torch.nn.utils.get_total_norm(grads)  # before clipping, a tensor on the device
         if self.mode == "norm":
-            # Returns the total norm before clipping, as a tensor on the device.
-            norm = torch.nn.utils.clip_grad_norm_(params, self.max_norm)
             clipped = norm > self.max_norm
+            # On a CPU reading `clipped` waits for nothing, so skip the no-op rescale of every
+            # gradient; on an accelerator always rescale (by min(1, max_norm / norm)): no sync.
+            if norm.device.type != "cpu" or bool(clipped):
+                torch.nn.utils.clip_grads_with_norm_(params, self.max_norm, norm)
         else:
-            grads = [p.grad for p in params]
-            norm = torch.nn.utils.get_total_norm(grads)
             clipped = torch.nn.utils.get_total_norm(grads, norm_type=float("inf")) > self.max_value
             torch.nn.utils.clip_grad_value_(params, self.max_value)
         state.metrics["grad_norm"] = norm.detach()

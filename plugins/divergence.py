@@ -50,22 +50,44 @@ class Divergence:
     before = ("checkpoint",)
 
     def __init__(
-        self, *, action: str = "warn", loss_factor: float = 2.0, grad_factor: float = 10.0,
-        beta: float = 0.98, warmup_steps: int = 100, lr_factor: float = 0.5,
+        self,
+        *,
+        action: str = "warn",
+        loss_factor: float = 2.0,
+        grad_factor: float = 10.0,
+        beta: float = 0.98,
+        warmup_steps: int = 100,
+        lr_factor: float = 0.5,
         max_rollbacks: int = 3,
     ) -> None:
         if action not in ACTIONS:
-            raise PluginError(f"divergence: option action must be one of {', '.join(ACTIONS)}, got {action!r}")
-        for option, value, low in (("loss_factor", loss_factor, 1.0), ("grad_factor", grad_factor, 1.0)):
+            raise PluginError(
+                f"divergence: option action must be one of {', '.join(ACTIONS)}, got {action!r}"
+            )
+        for option, value, low in (
+            ("loss_factor", loss_factor, 1.0),
+            ("grad_factor", grad_factor, 1.0),
+        ):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > low:
-                raise PluginError(f"divergence: option {option} must be a number > {low}, got {value!r}")
+                raise PluginError(
+                    f"divergence: option {option} must be a number > {low}, got {value!r}"
+                )
         for option, value in (("beta", beta), ("lr_factor", lr_factor)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
                 raise PluginError(f"divergence: option {option} must be in (0, 1), got {value!r}")
-        for option, value, low in (("warmup_steps", warmup_steps, 0), ("max_rollbacks", max_rollbacks, 1)):
+        for option, value, low in (
+            ("warmup_steps", warmup_steps, 0),
+            ("max_rollbacks", max_rollbacks, 1),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise PluginError(f"divergence: option {option} must be an integer >= {low}, got {value!r}")
-        self.action, self.loss_factor, self.grad_factor = action, float(loss_factor), float(grad_factor)
+                raise PluginError(
+                    f"divergence: option {option} must be an integer >= {low}, got {value!r}"
+                )
+        self.action, self.loss_factor, self.grad_factor = (
+            action,
+            float(loss_factor),
+            float(grad_factor),
+        )
         self.beta, self.warmup_steps, self.lr_factor = float(beta), warmup_steps, float(lr_factor)
         self.max_rollbacks = max_rollbacks
         self.loss_avg: float | None = None
@@ -86,8 +108,15 @@ class Divergence:
             return
         self.spikes += 1
         engine.journal.record(
-            "divergence", step=state.step, reason=reason, plugin=self.name, action=self.action,
-            loss=s.loss, loss_avg=self.loss_avg, grad_norm=s.grad_norm, grad_avg=self.grad_avg,
+            "divergence",
+            step=state.step,
+            reason=reason,
+            plugin=self.name,
+            action=self.action,
+            loss=s.loss,
+            loss_avg=self.loss_avg,
+            grad_norm=s.grad_norm,
+            grad_avg=self.grad_avg,
         )
         if self.action == "warn":
             return
@@ -96,7 +125,9 @@ class Divergence:
             self._pending = reason
             return
         if self.action == "rollback":
-            reason += f"; already rolled back {self.rollbacks} times (max_rollbacks={self.max_rollbacks})"
+            reason += (
+                f"; already rolled back {self.rollbacks} times (max_rollbacks={self.max_rollbacks})"
+            )
         engine.journal.record("stop", step=state.step, reason=reason, plugin=self.name)
         raise TrainingHalted(f"divergence: step {state.step}: {reason}")
 
@@ -107,7 +138,9 @@ class Divergence:
         if loss > self.loss_factor * self.loss_avg:
             return f"loss {loss:.4g} > {self.loss_factor:g} x its average {self.loss_avg:.4g}"
         if norm > self.grad_factor * self.grad_avg:
-            return f"gradient norm {norm:.4g} > {self.grad_factor:g} x its average {self.grad_avg:.4g}"
+            return (
+                f"gradient norm {norm:.4g} > {self.grad_factor:g} x its average {self.grad_avg:.4g}"
+            )
         return None
 
     def _fold(self, loss: float, norm: float) -> None:
@@ -132,8 +165,11 @@ class Divergence:
     @hookimpl
     def on_save_checkpoint(self) -> dict[str, Any]:
         return {
-            "loss_avg": self.loss_avg, "grad_avg": self.grad_avg, "seen": self.seen,
-            "spikes": self.spikes, "rollbacks": self.rollbacks,
+            "loss_avg": self.loss_avg,
+            "grad_avg": self.grad_avg,
+            "seen": self.seen,
+            "spikes": self.spikes,
+            "rollbacks": self.rollbacks,
         }
 
     @hookimpl

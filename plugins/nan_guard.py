@@ -65,15 +65,27 @@ class NanGuard:
     before = ("clip", "checkpoint")
 
     def __init__(
-        self, *, action: str = "stop", max_skips: int = 3, max_rollbacks: int = 3,
+        self,
+        *,
+        action: str = "stop",
+        max_skips: int = 3,
+        max_rollbacks: int = 3,
         lr_factor: float = 0.5,
     ) -> None:
         if action not in ACTIONS:
-            raise PluginError(f"nan_guard: option action must be one of {', '.join(ACTIONS)}, got {action!r}")
+            raise PluginError(
+                f"nan_guard: option action must be one of {', '.join(ACTIONS)}, got {action!r}"
+            )
         for option, value in (("max_skips", max_skips), ("max_rollbacks", max_rollbacks)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise PluginError(f"nan_guard: option {option} must be an integer >= 1, got {value!r}")
-        if isinstance(lr_factor, bool) or not isinstance(lr_factor, (int, float)) or not 0 < lr_factor <= 1:
+                raise PluginError(
+                    f"nan_guard: option {option} must be an integer >= 1, got {value!r}"
+                )
+        if (
+            isinstance(lr_factor, bool)
+            or not isinstance(lr_factor, (int, float))
+            or not 0 < lr_factor <= 1
+        ):
             raise PluginError(f"nan_guard: option lr_factor must be in (0, 1], got {lr_factor!r}")
         self.action, self.max_skips, self.max_rollbacks = action, max_skips, max_rollbacks
         self.lr_factor = float(lr_factor)
@@ -92,18 +104,28 @@ class NanGuard:
         names = bad_gradient_names(engine.model)
         reason = f"loss is {scalars.loss}" if bad_loss else "loss is finite"
         reason += f", gradient norm is {scalars.grad_norm}"
-        if names:
+        if names and "(max |grad|" in names[0]:
+            reason += f"; every gradient element is finite, the largest: {', '.join(names)}"
+        elif names:
             reason += f"; non-finite gradients in {', '.join(names)}"
         engine.journal.record(
-            "nan_detected", step=state.step, reason=reason, plugin=self.name,
-            loss=scalars.loss, grad_norm=scalars.grad_norm, parameters=names,
+            "nan_detected",
+            step=state.step,
+            reason=reason,
+            plugin=self.name,
+            loss=scalars.loss,
+            grad_norm=scalars.grad_norm,
+            parameters=names,
         )
         state.skip_step = True
         self.consecutive += 1
         if self.action == "skip" and self.consecutive <= self.max_skips:
             self.skipped += 1
             engine.journal.record(
-                "step_skipped", step=state.step, reason=reason, plugin=self.name,
+                "step_skipped",
+                step=state.step,
+                reason=reason,
+                plugin=self.name,
                 consecutive=self.consecutive,
             )
             return
@@ -113,7 +135,9 @@ class NanGuard:
         if self.action == "skip":
             reason += f"; {self.consecutive} bad steps in a row (max_skips={self.max_skips})"
         elif self.action == "rollback":
-            reason += f"; already rolled back {self.rollbacks} times (max_rollbacks={self.max_rollbacks})"
+            reason += (
+                f"; already rolled back {self.rollbacks} times (max_rollbacks={self.max_rollbacks})"
+            )
         self._halt(engine, state, reason)
 
     # After_step of the bad step, before checkpoint (declared above): go back to the last
@@ -140,7 +164,11 @@ class NanGuard:
 
     def checkpoint_state(self) -> dict[str, Any]:
         """The counters, as stored in a checkpoint."""
-        return {"skipped": self.skipped, "consecutive": self.consecutive, "rollbacks": self.rollbacks}
+        return {
+            "skipped": self.skipped,
+            "consecutive": self.consecutive,
+            "rollbacks": self.rollbacks,
+        }
 
     def restore(self, saved: dict[str, Any]) -> None:
         """Set the counters from `checkpoint_state()` output."""

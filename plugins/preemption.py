@@ -46,7 +46,7 @@ class Preemption:
     """Turn a termination signal into a clean stop with a checkpoint."""
 
     name = "preemption"
-    after = ("checkpoint",)  # its on_fit_end save comes first; ours is then a no-op
+    before = ("checkpoint",)  # our on_fit_end save (reason "preempted") comes first; its is then a no-op
 
     def __init__(self, *, signals: str | list[str] = "SIGTERM,SIGINT") -> None:
         if isinstance(signals, str):
@@ -82,10 +82,13 @@ class Preemption:
 
     @hookimpl
     def on_fit_end(self, engine: Engine, state: State) -> None:
-        self._restore()
         if self.received is None:
+            self._restore()
             return
-        path = self._save(engine)
+        try:
+            path = self._save(engine)  # our handler stays on: a second signal still aborts
+        finally:
+            self._restore()
         engine.journal.record(
             "signal_received", step=state.step, reason=f"{self.received}: stopped cleanly",
             signal=self.received, checkpoint=str(path) if path else None,

@@ -121,7 +121,8 @@ class Trace:
 
 
 class Misbehave:
-    """Test controls: sleep per step, stop after step `stop_at`, SIGKILL right after `kill_after`."""
+    """Test controls: sleep per step, stop after step `stop_at`, SIGKILL right after the
+    after_step checkpoint of step `kill_after` (before that epoch's end, if it ends one)."""
 
     name = "misbehave"
 
@@ -142,6 +143,11 @@ class Misbehave:
 
     @hookimpl
     def before_step(self, state):  # so the after_step checkpoint of that step is written
+        if state.step == self.kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    @hookimpl(tryfirst=True)  # at an epoch's end: before eval runs and csv fills in the row
+    def on_epoch_end(self, state):
         if state.step == self.kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
 

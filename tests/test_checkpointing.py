@@ -39,7 +39,7 @@ def test_format_files_keys_and_a_model_file_any_safetensors_reader_loads(ckpt_wo
                                  "tokens_seen": 256}
     assert state["optimizer"]["param_groups"][0]["betas"] == {"__tuple__": [0.9, 0.95]}
     assert set(state["rng"]) >= {"torch", "numpy", "python"}
-    assert set(state["plugins"]) == {"checkpoint", "csv", "nan_guard", "divergence"} and "trace" in state["plugin_versions"]
+    assert {"checkpoint", "csv"} <= set(state["plugins"]) and "trace" in state["plugin_versions"]
     assert state["plugin_versions"]["checkpoint"].startswith("hookloop ")
     assert state["torch_version"] == torch.__version__ and "loss" in state["metrics"]
     for name, info in state["files"].items():
@@ -159,7 +159,8 @@ def test_a_crash_mid_swap_or_mid_write_is_repaired_on_the_next_save(make_engine,
     path = ckpt.save_checkpoint(engine, checkpoints / "step-00000001")
     path.rename(checkpoints / ".old-step-00000001")  # killed between the two renames
     (checkpoints / ".tmp-step-00000002-999999-abcd").mkdir()  # killed while writing
-    assert ckpt.latest_valid_checkpoint(tmp_path) is None
+    (checkpoints / ".prune-step-00000000-999999-abcd").mkdir()  # killed while pruning
+    assert ckpt.latest_valid_checkpoint(tmp_path) == checkpoints / ".old-step-00000001"
     ckpt.recover_partial(checkpoints)
     assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step-00000001"]
     ckpt.verify_checkpoint(path)
@@ -174,3 +175,18 @@ def test_nothing_is_pickled_or_unpickled_anywhere():
     for source in sources:
         text = source.read_text()
         assert "torch.load(" not in text and "import pickle" not in text, source
+
+
+def test_the_recipe_model_file_loads_into_a_fresh_tiny_transformer(tiny_lm_overrides, tmp_path):
+    from hookloop.config import load_config
+    from hookloop.recipe import build_model, build_run
+
+    config = load_config(None, [*tiny_lm_overrides, "plugins.disable=[\"progress\"]"])
+    run = build_run(config, tmp_path)
+    run.fit()
+    path = ckpt.latest_valid_checkpoint(tmp_path)
+    fresh = build_model(config, run.tokenizer.vocab_size)
+    fresh.load_state_dict(load_file(path / "model.safetensors"))  # strict, nothing else needed
+    trained = run.engine.model.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in fresh.state_dict().items())
+    assert json.loads((path / "state.json").read_text())["model"]["aliases"] == {}

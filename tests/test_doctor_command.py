@@ -23,6 +23,7 @@ def doctor(*args: str, cwd) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
 
 
+@pytest.mark.slow
 def test_a_healthy_default_config_passes_every_check(tmp_path):
     out = doctor(*TINY, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -35,8 +36,9 @@ def test_a_healthy_default_config_passes_every_check(tmp_path):
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.slow
 def test_a_failing_check_sets_the_exit_status(tmp_path):
-    out = doctor(*TINY, "--overfit-steps", "1", cwd=tmp_path)
+    out = doctor(*TINY, "--overfit-steps", "1", "--batches", "1", cwd=tmp_path)
     assert out.returncode == 1, out.stdout + out.stderr
     assert any(line.startswith("FAIL  overfit_one_batch") for line in out.stdout.splitlines())
 

@@ -303,3 +303,13 @@ def test_fp16_uses_a_grad_scaler(make_engine):
     assert engine.scaler is not None
     state = engine.fit(max_steps=2)
     assert state.step == 2
+
+
+def test_next_token_loss_accepts_non_contiguous_targets():
+    from hookloop.losses import next_token_loss
+
+    model = torch.nn.Embedding(5, 5)
+    windows = torch.randint(0, 5, (2, 7))
+    inputs, targets = windows[:, :-1], windows[:, 1:]  # slices: not contiguous
+    expected = F.cross_entropy(model(inputs).reshape(-1, 5), targets.reshape(-1))
+    assert next_token_loss(model, (inputs, targets)).item() == pytest.approx(expected.item())

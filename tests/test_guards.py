@@ -60,8 +60,9 @@ if __name__ == "__main__":
 @pytest.mark.slow
 def test_ranks_read_the_same_scalars_and_skip_the_same_step(tmp_path):
     (tmp_path / "ddp.py").write_text(SCRIPT)
-    subprocess.run([sys.executable, str(tmp_path / "ddp.py"), str(tmp_path)], check=True,
-                   timeout=120, capture_output=True)
+    out = subprocess.run([sys.executable, str(tmp_path / "ddp.py"), str(tmp_path)],
+                         timeout=120, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
     rank0 = json.loads((tmp_path / "rank0.json").read_text())
     rank1 = json.loads((tmp_path / "rank1.json").read_text())
     assert rank0["seen"] == rank1["seen"]  # same averaged loss and norm on both ranks
@@ -110,3 +111,36 @@ def test_a_non_finite_gradient_makes_the_step_not_finite_and_is_named():
     assert not StepScalars(loss=1.0, grad_norm=float("inf")).finite
     assert not StepScalars(loss=float("nan"), grad_norm=1.0).finite
     assert StepScalars(loss=1.0, grad_norm=2.0).finite
+
+
+def test_an_overflowing_norm_of_finite_gradients_names_the_largest():
+    import torch
+
+    from hookloop.guards import bad_gradient_names
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    model[1].weight.grad.fill_(3e30)  # finite, but its float32 norm is inf
+    assert bad_gradient_names(model)[0] == "1.weight (max |grad| 3e+30)"
+
+
+@pytest.mark.slow
+def test_an_absurd_learning_rate_stops_hookloop_train_with_one_line(tmp_path):
+    import os
+
+    pytest.importorskip("hookloop.recipe")
+    tiny = ["--set", "model.n_layers=1", "--set", "model.d_model=32", "--set", "model.n_heads=2",
+            "--set", "model.d_ff=64", "--set", "data.seq_len=32", "--set", "data.batch_size=8"]
+    out = subprocess.run(
+        [sys.executable, "-m", "hookloop", "train", *tiny, "--set", "training.max_steps=8",
+         "--set", "optimizer.lr=1e4", "-p", "no:eval", "-p", "no:progress", "--run-dir", "run"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        env={**os.environ, "HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD": "1"},
+    )
+    assert out.returncode == 2, out.stderr
+    (line,) = [x for x in out.stderr.splitlines() if x.startswith("hookloop train: error:")]
+    assert line.startswith("hookloop train: error: nan_guard: step ")
+    assert "emergency-step-" in line and "Traceback" not in out.stderr
+    events = [json.loads(x)["event"] for x in (tmp_path / "run" / "journal.jsonl").open()]
+    assert "nan_detected" in events and "stop" in events

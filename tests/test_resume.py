@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import csv
+import os
+import subprocess
+import sys
+
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from hookloop import checkpointing as ckpt
+from hookloop.cli import build_parser
 from hookloop.errors import CheckpointError, ConfigError
 from hookloop.resume import check_changes, config_changes, find_resume
 
@@ -45,3 +53,75 @@ def test_find_resume_auto_path_and_fallback(make_engine, tmp_path):
         find_resume(str(second), None, tmp_path)
     with pytest.raises(CheckpointError, match="not a checkpoint directory"):
         find_resume(str(tmp_path / "nope"), None, tmp_path)
+
+
+# --- the command line: hookloop train --resume, hookloop verify-resume -------------------------
+
+
+def hookloop(*args, cwd):
+    env = {**os.environ, "HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    return subprocess.run([sys.executable, "-m", "hookloop", *args], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=120)
+
+
+def sets(overrides):
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def test_train_resume_continues_exactly_and_checks_config_changes(tiny_lm_overrides, tmp_path):
+    common = [*sets(tiny_lm_overrides), "--set", "training.accumulate=2", "--set",
+              "model.dropout=0.1", "--set", "plugins.schedule.total_steps=8", "-p", "no:progress"]
+    straight = hookloop("train", "--run-dir", "a", *common, "--set", "training.max_steps=8",
+                        cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr
+    first = hookloop("train", "--run-dir", "b", *common, "--set", "training.max_steps=4",
+                     cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+
+    again = hookloop("train", "--run-dir", "b", *common, cwd=tmp_path)  # forgot --resume
+    assert again.returncode == 2 and "already holds checkpoints" in again.stderr
+    refused = hookloop("train", "--resume", "auto", "--run-dir", "b", "--set",
+                       "model.n_layers=2", cwd=tmp_path)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "changed model.n_layers is not safe" in refused.stderr
+
+    resumed = hookloop("train", "--resume", "auto", "--run-dir", "b", "--set",
+                       "training.max_steps=8", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming b from step-00000004 (step 4); config changes:" in resumed.stdout
+    assert "training.max_steps: 4 -> 8  (applied)" in resumed.stdout
+    a = load_file(tmp_path / "a" / "checkpoints" / "step-00000008" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "checkpoints" / "step-00000008" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    timing = ("tokens_per_s", "step_ms", "mfu")
+
+    def rows(run):
+        with open(tmp_path / run / "metrics.csv", newline="") as f:
+            return [{k: v for k, v in r.items() if k not in timing} for r in csv.DictReader(f)]
+
+    b_rows, a_rows = rows("b"), rows("a")
+    assert [int(r["step"]) for r in b_rows] == list(range(1, 9))
+    assert b_rows[3]["val_loss"] and not a_rows[3]["val_loss"]  # the first run's final eval
+    b_rows[3].update(val_loss="", val_ppl="")
+    assert b_rows == a_rows
+
+
+def test_verify_resume_reports_equal(tiny_lm_overrides, tmp_path):
+    out = hookloop("verify-resume", *sets(tiny_lm_overrides), "--set", "model.dropout=0.1",
+                   "--set", "training.accumulate=2", "--steps", "6", "-p", "no:progress",
+                   cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "loss trace: equal at all 6 steps" in out.stdout
+    assert "result: EQUAL" in out.stdout
+
+
+def test_verify_resume_finds_the_first_differing_step(tiny_lm_overrides, tmp_path, monkeypatch,
+                                                     capsys):
+    monkeypatch.setattr(ckpt, "set_rng_state", lambda rng: None)  # a broken resume
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["verify-resume", *sets(tiny_lm_overrides), "--set",
+                                      "model.dropout=0.2", "--steps", "4", "-p", "no:progress"])
+    code = args.run(args)  # in process (so the patch applies), logging left unconfigured
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "loss trace: DIFFERENT from step 3" in out and "result: DIFFERENT" in out

@@ -65,7 +65,7 @@ def straight(ckpt_worker, tmp_path_factory):
 
 
 def test_kill_9_right_after_checkpoint_k_resumes_bitwise(ckpt_worker, straight, tmp_path):
-    k = STEPS // 2
+    k = STEPS // 2  # an epoch ends there (5 steps per epoch): killed before its evaluation
     rc, _, _ = ckpt_worker.run(tmp_path, "--steps", str(STEPS), "--kill-after", str(k))
     assert rc == -signal.SIGKILL
     assert read_pointer(tmp_path / "checkpoints", LATEST).name == checkpoint_name(k)
@@ -94,14 +94,15 @@ def test_ten_random_kills_including_mid_write_then_same_weights(ckpt_worker, str
         line = proc.stdout.readline()
         assert line.startswith("READY"), proc.communicate()[1]
         ready_steps.append(int(line.split()[1]))
-        time.sleep(rng.uniform(0.0, 0.15))
+        # On a loaded machine a step can outlast the window: widen it while nothing progresses.
+        stuck = len(ready_steps) - 1 - ready_steps.index(ready_steps[-1])
+        time.sleep(rng.uniform(0.0, 0.15) + 0.2 * stuck)
         proc.kill()
         proc.communicate()
-        checkpoints = tmp_path / "checkpoints"  # absent if the kill beat the first save
+        checkpoints = tmp_path / "checkpoints"
         mid_write += checkpoints.is_dir() and any(
-            p.name.startswith(".tmp-") for p in checkpoints.iterdir()
-        )
-    assert ready_steps == sorted(ready_steps) and ready_steps[-1] < STEPS, ready_steps
+            p.name.startswith(".tmp-") for p in checkpoints.iterdir())
+    assert ready_steps == sorted(ready_steps) and 0 < ready_steps[-1] < STEPS, ready_steps
     assert mid_write >= 1, "no kill landed in the middle of a checkpoint write"
 
     rc, _, err = ckpt_worker.run(tmp_path, "--steps", str(STEPS))

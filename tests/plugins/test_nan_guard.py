@@ -186,3 +186,22 @@ def test_rollback_gives_up_after_max_rollbacks(make_engine, tmp_path):
     with pytest.raises(TrainingHalted, match="already rolled back 2 times"):
         engine.fit(max_steps=8)
     assert len(events(engine, "rollback")) == 2
+
+
+def test_under_fp16_overflowing_gradients_are_left_to_the_grad_scaler(make_engine):
+    class Overflow:
+        name = "overflow"
+        before = ("nan_guard",)  # the guard must see the overflowed gradients
+
+        @hookimpl
+        def after_backward(self, engine, state):
+            if state.step == 2:
+                for p in engine.model.parameters():
+                    p.grad.fill_(float("inf"))
+
+    engine = make_engine(batches=5, precision="fp16", plugins=[NanGuard(), Overflow()])
+    scale = engine.scaler.get_scale()
+    assert engine.fit(max_steps=5).step == 5
+    assert engine.scaler.get_scale() == scale / 2  # the scaler skipped that step itself
+    assert not events(engine, "nan_detected")
+    assert all(torch.isfinite(p).all() for p in engine.model.parameters())
