@@ -20,12 +20,12 @@ __all__ = ["add_config_arguments", "build_parser", "main"]
 # not import torch at module level.
 COMMANDS: dict[str, tuple[str, str]] = {
     "plugins": ("hookloop.commands.plugins", "list installed plugins and their hook order"),
-    "schedule": ("hookloop.commands.schedule", "print and plot the learning-rate curve of the configured run"),
-    "plot": ("hookloop.commands.plot", "plot a run's loss, learning rate and gradient norm to a PNG"),
     "prepare": ("hookloop.commands.prepare", "tokenize text into train/val token files"),
     "train": ("hookloop.commands.train", "train a language model (no arguments: the default)"),
     "sample": ("hookloop.commands.sample", "generate text from a trained run"),
     "eval": ("hookloop.commands.eval", "evaluate a checkpoint on the validation split"),
+    "schedule": ("hookloop.commands.schedule", "print and plot the learning-rate curve of the configured run"),
+    "plot": ("hookloop.commands.plot", "plot a run's loss, learning rate and gradient norm to a PNG"),
     "doctor": ("hookloop.commands.doctor", "check a configured run before training it"),
     "verify-resume": ("hookloop.commands.verify_resume",
                       "check that stopping and resuming a run changes nothing"),

@@ -28,6 +28,8 @@ from typing import Any
 from hookloop.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_WARMUP_STEPS",
+    "PLUGIN_DEFAULTS",
     "SCHEMA",
     "Key",
     "apply_plugin_flags",
@@ -68,7 +70,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "data": {
         "path": _key("", "str", "A directory written by `hookloop prepare`; empty = the embedded "
                      "default corpus (the Python standard library's sources, char-level)."),
-        "seq_len": _key(128, "int", "Tokens per training window (the context length T).", _POS),
+        "seq_len": _key(64, "int", "Tokens per training window (the context length T).", _POS),
         "batch_size": _key(32, "int", "Windows per micro-batch.", _POS),
         "sampling": _key("random", "str", "`random`: windows at random offsets (nanoGPT); "
                          "`sequential`: the (N-1)//seq_len non-overlapping windows.",
@@ -83,14 +85,16 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "model": {
         "vocab_size": _key(0, "int", "Vocabulary size; 0 = the tokenizer's. A larger value "
                            "leaves unused rows; a smaller one is an error.", _NONNEG),
-        "d_model": _key(192, "int", "Width of the residual stream.", _POS),
-        "n_heads": _key(6, "int", "Attention heads; must divide d_model.", _POS),
+        "d_model": _key(128, "int", "Width of the residual stream.", _POS),
+        "n_heads": _key(4, "int", "Attention heads; must divide d_model.", _POS),
         "n_layers": _key(4, "int", "Transformer blocks.", _POS),
-        "d_ff": _key(768, "int", "Hidden width of each block's MLP.", _POS),
-        "max_seq_len": _key(128, "int", "Learned positions; the longest context the model "
+        "d_ff": _key(512, "int", "Hidden width of each block's MLP.", _POS),
+        "max_seq_len": _key(64, "int", "Learned positions; the longest context the model "
                             "can read (generation crops to it).", _POS),
         "dropout": _key(0.0, "float", "Dropout on embeddings, attention and residual branches.",
                         (_between(0.0, 1.0, hi_open=True), "in [0, 1)")),
+        "bias": _key(True, "bool", "Biases in the linear layers and LayerNorms (false: none, "
+                     "as nanoGPT's `bias=False`)."),
     },
     "optimizer": {
         "lr": _key(2e-3, "float", "Peak learning rate (the schedule plugin warms up to it "
@@ -102,7 +106,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
                              "only (not biases, norms or embeddings).", _NONNEG),
     },
     "training": {
-        "max_steps": _key(1200, "int", "Optimizer steps to train; 0 = no step limit "
+        "max_steps": _key(800, "int", "Optimizer steps to train; 0 = no step limit "
                           "(then `epochs` must be set).", _NONNEG),
         "epochs": _key(0, "int", "Passes over the training data; 0 = no epoch limit.", _NONNEG),
         "accumulate": _key(1, "int", "Micro-batches per optimizer step.", _POS),
@@ -120,16 +124,23 @@ SCHEMA: dict[str, dict[str, Key]] = {
 }
 """Every section and key with its default, type, allowed range and meaning."""
 
+PLUGIN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "eval": {"every": 200, "max_batches": 20},
+}
+"""Plugin options the recipe sets by default (each plugin documents its own defaults)."""
+DEFAULT_WARMUP_STEPS = 100
+"""`plugins.schedule.warmup_steps` when not given: this, or a tenth of the run if shorter."""
+
 SECTIONS = (*SCHEMA, "plugins")
 _TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false",
                "str": "a string", "floats2": "a list of two numbers"}
 
 
 def default_config() -> dict[str, Any]:
-    """A fresh copy of the built-in defaults (plugins: an empty table)."""
+    """A fresh copy of the built-in defaults (plugin options: `PLUGIN_DEFAULTS`)."""
     config: dict[str, Any] = {s: {k: copy.deepcopy(key.default) for k, key in keys.items()}
                               for s, keys in SCHEMA.items()}
-    config["plugins"] = {}
+    config["plugins"] = copy.deepcopy(PLUGIN_DEFAULTS)
     return config
 
 
@@ -162,6 +173,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for item in overrides:
         section_key, value = parse_override(item)
         _merge(config, _nest(section_key, value), where=f"in --set {item}")
+    _fill_schedule(config)
     return validate(config)
 
 
@@ -198,6 +210,21 @@ def apply_plugin_flags(table: Mapping[str, Any], flags: list[str]) -> dict[str, 
         key, name = ("disable", flag[3:]) if flag.startswith("no:") else ("enable", flag)
         result[key] = [*result.get(key, []), name]
     return result
+
+
+def _fill_schedule(config: dict[str, Any]) -> None:
+    """Resolve the LR schedule's recipe defaults that depend on other keys.
+
+    Unless given: `warmup_steps` = min(100, a tenth of the run), `min_lr` = lr / 10.
+    Both are written into the resolved config, so it reads back the same.
+    """
+    schedule = config["plugins"].setdefault("schedule", {})
+    if not isinstance(schedule, dict):
+        return
+    if "warmup_steps" not in schedule:
+        total = schedule.get("total_steps") or config["training"]["max_steps"]
+        schedule["warmup_steps"] = min(DEFAULT_WARMUP_STEPS, total // 10) if isinstance(total, int) else 0
+    schedule.setdefault("min_lr", config["optimizer"]["lr"] / 10)
 
 
 def _nest(dotted: str, value: Any) -> dict[str, Any]:

@@ -24,13 +24,13 @@ __all__ = ["TinyTransformerLM"]
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention where position t sees positions <= t only."""
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+    def __init__(self, d_model: int, n_heads: int, dropout: float, bias: bool = True) -> None:
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"n_heads ({n_heads}) must divide d_model ({d_model})")
         self.n_heads, self.dropout = n_heads, dropout
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.proj = nn.Linear(d_model, d_model)  # a residual projection: init scaled down
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
+        self.proj = nn.Linear(d_model, d_model, bias=bias)  # a residual projection: init scaled down
         self.resid_drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -47,10 +47,10 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     """Position-wise feed-forward: C -> d_ff -> GELU -> C."""
 
-    def __init__(self, d_model: int, d_ff: int, dropout: float) -> None:
+    def __init__(self, d_model: int, d_ff: int, dropout: float, bias: bool = True) -> None:
         super().__init__()
-        self.fc = nn.Linear(d_model, d_ff)
-        self.proj = nn.Linear(d_ff, d_model)  # a residual projection: init scaled down
+        self.fc = nn.Linear(d_model, d_ff, bias=bias)
+        self.proj = nn.Linear(d_ff, d_model, bias=bias)  # a residual projection: init scaled down
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -61,12 +61,13 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float) -> None:
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float,
+                 bias: bool = True) -> None:
         super().__init__()
-        self.ln1 = nn.LayerNorm(d_model)
-        self.attn = CausalSelfAttention(d_model, n_heads, dropout)
-        self.ln2 = nn.LayerNorm(d_model)
-        self.mlp = MLP(d_model, d_ff, dropout)
+        self.ln1 = nn.LayerNorm(d_model, bias=bias)
+        self.attn = CausalSelfAttention(d_model, n_heads, dropout, bias)
+        self.ln2 = nn.LayerNorm(d_model, bias=bias)
+        self.mlp = MLP(d_model, d_ff, dropout, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> (B, T, C)."""
@@ -85,6 +86,8 @@ class TinyTransformerLM(nn.Module):
         d_ff: Hidden width of each block's MLP.
         max_seq_len: Learned positions: the longest input `forward` accepts.
         dropout: Dropout probability on embeddings, attention weights and residual branches.
+        bias: Biases in the linear layers and LayerNorms (GPT-2 style); nanoGPT's
+            `bias=False` is a little faster and often a little better.
     """
 
     def __init__(
@@ -96,14 +99,18 @@ class TinyTransformerLM(nn.Module):
         d_ff: int = 512,
         max_seq_len: int = 128,
         dropout: float = 0.0,
+        *,
+        bias: bool = True,
     ) -> None:
         super().__init__()
         self.vocab_size, self.max_seq_len = vocab_size, max_seq_len
         self.tok_emb = nn.Embedding(vocab_size, d_model)  # also the output head (tied)
         self.pos_emb = nn.Embedding(max_seq_len, d_model)
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(d_model, n_heads, d_ff, dropout) for _ in range(n_layers))
-        self.ln_f = nn.LayerNorm(d_model)
+        self.blocks = nn.ModuleList(
+            Block(d_model, n_heads, d_ff, dropout, bias) for _ in range(n_layers)
+        )
+        self.ln_f = nn.LayerNorm(d_model, bias=bias)
         self._init_weights(n_layers)
 
     def _init_weights(self, n_layers: int) -> None:

@@ -146,6 +146,9 @@ def prepare_texts(
             "hookloop_version": __version__,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp made it private; give it a normal directory's mode
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)

@@ -133,7 +133,7 @@ def build_model(config: dict[str, Any], tokenizer_vocab: int) -> TinyTransformer
         raise ConfigError(f"model.vocab_size ({vocab}) is smaller than the tokenizer's "
                           f"vocabulary ({tokenizer_vocab}); set it to 0 to use the tokenizer's")
     return TinyTransformerLM(vocab, m["d_model"], m["n_heads"], m["n_layers"], m["d_ff"],
-                             m["max_seq_len"], m["dropout"])
+                             m["max_seq_len"], m["dropout"], bias=m["bias"])
 
 
 def val_dataset(config: dict[str, Any], directory: Path, vocab_size: int,
@@ -203,20 +203,21 @@ def latest_run_dir(base: str | Path = "runs") -> Path | None:
 
 def checkpoint_dir(run_dir: str | Path, checkpoint: str | None = None) -> Path:
     """A checkpoint directory of a run: `checkpoint` (a name under run_dir/checkpoints, or
-    a path), else the one the `latest` pointer names.
+    a path), else the newest one that verifies (the `latest` pointer first).
 
     Raises:
-        CheckpointError: no such checkpoint, or no `latest` pointer.
+        CheckpointError: no such checkpoint, or none that verifies.
     """
+    from hookloop.checkpointing import latest_valid_checkpoint
     from hookloop.errors import CheckpointError
 
     checkpoints = Path(run_dir) / "checkpoints"
     if checkpoint is None:
-        pointer = checkpoints / "latest"
-        if not pointer.is_file():
-            raise CheckpointError(f"run {run_dir} has no checkpoint yet ({pointer} is missing); "
-                                  "train longer, or pass --checkpoint")
-        checkpoint = pointer.read_text(encoding="utf-8").strip()
+        found = latest_valid_checkpoint(Path(run_dir))
+        if found is None:
+            raise CheckpointError(f"run {run_dir} has no checkpoint yet (nothing valid in "
+                                  f"{checkpoints}); train longer, or pass --checkpoint")
+        return found
     path = Path(checkpoint) if Path(checkpoint).is_dir() else checkpoints / checkpoint
     if not (path / "model.safetensors").is_file():
         raise CheckpointError(f"checkpoint {path} has no model.safetensors")

@@ -25,7 +25,19 @@ def test_every_key_has_a_default_and_help():
         for name, key in keys.items():
             assert config[section][name] == key.default
             assert key.help
-    assert config["plugins"] == {}
+    assert config["plugins"] == {
+        "eval": {"every": 200, "max_batches": 20},
+        "schedule": {"warmup_steps": 80, "min_lr": config["optimizer"]["lr"] / 10},
+    }
+
+
+def test_schedule_defaults_follow_the_run_unless_given():
+    short = load_config(None, ["training.max_steps=30", "optimizer.lr=1e-3"])
+    assert short["plugins"]["schedule"] == {"warmup_steps": 3, "min_lr": 1e-4}
+    long = load_config(None, ["training.max_steps=5000"])
+    assert long["plugins"]["schedule"]["warmup_steps"] == 100
+    given = load_config(None, ["plugins.schedule.warmup_steps=7", "plugins.schedule.min_lr=0"])
+    assert given["plugins"]["schedule"] == {"warmup_steps": 7, "min_lr": 0}
 
 
 def test_file_then_overrides(tmp_path):
@@ -77,7 +89,7 @@ def test_plugin_lists_and_flags():
         (["data.sampling=shuffled"], "config key data.sampling must be one of random, sequential"),
         (["training.precision=fp8"], "config key training.precision must be one of fp32, bf16, fp16"),
         (["training.max_steps=-1"], "config key training.max_steps must be >= 0, got -1"),
-        (["data.seq_len=256"], "data.seq_len (256) must not exceed model.max_seq_len (128)"),
+        (["data.seq_len=256"], "data.seq_len (256) must not exceed model.max_seq_len (64)"),
         (["model.n_heads=5"], "model.n_heads (5) must divide model.d_model"),
         (["training.max_steps=0"], "training.max_steps and training.epochs are both 0"),
         (["training.max_steps=100", "plugins.schedule.warmup_steps=100"],
@@ -127,5 +139,22 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
 
 def test_dump_of_defaults_has_every_section():
     text = dumps_toml(default_config())
-    for section in ("[data]", "[model]", "[optimizer]", "[training]", "[plugins]"):
+    for section in ("[data]", "[model]", "[optimizer]", "[training]", "[plugins.eval]"):
         assert section in text
+
+
+def test_configuration_page_lists_every_key_with_its_default():
+    from pathlib import Path
+
+    from hookloop.config import PLUGIN_DEFAULTS, _toml_value
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "guide" / "configuration.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in page.splitlines() if line.startswith("| `")}
+    for section, keys in SCHEMA.items():
+        for name, key in keys.items():
+            row = rows[f"`{section}.{name}`"]
+            assert f"`{_toml_value(key.default)}`" in row, row
+    for plugin, options in PLUGIN_DEFAULTS.items():
+        for option, value in options.items():
+            assert f"`{_toml_value(value)}`" in rows[f"`plugins.{plugin}.{option}`"]
+    assert "`plugins.schedule.warmup_steps`" in rows and "`plugins.schedule.min_lr`" in rows

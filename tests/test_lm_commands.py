@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from hookloop.cli import main
 
@@ -24,23 +24,6 @@ def one_line_error(out, text):
     assert out.returncode == 2, out.stdout + out.stderr
     assert "Traceback" not in out.stderr and out.stderr.strip().count("\n") == 0, out.stderr
     assert text in out.stderr, out.stderr
-
-
-def fake_checkpoint(run_dir, name="step-00000004"):
-    """Stand-in for the checkpoint plugin: model weights in the agreed layout."""
-    import torch
-
-    from hookloop.config import load_config
-    from hookloop.recipe import build_model
-    from hookloop.tokenizers import load_tokenizer
-
-    config = load_config(run_dir / "config.toml")
-    torch.manual_seed(0)
-    model = build_model(config, load_tokenizer(run_dir / "tokenizer.json").vocab_size)
-    (run_dir / "checkpoints" / name).mkdir(parents=True)
-    save_file(model.state_dict(), run_dir / "checkpoints" / name / "model.safetensors")
-    (run_dir / "checkpoints" / "latest").write_text(name + "\n")
-    return model
 
 
 def test_help_does_not_import_torch_and_lists_the_commands():
@@ -69,8 +52,7 @@ def test_prepare_then_train_then_sample_then_eval(tmp_path, monkeypatch, capsys)
     tiny = ["--set", "model.d_model=32", "--set", "model.n_heads=2", "--set", "model.n_layers=1",
             "--set", "model.d_ff=64", "--set", "data.seq_len=32", "--set", "data.batch_size=8",
             "--set", "training.max_steps=3", "--set", "data.path=data"]
-    # Without the checkpoint plugin, so that sampling first meets a run with no weights.
-    out = hookloop("train", *tiny, "-p", "no:checkpoint", cwd=tmp_path)
+    out = hookloop("train", *tiny, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert f"run directory: runs/{run_dir.name}" in out.stdout
@@ -78,8 +60,8 @@ def test_prepare_then_train_then_sample_then_eval(tmp_path, monkeypatch, capsys)
     assert "validation loss" in out.stdout
     assert (run_dir / "config.toml").is_file() and (run_dir / "tokenizer.json").is_file()
 
-    one_line_error(hookloop("sample", cwd=tmp_path), "has no checkpoint yet")
-    model = fake_checkpoint(run_dir)
+    # the checkpoint plugin (on by default) saved the final weights and the `latest` pointer
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
     out = hookloop("sample", "--prompt", "line 1", "--max-new-tokens", "20", "--temperature", "0",
                    cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -103,9 +85,9 @@ def test_prepare_then_train_then_sample_then_eval(tmp_path, monkeypatch, capsys)
 
     out = hookloop("eval", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "val_loss" in out.stdout and "step-00000004" in out.stdout
-    assert set(load_file(run_dir / "checkpoints" / "step-00000004" / "model.safetensors")) == set(
-        model.state_dict())
+    assert "val_loss" in out.stdout and latest in out.stdout
+    weights = load_file(run_dir / "checkpoints" / latest / "model.safetensors")
+    assert "tok_emb.weight" in weights and not any("head" in k for k in weights)
 
 
 def test_prepare_with_separate_val_file_byte_and_errors(tmp_path):

@@ -112,3 +112,9 @@ def test_generate_restores_training_mode_and_checks_arguments():
             model.generate([1], 2, **bad)
     with pytest.raises(ValueError, match="at least one token"):
         model.generate([], 2)
+
+
+def test_without_bias_there_are_no_bias_parameters():
+    model = tiny(bias=False)
+    assert not [n for n, _ in model.named_parameters() if n.endswith("bias")]
+    assert model(torch.randint(0, 37, (1, 5))).shape == (1, 5, 37)

@@ -85,20 +85,56 @@ def test_run_dirs(tmp_path):
 
 
 def test_load_trained_reads_the_latest_checkpoint(tmp_path, tiny_lm_overrides):
-    run = build_run(load_config(None, tiny_lm_overrides), tmp_path / "run")
+    from hookloop.checkpointing import save_checkpoint
+
+    no_ckpt = [*tiny_lm_overrides, 'plugins.disable=["checkpoint"]']
+    run = build_run(load_config(None, no_ckpt), tmp_path / "run")
     with pytest.raises(CheckpointError, match="has no checkpoint yet"):
         load_trained(tmp_path / "run")
-    run.fit()  # the default checkpoint plugin writes step-00000004 and points latest at it
-    ckpt = tmp_path / "run" / "checkpoints" / "step-00000004"
+    run.fit()
+    ckpt = save_checkpoint(run.engine, tmp_path / "run" / "checkpoints" / "step-00000004")
     model, tokenizer, config, path = load_trained(tmp_path / "run")
     assert path == ckpt and not model.training
     ids = torch.tensor([tokenizer.encode("def f1(x)").tolist()])
     torch.testing.assert_close(model(ids), run.engine.model.eval()(ids))
     with pytest.raises(CheckpointError, match="has no model.safetensors"):
         load_trained(tmp_path / "run", "step-00000009")
-    save_file({"tok_emb.weight": torch.zeros(2, 2)}, ckpt / "model.safetensors")
+    # bare weights in the agreed layout load by name, and must fit the configured shape
+    bare = tmp_path / "run" / "checkpoints" / "bare"
+    bare.mkdir()
+    save_file({"tok_emb.weight": torch.zeros(2, 2)}, bare / "model.safetensors")
     with pytest.raises(CheckpointError, match="does not fit the model"):
-        load_trained(tmp_path / "run")
+        load_trained(tmp_path / "run", "bare")
+
+
+def test_resume_mid_epoch_gives_the_same_weights(tmp_path, tiny_lm_overrides):
+    """Random windows, dropout and a schedule: a run stopped at step 3 and resumed from its
+    checkpoint ends with the weights of a run never stopped."""
+    from hookloop.checkpointing import load_checkpoint, save_checkpoint
+
+    overrides = [*tiny_lm_overrides, "training.max_steps=6", "model.dropout=0.1",
+                 "plugins.schedule.total_steps=6", 'plugins.disable=["checkpoint"]']
+    straight = build_run(load_config(None, overrides), None)
+    straight.fit()
+    first = build_run(load_config(None, overrides), tmp_path / "a")
+    first.engine.fit(max_steps=3)
+    saved = save_checkpoint(first.engine, tmp_path / "a" / "checkpoints" / "step-00000003")
+    resumed = build_run(load_config(None, overrides), tmp_path / "b")
+    load_checkpoint(resumed.engine, saved)
+    assert resumed.engine.state.epoch_batch == 3
+    resumed.fit()
+    expected = straight.engine.model.state_dict()
+    for name, tensor in resumed.engine.model.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+
+
+def test_the_checkpoint_plugin_output_loads(tmp_path, tiny_lm_overrides):
+    run = build_run(load_config(None, tiny_lm_overrides), tmp_path / "run")
+    run.fit()
+    model, _, _, path = load_trained(tmp_path / "run")
+    assert path.parent == tmp_path / "run" / "checkpoints"
+    ids = torch.tensor([[1, 2, 3]])
+    torch.testing.assert_close(model(ids), run.engine.model.eval()(ids))
 
 
 def test_device_and_threads():

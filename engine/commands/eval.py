@@ -26,7 +26,14 @@ def run(args: argparse.Namespace) -> int:
     """Print the validation loss and perplexity of the checkpoint."""
     from hookloop.engine import Engine
     from hookloop.errors import CheckpointError, ConfigError
-    from hookloop.recipe import data_dir, latest_run_dir, load_trained, set_threads, val_dataset
+    from hookloop.recipe import (
+        data_dir,
+        latest_run_dir,
+        load_trained,
+        resolve_device,
+        set_threads,
+        val_dataset,
+    )
 
     run_dir = args.run_dir or latest_run_dir(args.runs)
     if run_dir is None:
@@ -39,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
         config["data"]["path"] = args.data
     directory = data_dir(config)
     val = val_dataset(config, directory, model.vocab_size)
-    engine = Engine(model, _no_optimizer(model), [], val_data=val, device="cpu")
+    engine = Engine(model, _no_optimizer(model), [], val_data=val,
+                    device=resolve_device(config["training"]["device"]))
     metrics = engine.evaluate(max_batches=args.max_batches)
     print(f"checkpoint {path}")
     print(f"val_loss {metrics['val_loss']:.4f}  val_ppl {metrics['val_ppl']:.3f}")

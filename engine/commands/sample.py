@@ -36,8 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the run's model and print the prompt and its continuation."""
-    from hookloop.errors import CheckpointError, ConfigError
-    from hookloop.recipe import latest_run_dir, load_trained
+    from hookloop.errors import CheckpointError, ConfigError, DataError
+    from hookloop.recipe import latest_run_dir, load_trained, set_threads
 
     run_dir = args.run_dir or latest_run_dir(args.runs)
     if run_dir is None:
@@ -49,9 +49,15 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--top-k must be >= 1, got {args.top_k}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ConfigError(f"--top-p must be in (0, 1], got {args.top_p}")
-    model, tokenizer, _, _ = load_trained(run_dir, args.checkpoint)
-    prompt = "\n" if args.prompt is None else args.prompt
-    ids = tokenizer.encode(prompt).tolist()
+    model, tokenizer, config, _ = load_trained(run_dir, args.checkpoint)
+    set_threads(config["training"]["threads"])
+    if args.prompt is None:  # a newline, or id 0 for a vocabulary without one
+        try:
+            ids = tokenizer.encode("\n").tolist()
+        except DataError:
+            ids = [0]
+    else:
+        ids = tokenizer.encode(args.prompt).tolist()
     if not ids:
         raise ConfigError("--prompt encodes to no tokens; give at least one character")
     out = model.generate(ids, args.max_new_tokens, temperature=args.temperature,

@@ -76,11 +76,15 @@ def run(args: argparse.Namespace) -> int:
     state = built.fit()
     seconds = time.perf_counter() - start
     tokens = state.tokens_seen - tokens_before
+    # The eval plugin's periodic evaluations may use a subset; the last word is the full split.
     metrics = engine.evaluate(max_batches=config["data"]["val_batches"] or None)
     stopped = f" (stopped: {state.should_stop})" if state.should_stop else ""
     print(f"done: {state.step} steps, {tokens:,} tokens in {seconds:.1f}s "
           f"({tokens / max(seconds, 1e-9):,.0f} tokens/s){stopped}")
-    print(f"validation loss {metrics['val_loss']:.4f} (perplexity {metrics['val_ppl']:.2f})")
+    val = engine.val_data
+    print(f"validation loss {metrics['val_loss']:.4f} nats/token (perplexity "
+          f"{metrics['val_ppl']:.2f}) on {min(len(val), config['data']['val_batches'] or len(val))} "
+          f"batches of the validation split")
     print(f"run directory: {built.run_dir}")
     print(f"sample from it: hookloop sample --run {built.run_dir}")
     return 0
