@@ -11,7 +11,8 @@ tensor telling whether clipping changed anything. Under fp16 the gradients are u
 first (`engine.unscale_gradients()`), so the norm and the threshold are in true units.
 
 Hooks: `on_fit_start` (collects the parameters), `after_backward`. Cost: one pass over
-the gradients for the norm, and a second to rescale them when they are clipped (on an
+the gradients for the norm (none when `nan_guard`, which runs first, has measured it this
+step: its `grad_norm` is reused), and a second to rescale them when they are clipped (on an
 accelerator: always, by a factor of at most 1, so that nothing waits for the device); in
 value mode, a max-abs pass and the clamp. No host sync on accelerators.
 """
@@ -57,7 +58,13 @@ class GradClip:
         if not params:
             return
         grads = [p.grad for p in params]
-        norm = torch.nn.utils.get_total_norm(grads)  # before clipping, a tensor on the device
+        known = state.metrics.get("grad_norm")
+        if known is None:
+            norm = torch.nn.utils.get_total_norm(grads)  # before clipping, a tensor on the device
+        else:
+            # A plugin that ran earlier this step (nan_guard) already measured these very
+            # gradients: reuse its norm instead of reading every gradient a second time.
+            norm = torch.as_tensor(known, dtype=torch.float32, device=grads[0].device)
         if self.mode == "norm":
             clipped = norm > self.max_norm
             # On a CPU reading `clipped` waits for nothing, so skip the no-op rescale of every

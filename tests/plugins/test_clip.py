@@ -95,3 +95,41 @@ def test_fp16_run_with_clipping_trains(make_engine):
 def test_bad_options_are_named(options, message):
     with pytest.raises(PluginError, match=f"clip: option {message}"):
         GradClip(**options)
+
+
+def test_a_norm_measured_earlier_in_the_step_is_reused(make_engine):
+    """nan_guard runs first and measures the gradients; clip must not measure them again."""
+    seen = {}
+
+    class Measured:
+        name = "measured"
+        before = ("clip",)
+
+        @hookimpl
+        def after_backward(self, engine, state):
+            seen["before"] = [p.grad.clone() for p in engine.model.parameters()]
+            state.metrics["grad_norm"] = 1000.0  # as if measured: clip scales by 1/1000
+
+    class After:
+        name = "after"
+        after = ("clip",)
+
+        @hookimpl
+        def after_backward(self, engine):
+            seen["after"] = [p.grad.clone() for p in engine.model.parameters()]
+
+    engine = make_engine(plugins=[After(), GradClip(max_norm=1.0), Measured()])
+    engine.fit(max_steps=1)
+    for before, after in zip(seen["before"], seen["after"], strict=True):
+        torch.testing.assert_close(after, before / 1000.0, rtol=1e-4, atol=0)
+
+
+def test_clipping_with_nan_guard_first_matches_clipping_alone(make_engine):
+    from hookloop.plugins.nan_guard import NanGuard
+
+    alone = make_engine(plugins=[GradClip(max_norm=0.05)], lr=0.5)
+    alone.fit(max_steps=4)
+    guarded = make_engine(plugins=[GradClip(max_norm=0.05), NanGuard()], lr=0.5)
+    guarded.fit(max_steps=4)
+    for a, b in zip(alone.model.parameters(), guarded.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
