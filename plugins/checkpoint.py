@@ -34,8 +34,8 @@ import torch
 
 from hookloop import checkpointing as ckpt
 from hookloop.atomic import remove_dir
-from hookloop.errors import PluginError
 from hookloop.hookspecs import hookimpl
+from hookloop.options import check_choice, check_int, check_number
 
 if TYPE_CHECKING:
     from hookloop.engine import Engine
@@ -56,13 +56,10 @@ class Checkpoint:
         monitor: str = "val_loss", mode: str = "min", save_on_end: bool = True,
         save_on_exception: bool = True, background: bool = False,
     ) -> None:
-        for option, value in (("every_steps", every_steps), ("keep_last", keep_last)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise PluginError(f"checkpoint: option {option} must be an int >= 0, got {value!r}")
-        if not isinstance(every_minutes, (int, float)) or every_minutes < 0:
-            raise PluginError(f"checkpoint: option every_minutes must be >= 0, got {every_minutes!r}")
-        if mode not in ("min", "max"):
-            raise PluginError(f"checkpoint: option mode must be 'min' or 'max', got {mode!r}")
+        check_int(self.name, "every_steps", every_steps, minimum=0)
+        check_int(self.name, "keep_last", keep_last, minimum=0)
+        check_number(self.name, "every_minutes", every_minutes, low=0)
+        check_choice(self.name, "mode", mode, ("min", "max"))
         self.every_steps, self.every_minutes, self.keep_last = every_steps, every_minutes, keep_last
         self.monitor, self.mode = monitor, mode
         self.save_on_end, self.save_on_exception = save_on_end, save_on_exception

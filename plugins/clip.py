@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from hookloop import PluginError, hookimpl
+from hookloop import hookimpl
+from hookloop.options import check_choice, check_number
 
 if TYPE_CHECKING:
     from hookloop import Engine, State
@@ -39,11 +40,9 @@ class GradClip:
     name = "clip"
 
     def __init__(self, *, max_norm: float = 1.0, mode: str = "norm", max_value: float = 1.0) -> None:
-        if mode not in MODES:
-            raise PluginError(f"clip: option mode must be 'norm' or 'value', got {mode!r}")
-        for option, value in (("max_norm", max_norm), ("max_value", max_value)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise PluginError(f"clip: option {option} must be a number > 0, got {value!r}")
+        check_choice(self.name, "mode", mode, MODES)
+        check_number(self.name, "max_norm", max_norm, low=0, open_low=True)
+        check_number(self.name, "max_value", max_value, low=0, open_low=True)
         self.mode, self.max_norm, self.max_value = mode, float(max_norm), float(max_value)
         self._params: list[torch.nn.Parameter] = []
 

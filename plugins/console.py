@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from hookloop import PluginError, hookimpl
+from hookloop import hookimpl
+from hookloop.options import check_int, check_number
 from hookloop.plugins._metrics import METRIC_WRITERS, LossEMA, planned_steps, step_values, to_floats
 
 if TYPE_CHECKING:
@@ -59,10 +60,8 @@ class Console:
     after = METRIC_WRITERS  # run after them in after_step: see this step's metrics
 
     def __init__(self, *, every: int = 10, ema_beta: float = 0.9) -> None:
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise PluginError(f"console: option every must be an integer >= 1, got {every!r}")
-        if isinstance(ema_beta, bool) or not isinstance(ema_beta, (int, float)) or not 0 <= ema_beta < 1:
-            raise PluginError(f"console: option ema_beta must be in [0, 1), got {ema_beta!r}")
+        check_int(self.name, "every", every, minimum=1)
+        check_number(self.name, "ema_beta", ema_beta, low=0, high=1, open_high=True)
         self.every = every
         self.ema = LossEMA(float(ema_beta))
         self._start = self._last = 0.0

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from hookloop import PluginError, hookimpl
+from hookloop.options import check_int, check_number
 from hookloop.plugins._csvfile import MetricsFile
 from hookloop.plugins._metrics import (
     METRIC_WRITERS,
@@ -73,10 +74,8 @@ class CSVLogger(ClosesAtEnd):
     def __init__(self, *, filename: str = "metrics.csv", every: int = 1, ema_beta: float = 0.9) -> None:
         if not isinstance(filename, str) or not filename or os.path.isabs(filename):
             raise PluginError(f"csv: option filename must be a relative file name, got {filename!r}")
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise PluginError(f"csv: option every must be an integer >= 1, got {every!r}")
-        if isinstance(ema_beta, bool) or not isinstance(ema_beta, (int, float)) or not 0 <= ema_beta < 1:
-            raise PluginError(f"csv: option ema_beta must be in [0, 1), got {ema_beta!r}")
+        check_int(self.name, "every", every, minimum=1)
+        check_number(self.name, "ema_beta", ema_beta, low=0, high=1, open_high=True)
         self.filename, self.every, self.ema = filename, every, LossEMA(float(ema_beta))
         self.file: MetricsFile | None = None
         self._queued: deque[tuple[dict[str, Any], HostCopy]] = deque()  # rows on their way

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from hookloop import PluginError, hookimpl
+from hookloop import hookimpl
 from hookloop.guards import TrainingHalted, rollback, step_scalars
+from hookloop.options import check_choice, check_int, check_number
 
 if TYPE_CHECKING:
     from hookloop import Engine, State
@@ -60,29 +61,13 @@ class Divergence:
         lr_factor: float = 0.5,
         max_rollbacks: int = 3,
     ) -> None:
-        if action not in ACTIONS:
-            raise PluginError(
-                f"divergence: option action must be one of {', '.join(ACTIONS)}, got {action!r}"
-            )
-        for option, value, low in (
-            ("loss_factor", loss_factor, 1.0),
-            ("grad_factor", grad_factor, 1.0),
-        ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > low:
-                raise PluginError(
-                    f"divergence: option {option} must be a number > {low}, got {value!r}"
-                )
+        check_choice(self.name, "action", action, ACTIONS)
+        check_number(self.name, "loss_factor", loss_factor, low=1.0, open_low=True)
+        check_number(self.name, "grad_factor", grad_factor, low=1.0, open_low=True)
         for option, value in (("beta", beta), ("lr_factor", lr_factor)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-                raise PluginError(f"divergence: option {option} must be in (0, 1), got {value!r}")
-        for option, value, low in (
-            ("warmup_steps", warmup_steps, 0),
-            ("max_rollbacks", max_rollbacks, 1),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise PluginError(
-                    f"divergence: option {option} must be an integer >= {low}, got {value!r}"
-                )
+            check_number(self.name, option, value, low=0, high=1, open_low=True, open_high=True)
+        check_int(self.name, "warmup_steps", warmup_steps, minimum=0)
+        check_int(self.name, "max_rollbacks", max_rollbacks, minimum=1)
         self.action, self.loss_factor, self.grad_factor = (
             action,
             float(loss_factor),

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from hookloop import PluginError, hookimpl
+from hookloop.options import check_choice, check_int, check_number
 
 if TYPE_CHECKING:
     from hookloop import Engine, State
@@ -46,12 +47,9 @@ class EarlyStop:
     ) -> None:
         if not isinstance(monitor, str) or not monitor:
             raise PluginError(f"early_stop: option monitor must be a metric name, got {monitor!r}")
-        if mode not in ("min", "max"):
-            raise PluginError(f"early_stop: option mode must be 'min' or 'max', got {mode!r}")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise PluginError(f"early_stop: option patience must be an integer >= 1, got {patience!r}")
-        if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or min_delta < 0:
-            raise PluginError(f"early_stop: option min_delta must be a number >= 0, got {min_delta!r}")
+        check_choice(self.name, "mode", mode, ("min", "max"))
+        check_int(self.name, "patience", patience, minimum=1)
+        check_number(self.name, "min_delta", min_delta, low=0)
         self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, float(min_delta)
         self.progress = _Progress()
 

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from hookloop import PluginError, hookimpl
+from hookloop import hookimpl
+from hookloop.options import check_bool, check_int
 
 if TYPE_CHECKING:
     from hookloop import Engine, State
@@ -40,12 +41,10 @@ class Eval:
     def __init__(
         self, *, every: int = 200, epoch_end: bool = True, final: bool = True, max_batches: int = 0
     ) -> None:
-        for option, value in (("every", every), ("max_batches", max_batches)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise PluginError(f"eval: option {option} must be an integer >= 0, got {value!r}")
-        for option, flag in (("epoch_end", epoch_end), ("final", final)):
-            if not isinstance(flag, bool):
-                raise PluginError(f"eval: option {option} must be true or false, got {flag!r}")
+        check_int(self.name, "every", every, minimum=0)
+        check_int(self.name, "max_batches", max_batches, minimum=0)
+        check_bool(self.name, "epoch_end", epoch_end)
+        check_bool(self.name, "final", final)
         self.every, self.epoch_end, self.final = every, epoch_end, final
         self.max_batches = max_batches or None
         self.active = True

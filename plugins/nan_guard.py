@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from hookloop import PluginError, hookimpl
+from hookloop import hookimpl
 from hookloop.guards import (
     TrainingHalted,
     bad_gradient_names,
@@ -44,6 +44,7 @@ from hookloop.guards import (
     rollback,
     step_scalars,
 )
+from hookloop.options import check_choice, check_int, check_number
 
 if TYPE_CHECKING:
     from hookloop import Engine, State
@@ -72,21 +73,10 @@ class NanGuard:
         max_rollbacks: int = 3,
         lr_factor: float = 0.5,
     ) -> None:
-        if action not in ACTIONS:
-            raise PluginError(
-                f"nan_guard: option action must be one of {', '.join(ACTIONS)}, got {action!r}"
-            )
-        for option, value in (("max_skips", max_skips), ("max_rollbacks", max_rollbacks)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise PluginError(
-                    f"nan_guard: option {option} must be an integer >= 1, got {value!r}"
-                )
-        if (
-            isinstance(lr_factor, bool)
-            or not isinstance(lr_factor, (int, float))
-            or not 0 < lr_factor <= 1
-        ):
-            raise PluginError(f"nan_guard: option lr_factor must be in (0, 1], got {lr_factor!r}")
+        check_choice(self.name, "action", action, ACTIONS)
+        check_int(self.name, "max_skips", max_skips, minimum=1)
+        check_int(self.name, "max_rollbacks", max_rollbacks, minimum=1)
+        check_number(self.name, "lr_factor", lr_factor, low=0, high=1, open_low=True)
         self.action, self.max_skips, self.max_rollbacks = action, max_skips, max_rollbacks
         self.lr_factor = float(lr_factor)
         self.skipped = 0  # bad steps skipped in the run

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from hookloop import PluginError, hookimpl
+from hookloop.options import check_number
 from hookloop.plugins._metrics import METRIC_WRITERS, ClosesAtEnd, planned_steps
 
 if TYPE_CHECKING:
@@ -43,8 +44,7 @@ class Progress(ClosesAtEnd):
     def __init__(self, *, enabled: bool | str = "auto", refresh_s: float = 0.5) -> None:
         if enabled not in ("auto", True, False):
             raise PluginError(f"progress: option enabled must be 'auto', true or false, got {enabled!r}")
-        if isinstance(refresh_s, bool) or not isinstance(refresh_s, (int, float)) or refresh_s < 0:
-            raise PluginError(f"progress: option refresh_s must be a number >= 0, got {refresh_s!r}")
+        check_number(self.name, "refresh_s", refresh_s, low=0)
         if enabled is True:
             try:
                 import tqdm  # noqa: F401

@@ -29,6 +29,7 @@ import math
 from typing import TYPE_CHECKING
 
 from hookloop import PluginError, hookimpl
+from hookloop.options import check_choice, check_int, check_number
 
 if TYPE_CHECKING:
     from hookloop import Engine, State
@@ -82,17 +83,11 @@ class LRSchedule:
         self, *, kind: str = "cosine", warmup_steps: int = 0, min_lr: float = 0.0,
         total_steps: int = 0, decay_fraction: float = 0.2,
     ) -> None:
-        if kind not in KINDS:
-            raise PluginError(f"schedule: option kind must be one of {', '.join(KINDS)}, got {kind!r}")
-        for option, value in (("warmup_steps", warmup_steps), ("total_steps", total_steps)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise PluginError(f"schedule: option {option} must be an integer >= 0, got {value!r}")
-        if not isinstance(min_lr, (int, float)) or isinstance(min_lr, bool) or min_lr < 0:
-            raise PluginError(f"schedule: option min_lr must be a number >= 0, got {min_lr!r}")
-        if not isinstance(decay_fraction, (int, float)) or not 0 < decay_fraction <= 1:
-            raise PluginError(
-                f"schedule: option decay_fraction must be in (0, 1], got {decay_fraction!r}"
-            )
+        check_choice(self.name, "kind", kind, KINDS)
+        check_int(self.name, "warmup_steps", warmup_steps, minimum=0)
+        check_int(self.name, "total_steps", total_steps, minimum=0)
+        check_number(self.name, "min_lr", min_lr, low=0)
+        check_number(self.name, "decay_fraction", decay_fraction, low=0, high=1, open_low=True)
         if total_steps and warmup_steps >= total_steps:
             raise PluginError(
                 f"schedule: warmup_steps ({warmup_steps}) must be less than total_steps ({total_steps})"

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hookloop import PluginError, hookimpl
+from hookloop.options import check_int
 from hookloop.plugins._metrics import METRIC_WRITERS, ClosesAtEnd, LossEMA, step_values, to_floats
 
 if TYPE_CHECKING:
@@ -37,8 +38,7 @@ class TensorBoard(ClosesAtEnd):
     def __init__(self, *, log_dir: str = "", every: int = 10) -> None:
         if not isinstance(log_dir, str):
             raise PluginError(f"tensorboard: option log_dir must be a path, got {log_dir!r}")
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise PluginError(f"tensorboard: option every must be an integer >= 1, got {every!r}")
+        check_int(self.name, "every", every, minimum=1)
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:

@@ -19,7 +19,8 @@ from __future__ import annotations
 from time import perf_counter
 from typing import TYPE_CHECKING
 
-from hookloop import PluginError, hookimpl
+from hookloop import hookimpl
+from hookloop.options import check_number
 
 if TYPE_CHECKING:
     from hookloop import Engine, State
@@ -35,9 +36,8 @@ class Throughput:
     before = ("eval",)  # stop the clock before eval's after_step evaluates
 
     def __init__(self, *, flops_per_token: float = 0.0, peak_flops: float = 0.0) -> None:
-        for option, value in (("flops_per_token", flops_per_token), ("peak_flops", peak_flops)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise PluginError(f"throughput: option {option} must be a number >= 0, got {value!r}")
+        check_number(self.name, "flops_per_token", flops_per_token, low=0)
+        check_number(self.name, "peak_flops", peak_flops, low=0)
         self.flops_per_token, self.peak_flops = float(flops_per_token), float(peak_flops)
         self._start = 0.0
         self._tokens = 0
