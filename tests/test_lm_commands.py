@@ -59,6 +59,8 @@ def test_prepare_then_train_then_sample_then_eval(tmp_path, monkeypatch, capsys)
     assert f"sample from it: hookloop sample --run runs/{run_dir.name}" in out.stdout
     assert "validation loss" in out.stdout
     assert (run_dir / "config.toml").is_file() and (run_dir / "tokenizer.json").is_file()
+    assert f"loss curves: runs/{run_dir.name}/metrics.png" in out.stdout
+    assert (run_dir / "metrics.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
     # the checkpoint plugin (on by default) saved the final weights and the `latest` pointer
     latest = (run_dir / "checkpoints" / "latest").read_text().strip()

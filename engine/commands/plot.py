@@ -13,7 +13,7 @@ from typing import Any
 
 from hookloop.errors import ConfigError, DataError
 
-__all__ = ["add_arguments", "pyplot", "read_metrics", "run"]
+__all__ = ["add_arguments", "plot_run", "pyplot", "read_metrics", "run"]
 
 PANELS = (
     ("loss", ("loss", "ema_loss", "val_loss")),
@@ -59,8 +59,18 @@ def read_metrics(path: Path) -> dict[str, list[tuple[int, float]]]:
 def run(args: argparse.Namespace) -> int:
     """Write the PNG and print its path."""
     run_dir = Path(args.run_dir)
+    print(plot_run(run_dir, Path(args.out) if args.out else run_dir / "metrics.png"))
+    return 0
+
+
+def plot_run(run_dir: Path, out: Path) -> Path:
+    """Draw `run_dir/metrics.csv` into the PNG `out` and return its path.
+
+    Raises:
+        DataError: there is no metrics.csv, or it has no rows.
+        ConfigError: matplotlib is not installed.
+    """
     series = read_metrics(run_dir / "metrics.csv")
-    out = Path(args.out) if args.out else run_dir / "metrics.png"
     plt = pyplot()
     panels = [(title, [k for k in keys if k in series]) for title, keys in PANELS]
     panels = [(title, keys) for title, keys in panels if keys]
@@ -80,5 +90,4 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     plt.close(fig)
-    print(out)
-    return 0
+    return out

@@ -86,8 +86,22 @@ def run(args: argparse.Namespace) -> int:
           f"{metrics['val_ppl']:.2f}) on {min(len(val), config['data']['val_batches'] or len(val))} "
           f"batches of the validation split")
     print(f"run directory: {built.run_dir}")
+    _plot(built.run_dir)
     print(f"sample from it: hookloop sample --run {built.run_dir}")
     return 0
+
+
+def _plot(run_dir: Path) -> None:
+    """Draw the run's curves into run_dir/metrics.png when matplotlib is there."""
+    from hookloop.commands.plot import plot_run
+    from hookloop.errors import HookloopError
+
+    if not (run_dir / "metrics.csv").is_file():
+        return  # the csv plugin was disabled
+    try:
+        print(f"loss curves: {plot_run(run_dir, run_dir / 'metrics.png')}")
+    except HookloopError as exc:  # no matplotlib: say how to get the picture
+        print(f"loss curves: hookloop plot {run_dir} ({exc})")
 
 
 def _resume(args: argparse.Namespace) -> tuple[Path | None, Path | None, dict[str, Any]]:
