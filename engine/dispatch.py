@@ -74,12 +74,16 @@ class HookDispatcher:
         self._impls[hook] = resolved
         return resolved
 
+    def _lookup(self, hook: str) -> tuple[_Impl, ...] | None:
+        """The cached calling order of `hook` (None: it has wrappers, pluggy runs it)."""
+        try:
+            return self._impls[hook]
+        except KeyError:
+            return self._resolve(hook)
+
     def call(self, hook: str, /, **kwargs: Any) -> None:
         """Call every implementation of `hook` in order with the arguments it takes."""
-        try:
-            impls = self._impls[hook]
-        except KeyError:
-            impls = self._resolve(hook)
+        impls = self._lookup(hook)
         if impls is None:
             getattr(self._pm.hook, hook)(**kwargs)
             return
@@ -89,7 +93,7 @@ class HookDispatcher:
     def collect(self, hook: str, /, **kwargs: Any) -> dict[str, Any]:
         """Call `hook` and return each plugin's non-None result under its plugin name."""
         results: dict[str, Any] = {}
-        for impl in self._impls.get(hook) or self._resolve(hook) or ():
+        for impl in self._lookup(hook) or ():
             result = self._call_one(hook, impl, kwargs)
             if result is not None:
                 results[impl.plugin_name] = result
@@ -97,7 +101,7 @@ class HookDispatcher:
 
     def call_each(self, hook: str, per_plugin: Mapping[str, Mapping[str, Any]]) -> None:
         """Call `hook` only on the plugins named in `per_plugin`, each with its own arguments."""
-        for impl in self._impls.get(hook) or self._resolve(hook) or ():
+        for impl in self._lookup(hook) or ():
             if impl.plugin_name in per_plugin:
                 self._call_one(hook, impl, per_plugin[impl.plugin_name])
 

@@ -311,11 +311,10 @@ class Engine:
 
     def _on_exception(self, error: BaseException) -> None:
         impls = call_order(self.pm.hook.on_exception.get_hookimpls(), plugin_rank(self.plugins))
+        kwargs = {"engine": self, "state": self.state, "error": error}
         for impl in impls:
             try:
-                impl.function(
-                    *[{"engine": self, "state": self.state, "error": error}[a] for a in impl.argnames]
-                )
+                impl.function(*[kwargs[name] for name in impl.argnames])
             except Exception as exc:  # the original error is the one that matters
                 log.error("on_exception_failed", plugin=impl.plugin_name, error=repr(exc))
 
