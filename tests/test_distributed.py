@@ -42,6 +42,7 @@ def worker(rank, world, init_file, out_dir):
     with open(f"{out_dir}/rank{rank}.json", "w") as f:
         json.dump([state.step, state.should_stop, state.tokens_seen, params,
                    engine.is_main_process], f)
+    dist.barrier()  # no rank tears gloo down while another still talks to it
     dist.destroy_process_group()
 
 

@@ -49,6 +49,7 @@ def worker(rank, world, init_file, out_dir):
     with open(f"{out_dir}/rank{rank}.json", "w") as f:
         json.dump({"seen": record.seen, "skipped": engine.plugins["nan_guard"].plugin.skipped,
                    "params": [p.detach().flatten().tolist() for p in model.parameters()]}, f)
+    dist.barrier()  # no rank tears gloo down while another still talks to it
     dist.destroy_process_group()
 
 
