@@ -10,7 +10,7 @@ import pytest
 
 # Spawned workers re-import their module, so the program runs as a script of its own.
 SCRIPT = '''
-import json, sys
+import gc, json, sys
 import torch, torch.distributed as dist, torch.multiprocessing as mp
 import torch.nn.functional as F
 from hookloop import Engine, hookimpl
@@ -42,6 +42,10 @@ def worker(rank, world, init_file, out_dir):
     with open(f"{out_dir}/rank{rank}.json", "w") as f:
         json.dump([state.step, state.should_stop, state.tokens_seen, params,
                    engine.is_main_process], f)
+    # Free the DDP wrapper (its reducer) before the process group goes: torch aborts at
+    # exit now and then otherwise.
+    del engine
+    gc.collect()
     dist.barrier()  # no rank tears gloo down while another still talks to it
     dist.destroy_process_group()
 

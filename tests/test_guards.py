@@ -9,7 +9,7 @@ import sys
 import pytest
 
 SCRIPT = '''
-import json, sys
+import gc, json, sys
 import torch, torch.distributed as dist, torch.multiprocessing as mp
 import torch.nn.functional as F
 from hookloop import Engine, hookimpl
@@ -49,6 +49,10 @@ def worker(rank, world, init_file, out_dir):
     with open(f"{out_dir}/rank{rank}.json", "w") as f:
         json.dump({"seen": record.seen, "skipped": engine.plugins["nan_guard"].plugin.skipped,
                    "params": [p.detach().flatten().tolist() for p in model.parameters()]}, f)
+    # Free the DDP wrapper (its reducer) before the process group goes: torch aborts at
+    # exit now and then otherwise.
+    del engine
+    gc.collect()
     dist.barrier()  # no rank tears gloo down while another still talks to it
     dist.destroy_process_group()
 
