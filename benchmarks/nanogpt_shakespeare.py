@@ -17,7 +17,8 @@ The variants, interleaved seed by seed (raw, same, tuned, raw, same, ...):
 - `raw`: nanoGPT's training procedure as a plain PyTorch loop: windows drawn at random
   offsets with replacement, nanoGPT's lr formula, weight decay on every matrix (embeddings
   too), `clip_grad_norm_`. The model is `TinyTransformerLM(bias=False)`, which is nanoGPT's
-  GPT layer for layer (same init).
+  GPT layer for layer (same init); for a given seed `raw` and `same` start from the same
+  weights.
 - `same`: the same procedure through hookloop (`build_run`: the Engine with the `schedule`,
   `clip`, `eval`, `nan_guard`, `divergence`, `console`, `csv`, `throughput` plugins),
   random windows with replacement as nanoGPT draws them. Two details are hookloop's own:
@@ -46,8 +47,8 @@ from pathlib import Path
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 VARIANTS = ("raw", "same", "tuned")
-# The `tuned` variant's departures from nanoGPT's procedure (benchmarks/RESULTS.md measures
-# each one alone).
+# The `tuned` variant's departures from nanoGPT's procedure (benchmarks/RESULTS.md shows
+# what each one is worth, added one at a time).
 TUNED = ["data.sampling=sequential", "optimizer.betas=[0.7, 0.999]", "optimizer.weight_decay=0"]
 # nanoGPT's settings for this run, shared by every variant.
 SEQ_LEN, BATCH, STEPS = 64, 12, 2000
