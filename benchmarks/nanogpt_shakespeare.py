@@ -52,6 +52,7 @@ VARIANTS = ("raw", "same", "tuned")
 TUNED = ["data.sampling=sequential", "optimizer.betas=[0.7, 0.999]", "optimizer.weight_decay=0"]
 # nanoGPT's settings for this run, shared by every variant.
 SEQ_LEN, BATCH, STEPS = 64, 12, 2000
+D_MODEL, HEADS, LAYERS, D_FF = 128, 4, 4, 512
 LR, MIN_LR, WARMUP = 1e-3, 1e-4, 100
 BETAS, WEIGHT_DECAY, CLIP = (0.9, 0.99), 0.1, 1.0
 
@@ -107,7 +108,8 @@ def run_hookloop(data: Path, run_dir: Path, seed: int, steps: int, threads: int,
     config = load_config(None, [
         f"data.path={data}", f"data.seq_len={SEQ_LEN}", f"data.batch_size={BATCH}",
         "data.sampling=random",
-        "model.d_model=128", "model.n_heads=4", "model.n_layers=4", "model.d_ff=512",
+        f"model.d_model={D_MODEL}", f"model.n_heads={HEADS}", f"model.n_layers={LAYERS}",
+        f"model.d_ff={D_FF}",
         f"model.max_seq_len={SEQ_LEN}", "model.dropout=0.0", "model.bias=false",
         f"optimizer.lr={LR}", f"optimizer.betas=[{BETAS[0]}, {BETAS[1]}]",
         f"optimizer.weight_decay={WEIGHT_DECAY}", f"training.max_steps={steps}",
@@ -141,7 +143,7 @@ def run_raw(data: Path, seed: int, steps: int) -> dict:
     vocab = load_tokenizer(data / "tokenizer.json").vocab_size
     tokens = np.memmap(data / "train.bin", dtype=np.uint16, mode="r")
     torch.manual_seed(seed)
-    model = TinyTransformerLM(vocab, 128, 4, 4, 512, SEQ_LEN, 0.0, bias=False)
+    model = TinyTransformerLM(vocab, D_MODEL, HEADS, LAYERS, D_FF, SEQ_LEN, 0.0, bias=False)
     params = list(model.parameters())
     optimizer = torch.optim.AdamW(
         [{"params": [p for p in params if p.dim() >= 2], "weight_decay": WEIGHT_DECAY},
