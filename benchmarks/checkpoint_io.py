@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from hookloop import Engine
-from hookloop import checkpointing as ckpt
+from hookloop import checkpoint as ckpt
 
 
 def make_engine(layers: int) -> Engine:

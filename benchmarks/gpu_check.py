@@ -1,6 +1,6 @@
 """Run the CUDA paths for real: each precision, torch.compile, checkpoint and resume on a GPU.
 
-Trains the default recipe's model through `hookloop.recipe.build_run` (every default plugin
+Trains the default recipe's model through `hookloop.lm.recipe.build_run` (every default plugin
 on) for a few dozen steps in each mode and prints one row per mode: loss before/after,
 validation loss, steps per second, the fp16 loss scale, the clip plugin's last grad norm, and
 whether a resumed run picked up where the checkpoint left off. Needs a CUDA device.
@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from hookloop import hookimpl
-from hookloop.checkpointing import latest_valid_checkpoint, load_checkpoint
-from hookloop.config import load_config
+from hookloop.checkpoint import latest_valid_checkpoint, load_checkpoint
+from hookloop.lm.config import load_config
 from hookloop.logs import configure_logging
-from hookloop.recipe import build_run
+from hookloop.lm.recipe import build_run
 
 
 class LastMetrics:

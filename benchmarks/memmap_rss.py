@@ -38,9 +38,9 @@ def child(path: str, steps: int) -> None:
     import torch
 
     from hookloop import Engine
-    from hookloop.data import TokenDataset
-    from hookloop.model import TinyTransformerLM
-    from hookloop.optim import build_adamw
+    from hookloop.lm.data import TokenDataset
+    from hookloop.lm.model import TinyTransformerLM
+    from hookloop.lm.optim import build_adamw
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

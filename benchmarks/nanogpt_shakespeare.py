@@ -76,7 +76,7 @@ def main() -> None:
 
     import torch
 
-    from hookloop.prepare import prepare_texts, split_text
+    from hookloop.lm.prepare import prepare_texts, split_text
 
     torch.set_num_threads(args.threads)
     rows = []
@@ -102,8 +102,8 @@ def main() -> None:
 def run_hookloop(data: Path, run_dir: Path, seed: int, steps: int, threads: int,
                  variant: str, overrides: list[str]) -> dict:
     """Train one hookloop variant; its validation losses and training time."""
-    from hookloop.config import load_config
-    from hookloop.recipe import build_run
+    from hookloop.lm.config import load_config
+    from hookloop.lm.recipe import build_run
 
     config = load_config(None, [
         f"data.path={data}", f"data.seq_len={SEQ_LEN}", f"data.batch_size={BATCH}",
@@ -137,8 +137,8 @@ def run_raw(data: Path, seed: int, steps: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from hookloop.model import TinyTransformerLM
-    from hookloop.tokenizers import load_tokenizer
+    from hookloop.lm.model import TinyTransformerLM
+    from hookloop.lm.tokenizers import load_tokenizer
 
     vocab = load_tokenizer(data / "tokenizer.json").vocab_size
     tokens = np.memmap(data / "train.bin", dtype=np.uint16, mode="r")
@@ -181,7 +181,7 @@ def full_split_loss(model, data: Path) -> float:
     `Engine.evaluate()` computes for the hookloop variants)."""
     import torch
 
-    from hookloop.data import TokenDataset
+    from hookloop.lm.data import TokenDataset
     from hookloop.losses import next_token_loss
 
     batches = TokenDataset(data / "val.bin", seq_len=SEQ_LEN, batch_size=BATCH,
@@ -200,7 +200,7 @@ def nanogpt_estimate(model, data: Path, seed: int) -> float:
     12 random windows (eval_iters=20), drawn from a generator seeded with `seed`."""
     import torch
 
-    from hookloop.data import TokenDataset
+    from hookloop.lm.data import TokenDataset
     from hookloop.losses import next_token_loss
 
     batches = TokenDataset(data / "val.bin", seq_len=SEQ_LEN, batch_size=BATCH,

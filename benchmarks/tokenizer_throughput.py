@@ -15,7 +15,7 @@ import argparse
 import time
 from pathlib import Path
 
-from hookloop.tokenizers import build_tokenizer
+from hookloop.lm.tokenizers import build_tokenizer
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -40,7 +40,7 @@ def main() -> None:
     if args.text is not None:
         base = args.text.read_text(encoding="utf-8")
     else:
-        from hookloop.corpus import stdlib_texts
+        from hookloop.lm.corpus import stdlib_texts
 
         base = stdlib_texts()[0]
     text = base * max(1, round(args.mb * 1e6 / len(base.encode())))

@@ -46,7 +46,7 @@ import pluggy
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from hookloop.doctor import Finding, Subject
+    from hookloop.lm.doctor import Finding, Subject
     from hookloop.engine import Engine
     from hookloop.state import State
 
@@ -229,12 +229,12 @@ def on_load_checkpoint(engine: Engine, state: State, saved: dict[str, Any]) -> N
 def doctor_checks(engine: Engine) -> list[Callable[[Subject], Finding]]:
     """Contribute checks to the checklist of `hookloop doctor`.
 
-    Fires: once per `hookloop doctor` run (`hookloop.doctor.diagnose()`), after the engine
+    Fires: once per `hookloop doctor` run (`hookloop.lm.doctor.diagnose()`), after the engine
     of the configured run is built and before any check runs; never during `fit()`.
     Valid: the model is untrained and has no gradients; `engine.plugins` holds every enabled
-    plugin. Each returned check is called with a `hookloop.doctor.Subject` (model,
+    plugin. Each returned check is called with a `hookloop.lm.doctor.Subject` (model,
     optimizer, a few real batches, loss_fn, vocab_size, engine) and returns one
-    `hookloop.doctor.Finding` (check name, "PASS" / "WARN" / "FAIL", the number behind it).
+    `hookloop.lm.doctor.Finding` (check name, "PASS" / "WARN" / "FAIL", the number behind it).
     A check that raises is reported as a FAIL naming the error. Checks that train should
     work on a copy (`copy.deepcopy((subject.model, subject.optimizer))`).
 

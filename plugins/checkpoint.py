@@ -1,6 +1,6 @@
 """Save checkpoints on a schedule, keep the last few and the best, and save on the way out.
 
-Checkpoints go to `run_dir/checkpoints/step-<N>/` in the format of `hookloop.checkpointing`
+Checkpoints go to `run_dir/checkpoints/step-<N>/` in the format of `hookloop.checkpoint`
 (atomic: a crash at any instant leaves the previous checkpoint loadable); `latest` names the
 newest, `best` the one with the best watched metric. Only rank 0 writes. An engine without a
 `run_dir` saves nothing.
@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import torch
 
-from hookloop import checkpointing as ckpt
-from hookloop.atomic import remove_dir
+from hookloop import checkpoint as ckpt
+from hookloop.checkpoint.atomic import remove_dir
 from hookloop.hookspecs import hookimpl
 from hookloop.options import check_choice, check_int, check_number
 

@@ -20,7 +20,7 @@ The averages and counters are saved in checkpoints, so a resumed run judges spik
 the same history; a rollback restores the averages of the checkpoint it goes back to.
 
 Hooks: `after_backward`, `after_step`, `on_save_checkpoint`, `on_load_checkpoint`.
-Cost: a few float operations. The loss and norm come from `hookloop.guards.step_scalars`,
+Cost: a few float operations. The loss and norm come from `hookloop.plugins._guards.step_scalars`,
 the one host sync per step that `nan_guard` already paid (or pays here when it is off).
 """
 
@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from hookloop import hookimpl
-from hookloop.guards import TrainingHalted, rollback, step_scalars
+from hookloop.plugins._guards import TrainingHalted, rollback, step_scalars
 from hookloop.options import check_choice, check_int, check_number
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ non-finite *loss* counts as bad.
 
 Hooks: `after_backward`, `after_step`, `on_save_checkpoint`, `on_load_checkpoint`.
 Cost: one pass over the gradients for their norm (reused from `clip` when it ran first) and
-one host sync per step, shared with `divergence` (see `hookloop.guards`).
+one host sync per step, shared with `divergence` (see `hookloop.plugins._guards`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from hookloop import hookimpl
-from hookloop.guards import (
+from hookloop.plugins._guards import (
     TrainingHalted,
     bad_gradient_names,
     emergency_save,

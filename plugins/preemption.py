@@ -8,7 +8,7 @@ every save is atomic.
 
 The checkpoint goes through the `checkpoint` plugin when it is enabled (same directory,
 pointers and pruning, and no second copy of its end-of-fit save), else straight through
-`hookloop.checkpointing.save_checkpoint`, so preemption works with `-p no:checkpoint` too.
+`hookloop.checkpoint.save_checkpoint`, so preemption works with `-p no:checkpoint` too.
 An engine without a `run_dir` stops without saving.
 
     [plugins.preemption]
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from hookloop import checkpointing as ckpt
+from hookloop import checkpoint as ckpt
 from hookloop.errors import PluginError
 from hookloop.hookspecs import hookimpl
 

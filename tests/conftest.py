@@ -72,7 +72,7 @@ import torch
 import torch.nn.functional as F
 
 from hookloop import Engine, hookimpl
-from hookloop.checkpointing import latest_valid_checkpoint, load_checkpoint
+from hookloop.checkpoint import latest_valid_checkpoint, load_checkpoint
 from hookloop.loading import load_plugins
 
 VOCAB, SEQ = 32, 8
@@ -251,7 +251,7 @@ TINY_LM = [
 @pytest.fixture
 def lm_data(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A prepared char-level data directory of `LM_TEXT` (90/10 split)."""
-    from hookloop.prepare import prepare_texts, split_text
+    from hookloop.lm.prepare import prepare_texts, split_text
 
     out = tmp_path_factory.mktemp("lm") / "data"
     train, val = split_text(LM_TEXT, 0.1)

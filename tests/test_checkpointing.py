@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hookloop import checkpointing as ckpt
+from hookloop import checkpoint as ckpt
 from hookloop.errors import CheckpointError
 
 
@@ -143,7 +143,7 @@ def test_disk_full_during_a_save_leaves_the_previous_checkpoint(make_engine, tmp
     def full(path, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ckpt, "write_file", full)
+    monkeypatch.setattr("hookloop.checkpoint.write.write_file", full)
     with pytest.raises(CheckpointError) as info:
         ckpt.save_checkpoint(engine, tmp_path / "checkpoints" / "step-00000002")
     assert re.fullmatch(r"could not write checkpoint \S+: No space left on device \(is the disk "
@@ -178,8 +178,8 @@ def test_nothing_is_pickled_or_unpickled_anywhere():
 
 
 def test_the_recipe_model_file_loads_into_a_fresh_tiny_transformer(tiny_lm_overrides, tmp_path):
-    from hookloop.config import load_config
-    from hookloop.recipe import build_model, build_run
+    from hookloop.lm.config import load_config
+    from hookloop.lm.recipe import build_model, build_run
 
     config = load_config(None, [*tiny_lm_overrides, "plugins.disable=[\"progress\"]"])
     run = build_run(config, tmp_path)

@@ -7,7 +7,7 @@ import tomllib
 
 import pytest
 
-from hookloop.config import (
+from hookloop.lm.config import (
     SCHEMA,
     config_from_args,
     default_config,
@@ -146,7 +146,7 @@ def test_dump_of_defaults_has_every_section():
 def test_configuration_page_lists_every_key_with_its_default():
     from pathlib import Path
 
-    from hookloop.config import PLUGIN_DEFAULTS, _toml_value
+    from hookloop.lm.config import PLUGIN_DEFAULTS, _toml_value
 
     page = (Path(__file__).resolve().parents[1] / "docs" / "guide" / "configuration.md").read_text()
     rows = {line.split("|")[1].strip(): line for line in page.splitlines() if line.startswith("| `")}

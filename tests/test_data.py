@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hookloop.data import TokenDataset, check_token_range
+from hookloop.lm.data import TokenDataset, check_token_range
 from hookloop.errors import DataError
 
 

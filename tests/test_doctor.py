@@ -1,4 +1,4 @@
-"""hookloop.doctor: a healthy tiny LM passes; each injected fault is named by its check."""
+"""hookloop.lm.doctor: a healthy tiny LM passes; each injected fault is named by its check."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from hookloop import Engine, hookimpl
-from hookloop.doctor import (
+from hookloop.lm.doctor import (
     CHECKS,
     FAIL,
     PASS,

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-pytest.importorskip("hookloop.recipe")
+pytest.importorskip("hookloop.lm.recipe")
 
 TINY = [
     "--set", "model.n_layers=1", "--set", "model.d_model=32", "--set", "model.n_heads=2",

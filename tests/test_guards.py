@@ -1,4 +1,4 @@
-"""hookloop.guards: the one-sync step reader, also under DDP (two gloo processes)."""
+"""hookloop.plugins._guards: the one-sync step reader, also under DDP (two gloo processes)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import gc, json, sys
 import torch, torch.distributed as dist, torch.multiprocessing as mp
 import torch.nn.functional as F
 from hookloop import Engine, hookimpl
-from hookloop.guards import step_scalars
+from hookloop.plugins._guards import step_scalars
 from hookloop.plugins.nan_guard import NanGuard
 
 
@@ -80,7 +80,7 @@ def test_step_scalars_reuse_the_clip_norm_and_are_cached_per_step(make_engine):
     import torch
 
     from hookloop import hookimpl
-    from hookloop.guards import step_scalars
+    from hookloop.plugins._guards import step_scalars
     from hookloop.plugins.clip import GradClip
 
     seen = []
@@ -106,7 +106,7 @@ def test_step_scalars_reuse_the_clip_norm_and_are_cached_per_step(make_engine):
 def test_a_non_finite_gradient_makes_the_step_not_finite_and_is_named():
     import torch
 
-    from hookloop.guards import StepScalars, bad_gradient_names
+    from hookloop.plugins._guards import StepScalars, bad_gradient_names
 
     model = torch.nn.Sequential(*[torch.nn.Linear(2, 2) for _ in range(6)])
     for p in model.parameters():
@@ -121,7 +121,7 @@ def test_a_non_finite_gradient_makes_the_step_not_finite_and_is_named():
 def test_an_overflowing_norm_of_finite_gradients_names_the_largest():
     import torch
 
-    from hookloop.guards import bad_gradient_names
+    from hookloop.plugins._guards import bad_gradient_names
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
     for p in model.parameters():
@@ -134,7 +134,7 @@ def test_an_overflowing_norm_of_finite_gradients_names_the_largest():
 def test_an_absurd_learning_rate_stops_hookloop_train_with_one_line(tmp_path):
     import os
 
-    pytest.importorskip("hookloop.recipe")
+    pytest.importorskip("hookloop.lm.recipe")
     tiny = ["--set", "model.n_layers=1", "--set", "model.d_model=32", "--set", "model.n_heads=2",
             "--set", "model.d_ff=64", "--set", "data.seq_len=32", "--set", "data.batch_size=8"]
     out = subprocess.run(

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from hookloop.model import TinyTransformerLM
+from hookloop.lm.model import TinyTransformerLM
 
 
 def tiny(vocab=37, **kw):

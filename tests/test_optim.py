@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from hookloop.model import TinyTransformerLM
-from hookloop.optim import build_adamw, param_groups
+from hookloop.lm.model import TinyTransformerLM
+from hookloop.lm.optim import build_adamw, param_groups
 
 
 def test_decay_only_on_matrices_that_are_not_embeddings():

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from hookloop.corpus import default_corpus, stdlib_files, stdlib_texts
+from hookloop.lm.corpus import default_corpus, stdlib_files, stdlib_texts
 from hookloop.errors import DataError
-from hookloop.prepare import prepare_texts, read_meta, read_text_sources, split_text, token_dtype
-from hookloop.tokenizers import CharTokenizer, load_tokenizer
+from hookloop.lm.prepare import prepare_texts, read_meta, read_text_sources, split_text, token_dtype
+from hookloop.lm.tokenizers import CharTokenizer, load_tokenizer
 
 
 def test_one_vocabulary_for_both_splits(tmp_path):

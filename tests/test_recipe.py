@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from hookloop.config import load_config
+from hookloop.lm.config import load_config
 from hookloop.errors import CheckpointError, ConfigError, DataError
-from hookloop.prepare import prepare_texts, read_meta
-from hookloop.recipe import (
+from hookloop.lm.prepare import prepare_texts, read_meta
+from hookloop.lm.recipe import (
     build_run,
     latest_run_dir,
     load_trained,
@@ -85,7 +85,7 @@ def test_run_dirs(tmp_path):
 
 
 def test_load_trained_reads_the_latest_checkpoint(tmp_path, tiny_lm_overrides):
-    from hookloop.checkpointing import save_checkpoint
+    from hookloop.checkpoint import save_checkpoint
 
     no_ckpt = [*tiny_lm_overrides, 'plugins.disable=["checkpoint"]']
     run = build_run(load_config(None, no_ckpt), tmp_path / "run")
@@ -110,7 +110,7 @@ def test_load_trained_reads_the_latest_checkpoint(tmp_path, tiny_lm_overrides):
 def test_resume_mid_epoch_gives_the_same_weights(tmp_path, tiny_lm_overrides):
     """Random windows, dropout and a schedule: a run stopped at step 3 and resumed from its
     checkpoint ends with the weights of a run never stopped."""
-    from hookloop.checkpointing import load_checkpoint, save_checkpoint
+    from hookloop.checkpoint import load_checkpoint, save_checkpoint
 
     overrides = [*tiny_lm_overrides, "training.max_steps=6", "model.dropout=0.1",
                  "plugins.schedule.total_steps=6", 'plugins.disable=["checkpoint"]']

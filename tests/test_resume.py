@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hookloop import checkpointing as ckpt
+from hookloop import checkpoint as ckpt
 from hookloop.cli import build_parser
 from hookloop.errors import CheckpointError, ConfigError
-from hookloop.resume import check_changes, config_changes, find_resume
+from hookloop.lm.resume import check_changes, config_changes, find_resume
 
 SAVED = {"model": {"d_model": 64}, "training": {"max_steps": 100, "seed": 1},
          "optimizer": {"betas": [0.9, 0.95]}, "plugins": {"csv": {"every": 1}}}
@@ -117,7 +117,7 @@ def test_verify_resume_reports_equal(tiny_lm_overrides, tmp_path):
 
 def test_verify_resume_finds_the_first_differing_step(tiny_lm_overrides, tmp_path, monkeypatch,
                                                      capsys):
-    monkeypatch.setattr(ckpt, "set_rng_state", lambda rng: None)  # a broken resume
+    monkeypatch.setattr("hookloop.checkpoint.read.set_rng_state", lambda rng: None)  # a broken resume
     monkeypatch.chdir(tmp_path)
     args = build_parser().parse_args(["verify-resume", *sets(tiny_lm_overrides), "--set",
                                       "model.dropout=0.2", "--steps", "4", "-p", "no:progress"])

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hookloop.checkpointing import (
+from hookloop.checkpoint import (
     LATEST,
     checkpoint_name,
     latest_valid_checkpoint,

@@ -7,7 +7,7 @@ import hashlib
 import torch
 from safetensors.torch import load_file, save_file
 
-from hookloop.tensorfile import read_tensors, write_tensors
+from hookloop.checkpoint.tensorfile import read_tensors, write_tensors
 
 TENSORS = {
     "f32": torch.randn(3, 4), "bf16": torch.randn(5).to(torch.bfloat16),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hookloop.errors import DataError
-from hookloop.tokenizers import (
+from hookloop.lm.tokenizers import (
     ByteTokenizer,
     CharTokenizer,
     Tokenizer,

@@ -37,10 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the configured run, run every check on real batches, print the checklist."""
-    from hookloop.config import config_from_args
-    from hookloop.doctor import FAIL, diagnose, format_findings
+    from hookloop.lm.config import config_from_args
+    from hookloop.lm.doctor import FAIL, diagnose, format_findings
     from hookloop.errors import ConfigError
-    from hookloop.recipe import build_run
+    from hookloop.lm.recipe import build_run
 
     if args.batches < 1 or args.overfit_steps < 1 or not 0 < args.overfit_fraction < 1:
         raise ConfigError("doctor: --batches and --overfit-steps must be >= 1 and "

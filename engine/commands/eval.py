@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     """Print the validation loss and perplexity of the checkpoint."""
     from hookloop.engine import Engine
     from hookloop.errors import CheckpointError, ConfigError
-    from hookloop.recipe import (
+    from hookloop.lm.recipe import (
         data_dir,
         latest_run_dir,
         load_trained,

@@ -11,7 +11,7 @@ import argparse
 from typing import Any
 
 from hookloop.cli import add_config_arguments
-from hookloop.config import config_from_args
+from hookloop.lm.config import config_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Read, split, tokenize and write; print a summary."""
     from hookloop.errors import ConfigError
-    from hookloop.prepare import prepare_texts, read_text_sources, split_text
+    from hookloop.lm.prepare import prepare_texts, read_text_sources, split_text
 
     if args.bpe_vocab_size < 257:
         raise ConfigError(f"--bpe-vocab-size must be at least 257, got {args.bpe_vocab_size}")

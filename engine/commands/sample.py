@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load the run's model and print the prompt and its continuation."""
     from hookloop.errors import CheckpointError, ConfigError, DataError
-    from hookloop.recipe import latest_run_dir, load_trained, set_threads
+    from hookloop.lm.recipe import latest_run_dir, load_trained, set_threads
 
     run_dir = args.run_dir or latest_run_dir(args.runs)
     if run_dir is None:

@@ -88,7 +88,7 @@ def sparkline(values: list[float]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Print the table and sparkline; write the PNG if asked."""
-    from hookloop.config import config_from_args
+    from hookloop.lm.config import config_from_args
 
     c = curve(config_from_args(args))
     total, lr = c.total, c.lr

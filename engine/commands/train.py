@@ -41,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the configured run, train it, evaluate it once more and say where it is."""
-    from hookloop.config import config_from_args
-    from hookloop.recipe import build_run, new_run_dir
+    from hookloop.lm.config import config_from_args
+    from hookloop.lm.recipe import build_run, new_run_dir
 
     checkpoint = None
     if args.resume:
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         built = build_run(config, run_dir)
         if checkpoint is not None:
-            from hookloop.checkpointing import load_checkpoint
+            from hookloop.checkpoint import load_checkpoint
 
             load_checkpoint(built.engine, checkpoint)
     except BaseException:
@@ -108,12 +108,12 @@ def _resume(args: argparse.Namespace) -> tuple[Path | None, Path | None, dict[st
     """The run directory, checkpoint and config of `--resume`, after checking the changes.
 
     The config is the run's own config.toml with this command line's `--set` and `-p`
-    applied, unless `-c` names another file; see `hookloop.resume` for which changes a
+    applied, unless `-c` names another file; see `hookloop.lm.resume` for which changes a
     resume accepts.
     """
-    from hookloop.checkpointing import verify_checkpoint
-    from hookloop.config import config_from_args
-    from hookloop.resume import check_changes, config_changes, find_resume
+    from hookloop.checkpoint import verify_checkpoint
+    from hookloop.lm.config import config_from_args
+    from hookloop.lm.resume import check_changes, config_changes, find_resume
 
     run_dir, checkpoint = find_resume(
         args.resume, Path(args.run_dir) if args.run_dir else None, Path(args.runs))
@@ -134,7 +134,7 @@ def _resume(args: argparse.Namespace) -> tuple[Path | None, Path | None, dict[st
 
 def _refuse_a_run_with_checkpoints(run_dir: str | None) -> None:
     """A fresh run into a directory that holds checkpoints would mix two runs' files."""
-    from hookloop.checkpointing import CHECKPOINTS_DIR, list_checkpoints
+    from hookloop.checkpoint import CHECKPOINTS_DIR, list_checkpoints
     from hookloop.errors import ConfigError
 
     if run_dir and list_checkpoints(Path(run_dir) / CHECKPOINTS_DIR):

@@ -48,8 +48,8 @@ class _Recorder:
 
 def _train(config: dict[str, Any], run_dir: Path, steps: int, *, stop_at: int | None = None,
            resume_from: Path | None = None) -> tuple[Any, _Recorder]:
-    from hookloop.checkpointing import load_checkpoint
-    from hookloop.recipe import build_run
+    from hookloop.checkpoint import load_checkpoint
+    from hookloop.lm.recipe import build_run
 
     run = build_run(config, run_dir)
     recorder = _Recorder(stop_at)
@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
     """Train straight, then stopped and resumed; compare; 0 when equal, 1 when different."""
     import torch
 
-    from hookloop.checkpointing import checkpoint_name, save_checkpoint
-    from hookloop.config import config_from_args
+    from hookloop.checkpoint import checkpoint_name, save_checkpoint
+    from hookloop.lm.config import config_from_args
     from hookloop.errors import ConfigError
 
     if args.steps < 2:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hookloop import checkpointing as ckpt
+from hookloop import checkpoint as ckpt
 from hookloop import hookimpl
 from hookloop.errors import PluginError
 from hookloop.plugins.checkpoint import Checkpoint

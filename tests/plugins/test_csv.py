@@ -153,7 +153,7 @@ def test_rows_waiting_for_a_device_copy_are_written_in_order_before_checkpoints_
 
 
 def test_resume_from_a_real_checkpoint_after_a_crash_gives_the_uninterrupted_file(make_engine, tmp_path):
-    from hookloop.checkpointing import latest_valid_checkpoint, load_checkpoint
+    from hookloop.checkpoint import latest_valid_checkpoint, load_checkpoint
     from hookloop.plugins.checkpoint import Checkpoint
 
     class Crash:  # dies in step 8 after its row, before checkpoint 8: rows 7, 8 are past 6

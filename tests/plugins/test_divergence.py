@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hookloop import PluginError, hookimpl
-from hookloop.guards import TrainingHalted
+from hookloop.plugins._guards import TrainingHalted
 from hookloop.plugins.divergence import Divergence
 
 
@@ -95,7 +95,7 @@ def test_bad_options_are_rejected():
 
 
 def test_rollback_on_a_loss_spike_continues_from_the_checkpoint(make_engine, tmp_path):
-    pytest.importorskip("hookloop.checkpointing")
+    pytest.importorskip("hookloop.checkpoint")
     from hookloop.plugins.checkpoint import Checkpoint
 
     guard = Divergence(action="rollback", warmup_steps=4, lr_factor=0.5)

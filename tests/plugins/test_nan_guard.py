@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hookloop import PluginError, hookimpl
-from hookloop.guards import TrainingHalted
+from hookloop.plugins._guards import TrainingHalted
 from hookloop.plugins.nan_guard import NanGuard
 
 
@@ -77,7 +77,7 @@ def test_skip_stops_after_max_consecutive_bad_steps(make_engine):
 
 
 def test_the_guards_cost_one_host_read_per_step(make_engine, monkeypatch):
-    from hookloop import guards
+    from hookloop.plugins import _guards as guards
     from hookloop.plugins.divergence import Divergence
 
     reads = []
@@ -102,7 +102,7 @@ def test_bad_options_are_rejected():
 
 
 def checkpointing():
-    return pytest.importorskip("hookloop.checkpointing")
+    return pytest.importorskip("hookloop.checkpoint")
 
 
 def test_stop_saves_an_emergency_checkpoint_of_the_weights_before_the_bad_step(make_engine, tmp_path):

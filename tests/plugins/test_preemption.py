@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from hookloop import checkpointing as ckpt
+from hookloop import checkpoint as ckpt
 from hookloop import hookimpl
 from hookloop.errors import PluginError
 from hookloop.plugins.preemption import Preemption

@@ -25,15 +25,15 @@ import structlog
 import torch
 
 from hookloop import loading
-from hookloop.config import write_config
-from hookloop.data import TokenDataset
+from hookloop.lm.config import write_config
+from hookloop.lm.data import TokenDataset
 from hookloop.engine import Engine
 from hookloop.errors import ConfigError
-from hookloop.model import TinyTransformerLM
-from hookloop.optim import build_adamw
-from hookloop.prepare import read_meta
+from hookloop.lm.model import TinyTransformerLM
+from hookloop.lm.optim import build_adamw
+from hookloop.lm.prepare import read_meta
 from hookloop.state import State
-from hookloop.tokenizers import Tokenizer, load_tokenizer
+from hookloop.lm.tokenizers import Tokenizer, load_tokenizer
 
 __all__ = [
     "Run",
@@ -77,7 +77,7 @@ class Run:
 
 
 def build_run(config: dict[str, Any], run_dir: str | Path | None = None) -> Run:
-    """Build the run a resolved config describes (see `hookloop.config.load_config`).
+    """Build the run a resolved config describes (see `hookloop.lm.config.load_config`).
 
     Args:
         config: The resolved config.
@@ -153,7 +153,7 @@ def data_dir(config: dict[str, Any]) -> Path:
     """The prepared data directory of a config: `data.path`, or the default corpus."""
     if config["data"]["path"]:
         return Path(config["data"]["path"])
-    from hookloop.corpus import default_corpus
+    from hookloop.lm.corpus import default_corpus
 
     return default_corpus()
 
@@ -208,7 +208,7 @@ def checkpoint_dir(run_dir: str | Path, checkpoint: str | None = None) -> Path:
     Raises:
         CheckpointError: no such checkpoint, or none that verifies.
     """
-    from hookloop.checkpointing import latest_valid_checkpoint
+    from hookloop.checkpoint import latest_valid_checkpoint
     from hookloop.errors import CheckpointError
 
     checkpoints = Path(run_dir) / "checkpoints"
@@ -240,7 +240,7 @@ def load_trained(run_dir: str | Path, checkpoint: str | None = None
     """
     from safetensors.torch import load_file
 
-    from hookloop.config import load_config
+    from hookloop.lm.config import load_config
     from hookloop.errors import CheckpointError
 
     run_dir = Path(run_dir)

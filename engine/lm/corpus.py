@@ -80,7 +80,7 @@ def stdlib_texts(budget: int = DEFAULT_BUDGET, root: str | Path | None = None
 
 def default_corpus(budget: int = DEFAULT_BUDGET) -> Path:
     """The prepared directory of the default corpus, preparing it on first use."""
-    from hookloop.prepare import prepare_texts
+    from hookloop.lm.prepare import prepare_texts
 
     stdlib = sysconfig.get_paths()["stdlib"]
     key = hashlib.sha256(f"{stdlib}|{sys.version}|{budget}".encode()).hexdigest()[:12]

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from hookloop.errors import DataError
-from hookloop.tokenizers import Tokenizer, build_tokenizer
+from hookloop.lm.tokenizers import Tokenizer, build_tokenizer
 
 __all__ = ["META_FORMAT", "prepare_texts", "read_meta", "read_text_sources", "split_text", "token_dtype"]
 

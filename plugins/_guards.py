@@ -140,7 +140,7 @@ def emergency_save(engine: Engine, state: State, reason: str) -> str | None:
     """
     if engine.run_dir is None or not engine.is_main_process:
         return None
-    from hookloop.checkpointing import save_checkpoint
+    from hookloop.checkpoint import save_checkpoint
 
     directory = engine.run_dir / "checkpoints" / f"emergency-step-{state.step:08d}"
     path = save_checkpoint(engine, directory, extra={"emergency": reason})
@@ -163,7 +163,7 @@ def rollback(engine: Engine, state: State, *, lr_factor: float, reason: str, by:
     Raises:
         TrainingHalted: the run has no directory or no valid checkpoint to go back to.
     """
-    from hookloop.checkpointing import latest_valid_checkpoint, load_checkpoint
+    from hookloop.checkpoint import latest_valid_checkpoint, load_checkpoint
 
     path = latest_valid_checkpoint(engine.run_dir) if engine.run_dir is not None else None
     if path is None:

@@ -110,7 +110,7 @@ def find_resume(resume: str, run_dir: Path | None, runs: Path) -> tuple[Path | N
     Raises:
         CheckpointError: an explicit PATH that is not a valid checkpoint or run directory.
     """
-    from hookloop.checkpointing import CHECKPOINTS_DIR, latest_valid_checkpoint, verify_checkpoint
+    from hookloop.checkpoint import CHECKPOINTS_DIR, latest_valid_checkpoint, verify_checkpoint
     from hookloop.journal import Journal
 
     def latest(run: Path) -> Path | None:  # invalid ones are logged and journaled
@@ -119,7 +119,7 @@ def find_resume(resume: str, run_dir: Path | None, runs: Path) -> tuple[Path | N
 
     if resume == "auto":
         if run_dir is None:
-            from hookloop.recipe import latest_run_dir
+            from hookloop.lm.recipe import latest_run_dir
 
             run_dir = latest_run_dir(runs)
         return run_dir, latest(run_dir) if run_dir is not None else None

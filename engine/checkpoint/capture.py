@@ -1,0 +1,186 @@
+"""Capture what a checkpoint holds: tensors moved to the CPU and the state.json metadata."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from hookloop.checkpoint.layout import FORMAT_VERSION
+from hookloop.checkpoint.rng import rng_state
+from hookloop.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from hookloop.engine import Engine
+
+__all__ = ["Snapshot", "decode", "encode", "snapshot", "tokenizer_ref"]
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """Everything a checkpoint holds, captured between two steps and ready to write."""
+
+    model: dict[str, torch.Tensor]
+    """Model tensors on the CPU, shared storages stored once."""
+    optimizer: dict[str, torch.Tensor]
+    """Optimizer state tensors on the CPU, keyed `state.<param_index>.<name>`."""
+    state: dict[str, Any]
+    """The content of state.json, minus the file checksums added when writing."""
+
+
+# --- capture -----------------------------------------------------------------------------
+
+
+def snapshot(
+    engine: Engine,
+    *,
+    extra: dict[str, Any] | None = None,
+    counters: dict[str, int] | None = None,
+    copy: bool = False,
+) -> Snapshot:
+    """Capture the engine's state for a checkpoint.
+
+    Args:
+        engine: The engine to capture.
+        extra: JSON values stored under `extra` in state.json.
+        counters: Counters to record instead of `engine.state.counters()` (an emergency
+            save taken mid-step records the last completed step); marks it not exact.
+        copy: Clone every tensor, so training can go on while another thread writes.
+    """
+    model, aliases = _model_tensors(engine.model, copy)
+    optimizer, opt_json = _optimizer_tensors(engine.optimizer, copy)
+    state = engine.state
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "hookloop_version": _hookloop_version(),
+        "torch_version": torch.__version__,
+        "python_version": sys.version.split()[0],
+        "git_commit": _git_commit(),
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "exact": counters is None,
+        "counters": counters or state.counters(),
+        "data": {"accumulate": engine.accumulate,
+                 "resumable": hasattr(engine.train_data, "iter_epoch")},
+        "precision": engine.precision,
+        "model": {"aliases": aliases, "class": type(engine.model).__name__},
+        "optimizer": opt_json,
+        "scaler": engine.scaler.state_dict() if engine.scaler is not None else None,
+        "rng": rng_state(),
+        "plugins": engine.plugin_states(),
+        "plugin_versions": {name: p.origin for name, p in engine.plugins.items()},
+        "config": engine.config,
+        "metrics": _float_metrics(state),
+        "tokenizer": tokenizer_ref(engine.run_dir),
+        "extra": extra or {},
+    }
+    return Snapshot(model=model, optimizer=optimizer, state=meta)
+
+
+def _model_tensors(model: torch.nn.Module, copy: bool) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    storages: set[int] = set()
+    for name, t in model.state_dict().items():
+        t = t.detach()
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if key in seen:  # the same tensor under a second name: store once, record the alias
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        ptr = t.untyped_storage().data_ptr()
+        # A view into another stored tensor's storage is written as its own copy.
+        shared = ptr in storages and t.numel() > 0
+        storages.add(ptr)
+        tensors[name] = _cpu(t, copy or shared)
+    return tensors, aliases
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer, copy: bool) -> tuple[dict, dict]:
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, param_state in sd["state"].items():
+        for name, value in param_state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{index}.{name}"] = _cpu(value.detach(), copy)
+            else:
+                scalars.setdefault(str(index), {})[name] = encode(value)
+    groups = [{k: encode(v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"class": type(optimizer).__name__, "param_groups": groups, "scalars": scalars}
+
+
+def _cpu(t: torch.Tensor, copy: bool) -> torch.Tensor:
+    t = t.to("cpu", copy=copy)
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def encode(value: Any) -> Any:
+    """A JSON form of an optimizer hyper-parameter; tuples and tensors are tagged."""
+    if isinstance(value, tuple):
+        return {"__tuple__": [encode(v) for v in value]}
+    if isinstance(value, list):
+        return [encode(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return {"__tensor__": value.tolist(), "dtype": str(value.dtype).removeprefix("torch.")}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise CheckpointError(f"cannot store optimizer value {value!r} of type {type(value).__name__}")
+
+
+def decode(value: Any) -> Any:
+    """The inverse of `encode`."""
+    if isinstance(value, dict) and "__tuple__" in value:
+        return tuple(decode(v) for v in value["__tuple__"])
+    if isinstance(value, dict) and "__tensor__" in value:
+        return torch.tensor(value["__tensor__"], dtype=getattr(torch, value["dtype"]))
+    if isinstance(value, list):
+        return [decode(v) for v in value]
+    return value
+
+
+def _float_metrics(state: Any) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    items = list(state.metrics.items())
+    if state.loss is not None:
+        items.append(("loss", state.loss))
+    for key, value in items:
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            metrics[key] = float(value)
+    return metrics
+
+
+def tokenizer_ref(run_dir: Path | None) -> dict[str, str] | None:
+    """The run's tokenizer file and its SHA-256, recorded so a resume can check the vocabulary."""
+    path = run_dir / "tokenizer.json" if run_dir is not None else None
+    if path is None or not path.is_file():
+        return None
+    return {"file": "tokenizer.json", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def _hookloop_version() -> str:
+    from hookloop import __version__
+
+    return __version__
+
+
+@cache
+def _git_commit() -> str | None:
+    """The commit of the hookloop source tree, when it is a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+            text=True, timeout=5, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None

@@ -1,0 +1,213 @@
+"""Read a checkpoint: verify every file against its checksum, then restore an engine.
+
+Nothing is unpickled: state.json is JSON and the tensors are safetensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import torch
+
+from hookloop.checkpoint.atomic import read_pointer
+from hookloop.checkpoint.capture import decode, tokenizer_ref
+from hookloop.checkpoint.layout import (
+    CHECKPOINTS_DIR,
+    FORMAT_VERSION,
+    LATEST,
+    MODEL_FILE,
+    OPTIMIZER_FILE,
+    STATE_FILE,
+    checkpoint_step,
+    list_checkpoints,
+)
+from hookloop.checkpoint.rng import set_rng_state
+from hookloop.checkpoint.tensorfile import read_tensors
+from hookloop.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from hookloop.engine import Engine
+    from hookloop.journal import Journal
+
+__all__ = ["latest_valid_checkpoint", "load_checkpoint", "read_checkpoint", "verify_checkpoint"]
+
+log = structlog.get_logger("hookloop")
+
+
+def verify_checkpoint(path: Path) -> dict[str, Any]:
+    """Check that a checkpoint is complete and its files match their checksums.
+
+    Returns:
+        The content of its state.json.
+
+    Raises:
+        CheckpointError: missing, partial, corrupt, or of an unknown format version.
+    """
+    state, _ = _read_verified(Path(path), deserialize=False)
+    return state
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
+    """Read and verify a checkpoint: its state.json and the tensors of each file by name."""
+    return _read_verified(Path(path), deserialize=True)
+
+
+def _read_verified(path: Path, *, deserialize: bool) -> tuple[dict, dict]:
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist or is not a directory")
+    try:
+        state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} is partial: it has no {STATE_FILE}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt: {STATE_FILE}: {exc}") from None
+    version = state.get("format_version") if isinstance(state, dict) else None
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {version!r}; this hookloop reads version "
+            f"{FORMAT_VERSION}: use the hookloop version that wrote it"
+        )
+    files = state.get("files", {})
+    contents = {name: _read_file(path, name) for name in files}
+    with ThreadPoolExecutor(max(1, len(files))) as pool:  # hashlib releases the GIL
+        digests = dict(zip(files, pool.map(lambda d: hashlib.sha256(d).hexdigest(),
+                                           contents.values()), strict=True))
+    tensors: dict[str, dict[str, torch.Tensor]] = {}
+    for name, info in files.items():
+        if digests[name] != info["sha256"]:
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt: {name} does not match its SHA-256 in {STATE_FILE}"
+            )
+        if deserialize:
+            try:
+                tensors[name] = read_tensors(contents[name])
+            except (ValueError, KeyError) as exc:
+                raise CheckpointError(f"checkpoint {path} is corrupt: {name}: {exc}") from None
+    if MODEL_FILE not in state.get("files", {}):
+        raise CheckpointError(f"checkpoint {path} is corrupt: {STATE_FILE} lists no {MODEL_FILE}")
+    return state, tensors
+
+
+def _read_file(path: Path, name: str) -> bytearray:
+    try:
+        with open(path / name, "rb") as f:
+            data = bytearray(os.fstat(f.fileno()).st_size)
+            f.readinto(data)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} is partial: {name} is missing") from None
+    return data
+
+
+def latest_valid_checkpoint(run_dir: Path, *, journal: Journal | None = None) -> Path | None:
+    """The newest checkpoint of a run that verifies, or None when there is none.
+
+    The `latest` pointer is tried first (or, if a writer was killed while swapping that
+    directory, its `.old-` copy), then every `step-N` directory from the highest step down. Each invalid one is logged and recorded in `journal` (`checkpoint_invalid`).
+    """
+    checkpoints = Path(run_dir) / CHECKPOINTS_DIR
+    pointed = read_pointer(checkpoints, LATEST)
+    candidates = [pointed] if pointed is not None else []
+    if pointed is not None and not pointed.exists():  # killed mid-swap: the old copy is whole
+        candidates.append(checkpoints / f".old-{pointed.name}")
+    candidates += [p for p in reversed(list_checkpoints(checkpoints)) if p != pointed]
+    for path in candidates:
+        try:
+            verify_checkpoint(path)
+            return path
+        except CheckpointError as exc:
+            log.warning("checkpoint_invalid", path=str(path), reason=str(exc))
+            if journal is not None:
+                step = checkpoint_step(path)
+                journal.record("checkpoint_invalid", step=-1 if step is None else step,
+                               reason=f"{exc}; trying an earlier checkpoint", path=str(path))
+    return None
+
+
+def load_checkpoint(engine: Engine, path: Path) -> dict[str, Any]:
+    """Restore model, optimizer, counters, RNG, data position and plugin states from `path`.
+
+    Everything is checked before anything is changed, so a refused checkpoint leaves the
+    engine as it was.
+
+    Returns:
+        The checkpoint's state.json content.
+
+    Raises:
+        CheckpointError: the checkpoint is missing, partial or corrupt, or its model shapes,
+            optimizer layout or vocabulary do not match the engine's.
+    """
+    path = Path(path)
+    state, files = read_checkpoint(path)
+    model = dict(files[MODEL_FILE])
+    for alias, stored in state["model"].get("aliases", {}).items():
+        model[alias] = model[stored]
+    _check_model(engine.model, model, path)
+    _check_tokenizer(engine.run_dir, state.get("tokenizer"), path)
+    optim = _optimizer_state_dict(state["optimizer"], files.get(OPTIMIZER_FILE, {}))
+    _check_optimizer(engine.optimizer, optim, path)
+
+    engine.model.load_state_dict(model)
+    engine.optimizer.load_state_dict(optim)
+    if engine.scaler is not None and state.get("scaler"):
+        engine.scaler.load_state_dict(state["scaler"])
+    engine.state.load_counters(state["counters"])
+    set_rng_state(state["rng"])
+    engine.load_plugin_states(state.get("plugins", {}))
+    engine.journal.record(
+        "checkpoint_loaded", step=engine.state.step, reason="resuming", path=str(path),
+        exact=state.get("exact", True),
+    )
+    return state
+
+
+def _check_model(model: torch.nn.Module, saved: dict[str, torch.Tensor], path: Path) -> None:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in saved.items()}
+    problems = [f"{k} is missing" for k in expected if k not in got]
+    problems += [f"{k} is not in the model" for k in got if k not in expected]
+    problems += [
+        f"{k} has shape {list(got[k])}, the model {list(shape)}"
+        for k, shape in expected.items() if k in got and got[k] != shape
+    ]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CheckpointError(
+            f"checkpoint {path} does not match the configured model: {problems[0]}{more}; "
+            "resume with the model settings it was trained with"
+        )
+
+
+def _check_tokenizer(run_dir: Path | None, saved: dict | None, path: Path) -> None:
+    current = tokenizer_ref(run_dir)
+    if saved and current and saved["sha256"] != current["sha256"]:
+        raise CheckpointError(
+            f"checkpoint {path} was trained with a different vocabulary than "
+            f"{run_dir}/tokenizer.json; resume with the tokenizer it was trained with"
+        )
+
+
+def _optimizer_state_dict(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for key, tensor in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = tensor
+    for index, values in meta.get("scalars", {}).items():
+        state.setdefault(int(index), {}).update({k: decode(v) for k, v in values.items()})
+    groups = [{k: decode(v) for k, v in g.items()} for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def _check_optimizer(optimizer: torch.optim.Optimizer, saved: dict, path: Path) -> None:
+    mine = [len(g["params"]) for g in optimizer.param_groups]
+    theirs = [len(g["params"]) for g in saved["param_groups"]]
+    if mine != theirs:
+        raise CheckpointError(
+            f"checkpoint {path} has optimizer parameter groups of sizes {theirs}, the "
+            f"configured optimizer {mine}; resume with the optimizer settings it was trained with"
+        )
