@@ -22,8 +22,8 @@ import torch
 from hookloop import hookimpl
 from hookloop.checkpoint import latest_valid_checkpoint, load_checkpoint
 from hookloop.lm.config import load_config
-from hookloop.logs import configure_logging
 from hookloop.lm.recipe import build_run
+from hookloop.logs import configure_logging
 
 
 class LastMetrics:

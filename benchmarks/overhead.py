@@ -68,8 +68,8 @@ def mlp_setup(seed: int, steps: int) -> tuple[torch.nn.Module, list[Any], Callab
 
 def transformer_setup(seed: int, steps: int) -> tuple[torch.nn.Module, list[Any], Callable, int]:
     """hookloop's TinyTransformerLM (4 layers, d_model 128, context 64, batch 12, vocab 65)."""
-    from hookloop.losses import next_token_loss
     from hookloop.lm.model import TinyTransformerLM
+    from hookloop.losses import next_token_loss
 
     torch.manual_seed(seed)
     vocab = 65

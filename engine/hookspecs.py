@@ -46,8 +46,8 @@ import pluggy
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from hookloop.lm.doctor import Finding, Subject
     from hookloop.engine import Engine
+    from hookloop.findings import Finding, Subject
     from hookloop.state import State
 
 __all__ = ["hookimpl", "hookspec"]
@@ -232,9 +232,9 @@ def doctor_checks(engine: Engine) -> list[Callable[[Subject], Finding]]:
     Fires: once per `hookloop doctor` run (`hookloop.lm.doctor.diagnose()`), after the engine
     of the configured run is built and before any check runs; never during `fit()`.
     Valid: the model is untrained and has no gradients; `engine.plugins` holds every enabled
-    plugin. Each returned check is called with a `hookloop.lm.doctor.Subject` (model,
+    plugin. Each returned check is called with a `hookloop.findings.Subject` (model,
     optimizer, a few real batches, loss_fn, vocab_size, engine) and returns one
-    `hookloop.lm.doctor.Finding` (check name, "PASS" / "WARN" / "FAIL", the number behind it).
+    `hookloop.findings.Finding` (check name, "PASS" / "WARN" / "FAIL", the number behind it).
     A check that raises is reported as a FAIL naming the error. Checks that train should
     work on a copy (`copy.deepcopy((subject.model, subject.optimizer))`).
 

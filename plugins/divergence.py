@@ -29,8 +29,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from hookloop import hookimpl
-from hookloop.plugins._guards import TrainingHalted, rollback, step_scalars
 from hookloop.options import check_choice, check_int, check_number
+from hookloop.plugins._guards import TrainingHalted, rollback, step_scalars
 
 if TYPE_CHECKING:
     from hookloop import Engine, State

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from hookloop import hookimpl
+from hookloop.options import check_choice, check_int, check_number
 from hookloop.plugins._guards import (
     TrainingHalted,
     bad_gradient_names,
@@ -44,7 +45,6 @@ from hookloop.plugins._guards import (
     rollback,
     step_scalars,
 )
-from hookloop.options import check_choice, check_int, check_number
 
 if TYPE_CHECKING:
     from hookloop import Engine, State

@@ -7,6 +7,7 @@ import tomllib
 
 import pytest
 
+from hookloop.errors import ConfigError
 from hookloop.lm.config import (
     SCHEMA,
     config_from_args,
@@ -16,7 +17,6 @@ from hookloop.lm.config import (
     parse_override,
     write_config,
 )
-from hookloop.errors import ConfigError
 
 
 def test_every_key_has_a_default_and_help():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from hookloop.lm.data import TokenDataset, check_token_range
 from hookloop.errors import DataError
+from hookloop.lm.data import TokenDataset, check_token_range
 
 
 def token_file(tmp_path, tokens, dtype="uint16"):

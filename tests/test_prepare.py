@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from hookloop.lm.corpus import default_corpus, stdlib_files, stdlib_texts
 from hookloop.errors import DataError
+from hookloop.lm.corpus import default_corpus, stdlib_files, stdlib_texts
 from hookloop.lm.prepare import prepare_texts, read_meta, read_text_sources, split_text, token_dtype
 from hookloop.lm.tokenizers import CharTokenizer, load_tokenizer
 

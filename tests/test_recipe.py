@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from hookloop.lm.config import load_config
 from hookloop.errors import CheckpointError, ConfigError, DataError
+from hookloop.lm.config import load_config
 from hookloop.lm.prepare import prepare_texts, read_meta
 from hookloop.lm.recipe import (
     build_run,

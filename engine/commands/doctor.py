@@ -37,9 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the configured run, run every check on real batches, print the checklist."""
+    from hookloop.errors import ConfigError
     from hookloop.lm.config import config_from_args
     from hookloop.lm.doctor import FAIL, diagnose, format_findings
-    from hookloop.errors import ConfigError
     from hookloop.lm.recipe import build_run
 
     if args.batches < 1 or args.overfit_steps < 1 or not 0 < args.overfit_fraction < 1:

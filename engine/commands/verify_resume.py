@@ -78,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from hookloop.checkpoint import checkpoint_name, save_checkpoint
-    from hookloop.lm.config import config_from_args
     from hookloop.errors import ConfigError
+    from hookloop.lm.config import config_from_args
 
     if args.steps < 2:
         raise ConfigError(f"--steps must be at least 2, got {args.steps}")

@@ -25,15 +25,15 @@ import structlog
 import torch
 
 from hookloop import loading
-from hookloop.lm.config import write_config
-from hookloop.lm.data import TokenDataset
 from hookloop.engine import Engine
 from hookloop.errors import ConfigError
+from hookloop.lm.config import write_config
+from hookloop.lm.data import TokenDataset
 from hookloop.lm.model import TinyTransformerLM
 from hookloop.lm.optim import build_adamw
 from hookloop.lm.prepare import read_meta
-from hookloop.state import State
 from hookloop.lm.tokenizers import Tokenizer, load_tokenizer
+from hookloop.state import State
 
 __all__ = [
     "Run",
@@ -240,8 +240,8 @@ def load_trained(run_dir: str | Path, checkpoint: str | None = None
     """
     from safetensors.torch import load_file
 
-    from hookloop.lm.config import load_config
     from hookloop.errors import CheckpointError
+    from hookloop.lm.config import load_config
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").is_file():
