@@ -66,8 +66,9 @@ def torch_load(engine: Engine, path: Path) -> None:
 
 def measure(layers: int, rounds: int, work: Path) -> dict[str, list[float]]:
     engine, fresh = make_engine(layers), make_engine(layers)
-    times: dict[str, list[float]] = {k: [] for k in (
-        "hookloop save", "hookloop load", "torch.save", "torch.load", "stall (bg)")}
+    times: dict[str, list[float]] = {
+        k: [] for k in ("hookloop save", "hookloop load", "torch.save", "torch.load", "stall (bg)")
+    }
     for r in range(rounds):
         directory = work / f"ckpt-{r}"
         pt = work / f"state-{r}.pt"
@@ -99,8 +100,10 @@ def main() -> None:
         for what, values in times.items():
             size = sizes["torch" if what.startswith("torch") else "hookloop"] / 1e6
             shown = f"{size:.1f}" if "stall" not in what else ""
-            print(f"| {params / 1e6:.1f}M | {what} | {statistics.median(values):.4f} | "
-                  f"{min(values):.4f}-{max(values):.4f} | {shown} |")
+            print(
+                f"| {params / 1e6:.1f}M | {what} | {statistics.median(values):.4f} | "
+                f"{min(values):.4f}-{max(values):.4f} | {shown} |"
+            )
 
 
 if __name__ == "__main__":

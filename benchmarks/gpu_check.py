@@ -45,9 +45,12 @@ class LastMetrics:
 
 def check(mode: str, precision: str, compile_model: bool, steps: int, base: Path) -> str:
     overrides = [
-        "training.device=cuda", f"training.precision={precision}",
-        f"training.compile={'true' if compile_model else 'false'}", f"training.max_steps={steps}",
-        "plugins.eval.every=0", "plugins.eval.max_batches=20",
+        "training.device=cuda",
+        f"training.precision={precision}",
+        f"training.compile={'true' if compile_model else 'false'}",
+        f"training.max_steps={steps}",
+        "plugins.eval.every=0",
+        "plugins.eval.max_batches=20",
     ]
     config = load_config(None, overrides)
     run_dir = base / mode
@@ -64,8 +67,12 @@ def check(mode: str, precision: str, compile_model: bool, steps: int, base: Path
     scale = run.engine.scaler.get_scale() if run.engine.scaler is not None else None
 
     # Resume from the final checkpoint in a new run of the same directory and go 5 further.
-    resumed = build_run(load_config(None, [*overrides[:-3], f"training.max_steps={steps + 5}",
-                                           "plugins.eval.every=0"]), run_dir)
+    resumed = build_run(
+        load_config(
+            None, [*overrides[:-3], f"training.max_steps={steps + 5}", "plugins.eval.every=0"]
+        ),
+        run_dir,
+    )
     load_checkpoint(resumed.engine, latest_valid_checkpoint(run_dir))
     resumed_from = resumed.engine.state.step
     resumed.fit()
@@ -86,11 +93,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     configure_logging(stream=io.StringIO())
     print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}\n")
-    print("| mode | train loss first → last | val loss | steps/s (incl. compile) "
-          "| fp16 loss scale | last grad norm | resumed |")
+    print(
+        "| mode | train loss first → last | val loss | steps/s (incl. compile) "
+        "| fp16 loss scale | last grad norm | resumed |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    modes = [("fp32", "fp32", False), ("bf16", "bf16", False), ("fp16 + GradScaler", "fp16", False),
-             ("bf16 + torch.compile", "bf16", True)]
+    modes = [
+        ("fp32", "fp32", False),
+        ("bf16", "bf16", False),
+        ("fp16 + GradScaler", "fp16", False),
+        ("bf16 + torch.compile", "bf16", True),
+    ]
     with tempfile.TemporaryDirectory() as base:
         for mode, precision, compile_model in modes:
             print(check(mode, precision, compile_model, args.steps, Path(base)), flush=True)

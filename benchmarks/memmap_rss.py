@@ -47,8 +47,14 @@ def child(path: str, steps: int) -> None:
     model = TinyTransformerLM(VOCAB, d_model=64, n_heads=4, n_layers=2, d_ff=256, max_seq_len=64)
     engine = Engine(model, build_adamw(model), None)  # data set below, after the baseline
     before = rss_mb()
-    engine.train_data = TokenDataset(path, seq_len=64, batch_size=32, vocab_size=VOCAB,
-                                     sampling="random", batches_per_epoch=steps)
+    engine.train_data = TokenDataset(
+        path,
+        seq_len=64,
+        batch_size=32,
+        vocab_size=VOCAB,
+        sampling="random",
+        batches_per_epoch=steps,
+    )
     after_check = rss_mb()
     engine.fit(max_steps=steps)
     after = rss_mb()
@@ -78,22 +84,32 @@ def main() -> None:
         for mb in (args.small_mb, args.large_mb):
             path = Path(tmp) / f"tokens-{mb:g}MB.bin"
             make_file(path, mb)
-            out = subprocess.run([sys.executable, __file__, "--child", str(path),
-                                  "--steps", str(args.steps)], capture_output=True, text=True,
-                                 check=True, env={**os.environ, "HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD": "1"})
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", str(path), "--steps", str(args.steps)],
+                capture_output=True,
+                text=True,
+                check=True,
+                env={**os.environ, "HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD": "1"},
+            )
             result = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append((mb, result))
             path.unlink()
     print(f"{args.steps} training steps, batch 32 x 64 random windows, uint16 ids\n")
-    print("| token file | RSS before data (MB) | after id check | after training | peak (VmHWM) | file-backed after |")
+    print(
+        "| token file | RSS before data (MB) | after id check | after training | peak (VmHWM) | file-backed after |"
+    )
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     for mb, r in rows:
-        print(f"| {mb:g} MB | {r['before']['VmRSS']:.0f} | {r['after_check']['VmRSS']:.0f} | "
-              f"{r['after']['VmRSS']:.0f} | {r['after']['VmHWM']:.0f} | {r['after']['RssFile']:.0f} |")
+        print(
+            f"| {mb:g} MB | {r['before']['VmRSS']:.0f} | {r['after_check']['VmRSS']:.0f} | "
+            f"{r['after']['VmRSS']:.0f} | {r['after']['VmHWM']:.0f} | {r['after']['RssFile']:.0f} |"
+        )
     diff = rows[1][1]["after"]["VmRSS"] - rows[0][1]["after"]["VmRSS"]
     peak = rows[1][1]["after"]["VmHWM"] - rows[0][1]["after"]["VmHWM"]
-    print(f"\ndifference large - small: {diff:+.1f} MB after training, {peak:+.1f} MB at peak "
-          f"(target: under 50 MB)")
+    print(
+        f"\ndifference large - small: {diff:+.1f} MB after training, {peak:+.1f} MB at peak "
+        f"(target: under 50 MB)"
+    )
 
 
 if __name__ == "__main__":

@@ -63,16 +63,26 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1337])
-    parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help=f"comma-separated, from {', '.join(VARIANTS)}")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="one more config override for the hookloop "
-                        "variants, applied last")
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated, from {', '.join(VARIANTS)}",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one more config override for the hookloop variants, applied last",
+    )
     args = parser.parse_args()
     variants = [v for v in args.variants.split(",") if v]
     unknown = set(variants) - set(VARIANTS)
     if unknown:
-        parser.error(f"unknown variant(s) {', '.join(sorted(unknown))}; choose from {', '.join(VARIANTS)}")
+        parser.error(
+            f"unknown variant(s) {', '.join(sorted(unknown))}; choose from {', '.join(VARIANTS)}"
+        )
 
     import torch
 
@@ -84,51 +94,93 @@ def main() -> None:
         data = Path(tmp) / "data"
         train, val = split_text(args.text.read_text(encoding="utf-8"), 0.1)
         prepare_texts(train, val, data, tokenizer="char", source=str(args.text))
-        print(f"torch {torch.__version__}, {args.threads} thread(s), {args.steps} steps, "
-              f"seeds {args.seeds}", flush=True)
+        print(
+            f"torch {torch.__version__}, {args.threads} thread(s), {args.steps} steps, "
+            f"seeds {args.seeds}",
+            flush=True,
+        )
         for seed in args.seeds:
             for variant in variants:
                 if variant == "raw":
                     row = run_raw(data, seed, args.steps)
                 else:
-                    row = run_hookloop(data, Path(tmp) / f"run-{variant}-{seed}", seed,
-                                       args.steps, args.threads, variant, args.overrides)
+                    row = run_hookloop(
+                        data,
+                        Path(tmp) / f"run-{variant}-{seed}",
+                        seed,
+                        args.steps,
+                        args.threads,
+                        variant,
+                        args.overrides,
+                    )
                 rows.append(row)
-                print(f"{variant} seed {seed}: val loss {row['val_loss']:.4f} (estimate "
-                      f"{row['estimate']:.4f}), {row['seconds']:.1f}s", flush=True)
+                print(
+                    f"{variant} seed {seed}: val loss {row['val_loss']:.4f} (estimate "
+                    f"{row['estimate']:.4f}), {row['seconds']:.1f}s",
+                    flush=True,
+                )
     print_tables(rows, variants)
 
 
-def run_hookloop(data: Path, run_dir: Path, seed: int, steps: int, threads: int,
-                 variant: str, overrides: list[str]) -> dict:
+def run_hookloop(
+    data: Path,
+    run_dir: Path,
+    seed: int,
+    steps: int,
+    threads: int,
+    variant: str,
+    overrides: list[str],
+) -> dict:
     """Train one hookloop variant; its validation losses and training time."""
     from hookloop.lm.config import load_config
     from hookloop.lm.recipe import build_run
 
-    config = load_config(None, [
-        f"data.path={data}", f"data.seq_len={SEQ_LEN}", f"data.batch_size={BATCH}",
-        "data.sampling=random",
-        f"model.d_model={D_MODEL}", f"model.n_heads={HEADS}", f"model.n_layers={LAYERS}",
-        f"model.d_ff={D_FF}",
-        f"model.max_seq_len={SEQ_LEN}", "model.dropout=0.0", "model.bias=false",
-        f"optimizer.lr={LR}", f"optimizer.betas=[{BETAS[0]}, {BETAS[1]}]",
-        f"optimizer.weight_decay={WEIGHT_DECAY}", f"training.max_steps={steps}",
-        f"training.threads={threads}", f"training.seed={seed}", "training.device=cpu",
-        "plugins.schedule.kind=cosine", f"plugins.schedule.warmup_steps={WARMUP}",
-        f"plugins.schedule.min_lr={MIN_LR}", f"plugins.clip.max_norm={CLIP}",
-        "plugins.eval.every=250", "plugins.eval.max_batches=20",
-        'plugins.disable=["checkpoint", "progress"]',
-        *(TUNED if variant == "tuned" else []),
-        *overrides,
-    ])
+    config = load_config(
+        None,
+        [
+            f"data.path={data}",
+            f"data.seq_len={SEQ_LEN}",
+            f"data.batch_size={BATCH}",
+            "data.sampling=random",
+            f"model.d_model={D_MODEL}",
+            f"model.n_heads={HEADS}",
+            f"model.n_layers={LAYERS}",
+            f"model.d_ff={D_FF}",
+            f"model.max_seq_len={SEQ_LEN}",
+            "model.dropout=0.0",
+            "model.bias=false",
+            f"optimizer.lr={LR}",
+            f"optimizer.betas=[{BETAS[0]}, {BETAS[1]}]",
+            f"optimizer.weight_decay={WEIGHT_DECAY}",
+            f"training.max_steps={steps}",
+            f"training.threads={threads}",
+            f"training.seed={seed}",
+            "training.device=cpu",
+            "plugins.schedule.kind=cosine",
+            f"plugins.schedule.warmup_steps={WARMUP}",
+            f"plugins.schedule.min_lr={MIN_LR}",
+            f"plugins.clip.max_norm={CLIP}",
+            "plugins.eval.every=250",
+            "plugins.eval.max_batches=20",
+            'plugins.disable=["checkpoint", "progress"]',
+            *(TUNED if variant == "tuned" else []),
+            *overrides,
+        ],
+    )
     run = build_run(config, run_dir)
     start = time.perf_counter()
     state = run.fit()
     seconds = time.perf_counter() - start
     model = run.engine.model
-    return {"variant": variant, "seed": seed, "steps": state.step, "tokens": state.tokens_seen,
-            "seconds": seconds, "val_loss": run.engine.evaluate()["val_loss"],
-            "estimate": nanogpt_estimate(model, data, seed)}
+    return {
+        "variant": variant,
+        "seed": seed,
+        "steps": state.step,
+        "tokens": state.tokens_seen,
+        "seconds": seconds,
+        "val_loss": run.engine.evaluate()["val_loss"],
+        "estimate": nanogpt_estimate(model, data, seed),
+    }
 
 
 def run_raw(data: Path, seed: int, steps: int) -> dict:
@@ -146,9 +198,12 @@ def run_raw(data: Path, seed: int, steps: int) -> dict:
     model = TinyTransformerLM(vocab, D_MODEL, HEADS, LAYERS, D_FF, SEQ_LEN, 0.0, bias=False)
     params = list(model.parameters())
     optimizer = torch.optim.AdamW(
-        [{"params": [p for p in params if p.dim() >= 2], "weight_decay": WEIGHT_DECAY},
-         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-        lr=LR, betas=BETAS,
+        [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": WEIGHT_DECAY},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ],
+        lr=LR,
+        betas=BETAS,
     )
 
     def lr_at(it: int) -> float:  # nanoGPT's get_lr, decaying over the whole run
@@ -162,7 +217,9 @@ def run_raw(data: Path, seed: int, steps: int) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(it)
         offsets = torch.randint(len(tokens) - SEQ_LEN, (BATCH,)).tolist()
-        window = torch.from_numpy(np.stack([tokens[o:o + SEQ_LEN + 1] for o in offsets]).astype(np.int64))
+        window = torch.from_numpy(
+            np.stack([tokens[o : o + SEQ_LEN + 1] for o in offsets]).astype(np.int64)
+        )
         inputs, targets = window[:, :-1], window[:, 1:]
         logits = model(inputs)
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
@@ -171,9 +228,15 @@ def run_raw(data: Path, seed: int, steps: int) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     seconds = time.perf_counter() - start
-    return {"variant": "raw", "seed": seed, "steps": steps, "tokens": steps * BATCH * SEQ_LEN,
-            "seconds": seconds, "val_loss": full_split_loss(model, data),
-            "estimate": nanogpt_estimate(model, data, seed)}
+    return {
+        "variant": "raw",
+        "seed": seed,
+        "steps": steps,
+        "tokens": steps * BATCH * SEQ_LEN,
+        "seconds": seconds,
+        "val_loss": full_split_loss(model, data),
+        "estimate": nanogpt_estimate(model, data, seed),
+    }
 
 
 def full_split_loss(model, data: Path) -> float:
@@ -184,8 +247,14 @@ def full_split_loss(model, data: Path) -> float:
     from hookloop.lm.data import TokenDataset
     from hookloop.losses import next_token_loss
 
-    batches = TokenDataset(data / "val.bin", seq_len=SEQ_LEN, batch_size=BATCH,
-                           sampling="sequential", shuffle=False, drop_last=False)
+    batches = TokenDataset(
+        data / "val.bin",
+        seq_len=SEQ_LEN,
+        batch_size=BATCH,
+        sampling="sequential",
+        shuffle=False,
+        drop_last=False,
+    )
     total, count = 0.0, 0
     model.eval()
     with torch.no_grad():
@@ -203,8 +272,14 @@ def nanogpt_estimate(model, data: Path, seed: int) -> float:
     from hookloop.lm.data import TokenDataset
     from hookloop.losses import next_token_loss
 
-    batches = TokenDataset(data / "val.bin", seq_len=SEQ_LEN, batch_size=BATCH,
-                           sampling="random", batches_per_epoch=20, seed=seed)
+    batches = TokenDataset(
+        data / "val.bin",
+        seq_len=SEQ_LEN,
+        batch_size=BATCH,
+        sampling="random",
+        batches_per_epoch=20,
+        seed=seed,
+    )
     model.eval()
     with torch.no_grad():
         losses = [next_token_loss(model, batch).item() for batch in batches]
@@ -213,24 +288,32 @@ def nanogpt_estimate(model, data: Path, seed: int) -> float:
 
 def print_tables(rows: list[dict], variants: list[str]) -> None:
     """One row per run, then one per variant: mean and range of the losses, speed."""
-    print("\n| variant | seed | train wall time (s) | tokens/s | val loss, full split | "
-          "val loss, nanoGPT estimate |")
+    print(
+        "\n| variant | seed | train wall time (s) | tokens/s | val loss, full split | "
+        "val loss, nanoGPT estimate |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['variant']} | {r['seed']} | {r['seconds']:.1f} | "
-              f"{r['tokens'] / r['seconds']:,.0f} | {r['val_loss']:.4f} | {r['estimate']:.4f} |")
+        print(
+            f"| {r['variant']} | {r['seed']} | {r['seconds']:.1f} | "
+            f"{r['tokens'] / r['seconds']:,.0f} | {r['val_loss']:.4f} | {r['estimate']:.4f} |"
+        )
     raw_time = [r["seconds"] for r in rows if r["variant"] == "raw"]
-    print("\n| variant | runs | val loss, full split: mean (min–max) | nanoGPT estimate: mean "
-          "(min–max) | median train time (s) | time ratio to raw |")
+    print(
+        "\n| variant | runs | val loss, full split: mean (min–max) | nanoGPT estimate: mean "
+        "(min–max) | median train time (s) | time ratio to raw |"
+    )
     print("| --- | ---: | --- | --- | ---: | ---: |")
     for variant in variants:
         mine = [r for r in rows if r["variant"] == variant]
         full, est = [r["val_loss"] for r in mine], [r["estimate"] for r in mine]
         seconds = statistics.median(r["seconds"] for r in mine)
         ratio = f"{seconds / statistics.median(raw_time):.3f}" if raw_time else "-"
-        print(f"| {variant} | {len(mine)} | {statistics.mean(full):.4f} ({min(full):.4f}–"
-              f"{max(full):.4f}) | {statistics.mean(est):.4f} ({min(est):.4f}–{max(est):.4f}) "
-              f"| {seconds:.1f} | {ratio} |")
+        print(
+            f"| {variant} | {len(mine)} | {statistics.mean(full):.4f} ({min(full):.4f}–"
+            f"{max(full):.4f}) | {statistics.mean(est):.4f} ({min(est):.4f}–{max(est):.4f}) "
+            f"| {seconds:.1f} | {ratio} |"
+        )
 
 
 if __name__ == "__main__":

@@ -61,8 +61,10 @@ def mlp_setup(seed: int, steps: int) -> tuple[torch.nn.Module, list[Any], Callab
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8))
     g = torch.Generator().manual_seed(seed)
-    batches = [(torch.randn(4, 8, generator=g).to(DEVICE), torch.randn(4, 8, generator=g).to(DEVICE))
-               for _ in range(steps)]
+    batches = [
+        (torch.randn(4, 8, generator=g).to(DEVICE), torch.randn(4, 8, generator=g).to(DEVICE))
+        for _ in range(steps)
+    ]
     return model.to(DEVICE), batches, lambda m, b: F.mse_loss(m(b[0]), b[1]), None
 
 
@@ -73,8 +75,9 @@ def transformer_setup(seed: int, steps: int) -> tuple[torch.nn.Module, list[Any]
 
     torch.manual_seed(seed)
     vocab = 65
-    model = TinyTransformerLM(vocab_size=vocab, d_model=128, n_heads=4, n_layers=4, d_ff=512,
-                              max_seq_len=64, dropout=0.0)
+    model = TinyTransformerLM(
+        vocab_size=vocab, d_model=128, n_heads=4, n_layers=4, d_ff=512, max_seq_len=64, dropout=0.0
+    )
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, vocab, (steps, 12, 65), generator=g).to(DEVICE)
     batches = [(t[:, :-1].contiguous(), t[:, 1:].contiguous()) for t in tokens]
@@ -108,8 +111,15 @@ def run_variant(variant: str, setup: Callable, steps: int, seed: int) -> list[fl
         plugins: list[Any] = [Clock(stamps)]
         if variant == "defaults":
             plugins += load_plugins()
-        engine = Engine(model, optimizer, batches, loss_fn=loss_fn, val_data=batches[:4],
-                        plugins=plugins, run_dir=Path(run_dir))
+        engine = Engine(
+            model,
+            optimizer,
+            batches,
+            loss_fn=loss_fn,
+            val_data=batches[:4],
+            plugins=plugins,
+            run_dir=Path(run_dir),
+        )
         synchronize()
         stamps[0] = time.perf_counter()
         engine.fit(max_steps=steps)
@@ -132,7 +142,7 @@ def per_step(stamps: list[float], warmup: int) -> tuple[float, float]:
     if DEVICE.type == "cuda":
         mean = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
         return mean, mean
-    diffs = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1:], strict=False)]
+    diffs = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1 :], strict=False)]
     return statistics.median(diffs), sum(diffs) / len(diffs)
 
 
@@ -150,10 +160,12 @@ def bench(name: str, setup: Callable, steps: int, rounds: int, seed: int) -> lis
             medians[variant].append(median)
             means[variant].append(mean)
     raw = statistics.median(medians["raw"])
-    rows = [f"\n### {name}: {steps} steps x {rounds} interleaved rounds\n",
-            "| variant | median µs/step (min–max over rounds) | mean µs/step | ratio to raw "
-            "| overhead µs/step |",
-            "| --- | --- | --- | --- | --- |"]
+    rows = [
+        f"\n### {name}: {steps} steps x {rounds} interleaved rounds\n",
+        "| variant | median µs/step (min–max over rounds) | mean µs/step | ratio to raw "
+        "| overhead µs/step |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for v in variants:
         med = statistics.median(medians[v])
         rows.append(
@@ -166,8 +178,10 @@ def bench(name: str, setup: Callable, steps: int, rounds: int, seed: int) -> lis
         for name, us in sorted(PLUGIN_COSTS.items(), key=lambda kv: -statistics.median(kv[1]))
         if name != "clock"
     )
-    rows.append(f"\nTime inside each default plugin's hooks, µs/step (median over rounds, "
-                f"including periodic work): {costs}")
+    rows.append(
+        f"\nTime inside each default plugin's hooks, µs/step (median over rounds, "
+        f"including periodic work): {costs}"
+    )
     PLUGIN_COSTS.clear()
     return rows
 
@@ -186,10 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(stream=io.StringIO())  # keep plugin log lines out of the table
     default_plugins = [p.name for p in load_plugins()]
     where = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu"
-    print(f"torch {torch.__version__} on {where}, {torch.get_num_threads()} thread, "
-          f"default plugins: {', '.join(default_plugins) or '(none)'}")
+    print(
+        f"torch {torch.__version__} on {where}, {torch.get_num_threads()} thread, "
+        f"default plugins: {', '.join(default_plugins) or '(none)'}"
+    )
     models = {"mlp": (mlp_setup, 3000), "transformer": (transformer_setup, 150)}
-    for name in (models if args.model == "both" else [args.model]):
+    for name in models if args.model == "both" else [args.model]:
         setup, default_steps = models[name]
         for row in bench(name, setup, args.steps or default_steps, args.rounds, args.seed):
             print(row, flush=True)

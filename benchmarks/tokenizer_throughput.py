@@ -44,8 +44,10 @@ def main() -> None:
 
         base = stdlib_texts()[0]
     text = base * max(1, round(args.mb * 1e6 / len(base.encode())))
-    print(f"text: {args.text or 'stdlib slice'} x{len(text) // len(base)} = "
-          f"{len(text.encode()) / 1e6:.1f} MB\n")
+    print(
+        f"text: {args.text or 'stdlib slice'} x{len(text) // len(base)} = "
+        f"{len(text.encode()) / 1e6:.1f} MB\n"
+    )
     print("| tokenizer | vocab | encode MB/s | decode MB/s | tokens per byte |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for kind in ("char", "byte", "bpe"):
@@ -59,8 +61,10 @@ def main() -> None:
         ids = tok.encode(sample)
         enc = best_seconds(lambda s=sample, t=tok: t.encode(s), args.repeat)
         dec = best_seconds(lambda i=ids, t=tok: t.decode(i), args.repeat)
-        print(f"| {kind} | {tok.vocab_size} | {size / enc:.0f} | {size / dec:.0f} | "
-              f"{len(ids) / (size * 1e6):.3f} |")
+        print(
+            f"| {kind} | {tok.vocab_size} | {size / enc:.0f} | {size / dec:.0f} | "
+            f"{len(ids) / (size * 1e6):.3f} |"
+        )
 
 
 if __name__ == "__main__":

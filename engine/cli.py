@@ -24,11 +24,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("hookloop.commands.train", "train a language model (no arguments: the default)"),
     "sample": ("hookloop.commands.sample", "generate text from a trained run"),
     "eval": ("hookloop.commands.eval", "evaluate a checkpoint on the validation split"),
-    "schedule": ("hookloop.commands.schedule", "print and plot the learning-rate curve of the configured run"),
-    "plot": ("hookloop.commands.plot", "plot a run's loss, learning rate and gradient norm to a PNG"),
+    "schedule": (
+        "hookloop.commands.schedule",
+        "print and plot the learning-rate curve of the configured run",
+    ),
+    "plot": (
+        "hookloop.commands.plot",
+        "plot a run's loss, learning rate and gradient norm to a PNG",
+    ),
     "doctor": ("hookloop.commands.doctor", "check a configured run before training it"),
-    "verify-resume": ("hookloop.commands.verify_resume",
-                      "check that stopping and resuming a run changes nothing"),
+    "verify-resume": (
+        "hookloop.commands.verify_resume",
+        "check that stopping and resuming a run changes nothing",
+    ),
 }
 
 
@@ -36,11 +44,19 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """The options every command that builds a run accepts: config file, overrides, plugins."""
     parser.add_argument("-c", "--config", metavar="FILE", help="a TOML config file")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override one config key, e.g. --set model.n_layers=6 (repeatable)",
     )
     parser.add_argument(
-        "-p", dest="plugin_flags", action="append", default=[], metavar="[no:]NAME",
+        "-p",
+        dest="plugin_flags",
+        action="append",
+        default=[],
+        metavar="[no:]NAME",
         help="enable plugin NAME, or disable it with no:NAME (repeatable)",
     )
 
@@ -52,14 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hookloop {_version()}")
     parser.add_argument(
-        "--log-format", choices=("console", "json"), default="console",
+        "--log-format",
+        choices=("console", "json"),
+        default="console",
         help="log lines as human key=value text (default) or JSON lines",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)
         command = sub.add_parser(
-            name, help=help_text, description=module.__doc__,
+            name,
+            help=help_text,
+            description=module.__doc__,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(command)

@@ -68,8 +68,7 @@ class HookDispatcher:
             resolved = None  # let pluggy run the wrapper protocol
         else:
             resolved = tuple(
-                _Impl(i, getattr(i.plugin, "critical", True))
-                for i in call_order(impls, self._rank)
+                _Impl(i, getattr(i.plugin, "critical", True)) for i in call_order(impls, self._rank)
             )
         self._impls[hook] = resolved
         return resolved
@@ -126,8 +125,7 @@ class HookDispatcher:
             if isinstance(exc, HookloopError):
                 raise exc  # already a user-facing message; keep it as it is
             raise PluginError(
-                f"plugin {impl.plugin_name!r} failed in hook {hook!r}: "
-                f"{type(exc).__name__}: {exc}"
+                f"plugin {impl.plugin_name!r} failed in hook {hook!r}: {type(exc).__name__}: {exc}"
             ) from exc
         self.disabled[impl.plugin_name] = f"failed in hook {hook!r}: {type(exc).__name__}: {exc}"
         self._pm.unregister(name=impl.plugin_name)

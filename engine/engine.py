@@ -83,7 +83,9 @@ class Engine:
         if not isinstance(accumulate, int) or accumulate < 1:
             raise ConfigError(f"accumulate must be a whole number >= 1, got {accumulate!r}")
         if precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+            raise ConfigError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
+            )
         self.device = torch.device(device) if device is not None else _model_device(model)
         self.model = model.to(self.device)
         self.optimizer = optimizer
@@ -141,7 +143,10 @@ class Engine:
 
     def _journal_disabled_plugin(self, name: str, hook: str, error: Exception) -> None:
         self.journal.record(
-            "plugin_disabled", step=self.state.step, plugin=name, hook=hook,
+            "plugin_disabled",
+            step=self.state.step,
+            plugin=name,
+            hook=hook,
             reason=f"non-critical plugin raised {type(error).__name__}: {error}; "
             "it is disabled for the rest of the run",
         )
@@ -395,12 +400,17 @@ class Engine:
         """Hand each registered plugin its own saved dict through `on_load_checkpoint`."""
         missing = sorted(set(saved) - set(self.plugins))
         if missing:
-            log.warning("checkpoint_plugin_state_ignored", plugins=missing,
-                        detail="these plugins saved state but are not enabled in this run")
+            log.warning(
+                "checkpoint_plugin_state_ignored",
+                plugins=missing,
+                detail="these plugins saved state but are not enabled in this run",
+            )
         self.hooks.call_each(
             "on_load_checkpoint",
-            {name: {"engine": self, "state": self.state, "saved": value}
-             for name, value in saved.items()},
+            {
+                name: {"engine": self, "state": self.state, "saved": value}
+                for name, value in saved.items()
+            },
         )
 
 

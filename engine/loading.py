@@ -43,8 +43,17 @@ ENTRY_POINT_GROUP = "hookloop"
 BUILTIN_DISTRIBUTION = "hookloop"
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
-    "nan_guard", "clip", "divergence", "schedule", "throughput", "eval", "checkpoint",
-    "preemption", "console", "csv", "progress",
+    "nan_guard",
+    "clip",
+    "divergence",
+    "schedule",
+    "throughput",
+    "eval",
+    "checkpoint",
+    "preemption",
+    "console",
+    "csv",
+    "progress",
 )
 """Built-in plugins enabled when a config says nothing about them."""
 
@@ -329,9 +338,7 @@ def register_plugins(
     return {r.name: r for r in ordered}
 
 
-def call_order(
-    impls: Iterable[pluggy.HookImpl], rank: Mapping[str, int]
-) -> list[pluggy.HookImpl]:
+def call_order(impls: Iterable[pluggy.HookImpl], rank: Mapping[str, int]) -> list[pluggy.HookImpl]:
     """A hook's implementations in calling order: `tryfirst` ones, then plain ones, then
     `trylast` ones, each group in the plugins' resolved order (`rank`: name -> position).
 
@@ -339,6 +346,7 @@ def call_order(
     ones in reverse registration order, so no single registration order is right for both;
     sorting explicitly is.
     """
+
     def key(impl: pluggy.HookImpl) -> tuple[int, int]:
         group = 0 if impl.tryfirst else 2 if impl.trylast else 1
         return group, rank.get(impl.plugin_name, len(rank))

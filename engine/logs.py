@@ -18,7 +18,9 @@ __all__ = ["configure_logging"]
 _configured = False
 
 
-def configure_logging(fmt: str = "console", *, level: str = "info", stream: TextIO | None = None) -> None:
+def configure_logging(
+    fmt: str = "console", *, level: str = "info", stream: TextIO | None = None
+) -> None:
     """Configure structlog for the `hookloop` command. Calling it again reconfigures.
 
     Args:

@@ -8,7 +8,9 @@ import torch.nn.functional as F
 __all__ = ["next_token_loss"]
 
 
-def next_token_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def next_token_loss(
+    model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
     """Mean next-token cross-entropy, in nats per token.
 
     Args:

@@ -20,8 +20,15 @@ if TYPE_CHECKING:
     from hookloop import Engine, State
 
 __all__ = [
-    "METRIC_WRITERS", "ClosesAtEnd", "HostCopy", "LossEMA", "planned_steps", "step_copy",
-    "step_values", "to_floats", "with_ppl",
+    "METRIC_WRITERS",
+    "ClosesAtEnd",
+    "HostCopy",
+    "LossEMA",
+    "planned_steps",
+    "step_copy",
+    "step_values",
+    "to_floats",
+    "with_ppl",
 ]
 
 METRIC_WRITERS = ("clip", "schedule", "eval", "throughput")
@@ -63,7 +70,9 @@ class LossEMA:
 
     def load(self, saved: float | None, device: torch.device) -> None:
         """Restore a value written by `save()`."""
-        self.value = None if saved is None else torch.tensor(saved, dtype=torch.float32, device=device)
+        self.value = (
+            None if saved is None else torch.tensor(saved, dtype=torch.float32, device=device)
+        )
 
 
 class HostCopy:

@@ -52,9 +52,16 @@ class Checkpoint:
     name = "checkpoint"
 
     def __init__(
-        self, *, every_steps: int = 1000, every_minutes: float = 0.0, keep_last: int = 3,
-        monitor: str = "val_loss", mode: str = "min", save_on_end: bool = True,
-        save_on_exception: bool = True, background: bool = False,
+        self,
+        *,
+        every_steps: int = 1000,
+        every_minutes: float = 0.0,
+        keep_last: int = 3,
+        monitor: str = "val_loss",
+        mode: str = "min",
+        save_on_end: bool = True,
+        save_on_exception: bool = True,
+        background: bool = False,
     ) -> None:
         check_int(self.name, "every_steps", every_steps, minimum=0)
         check_int(self.name, "keep_last", keep_last, minimum=0)
@@ -129,8 +136,12 @@ class Checkpoint:
         counters = state.counters()
         # Raised between micro-batches: the data position is mid-step, the weights are not.
         mid_step = counters != self._consistent and counters["step"] == self._consistent.get("step")
-        self.save(engine, reason=f"exception: {type(error).__name__}",
-                  counters=self._consistent if mid_step else None, wait=True)
+        self.save(
+            engine,
+            reason=f"exception: {type(error).__name__}",
+            counters=self._consistent if mid_step else None,
+            wait=True,
+        )
 
     @hookimpl
     def on_save_checkpoint(self) -> dict[str, Any]:
@@ -145,7 +156,11 @@ class Checkpoint:
     # --- saving ----------------------------------------------------------------------
 
     def save(
-        self, engine: Engine, *, reason: str, counters: dict[str, int] | None = None,
+        self,
+        engine: Engine,
+        *,
+        reason: str,
+        counters: dict[str, int] | None = None,
         wait: bool = False,
     ) -> Path | None:
         """Save a checkpoint of the current state now, unless this state is already saved.
@@ -162,8 +177,11 @@ class Checkpoint:
         state = engine.state
         if not engine.is_main_process or engine.run_dir is None:
             return None
-        directory = engine.run_dir / ckpt.CHECKPOINTS_DIR / ckpt.checkpoint_name(
-            (counters or state.counters())["step"])
+        directory = (
+            engine.run_dir
+            / ckpt.CHECKPOINTS_DIR
+            / ckpt.checkpoint_name((counters or state.counters())["step"])
+        )
         key = tuple((counters or state.counters()).values())
         if key == self._last_key and not self._best_due(state):
             return directory
@@ -177,31 +195,42 @@ class Checkpoint:
         self.saved.append(directory.name)
         self._last_time = time.monotonic()
         start = time.perf_counter()
-        snap = ckpt.snapshot(engine, extra={"reason": reason}, counters=counters,
-                             copy=self.background and not wait)
+        snap = ckpt.snapshot(
+            engine, extra={"reason": reason}, counters=counters, copy=self.background and not wait
+        )
         info = {"reason": reason, "best": is_best, "step": key[0]}
         if self.background and not wait:
             self._last_key = key  # in flight; forgotten again if the write fails
             self._thread = threading.Thread(
-                target=self._write_in_thread, args=(engine, snap, directory, info, start),
-                name="hookloop-checkpoint", daemon=True,
+                target=self._write_in_thread,
+                args=(engine, snap, directory, info, start),
+                name="hookloop-checkpoint",
+                daemon=True,
             )
             self._thread.start()
-            log.debug("checkpoint_started", path=str(directory),
-                      stall_ms=round(1000 * (time.perf_counter() - start), 3))
+            log.debug(
+                "checkpoint_started",
+                path=str(directory),
+                stall_ms=round(1000 * (time.perf_counter() - start), 3),
+            )
             return directory
         ckpt.write_snapshot(snap, directory)
         self._last_key = key
         self._saved(engine, directory, info, time.perf_counter() - start)
         return directory
 
-    def _write_in_thread(self, engine: Engine, snap: ckpt.Snapshot, directory: Path,
-                         info: dict, start: float) -> None:
+    def _write_in_thread(
+        self, engine: Engine, snap: ckpt.Snapshot, directory: Path, info: dict, start: float
+    ) -> None:
         stall = time.perf_counter() - start
         try:
             ckpt.write_snapshot(snap, directory)
-            self._thread_result = (engine, directory, {**info, "stall_ms": 1000 * stall},
-                                   time.perf_counter() - start)
+            self._thread_result = (
+                engine,
+                directory,
+                {**info, "stall_ms": 1000 * stall},
+                time.perf_counter() - start,
+            )
         except BaseException as exc:  # re-raised in the training thread by _finish
             self._thread_result = exc
 
@@ -223,8 +252,12 @@ class Checkpoint:
         if info.pop("best"):
             ckpt.write_pointer(directory.parent, ckpt.BEST, directory.name)
         engine.journal.record(
-            "checkpoint_saved", step=info.pop("step"), reason=info.pop("reason"),
-            path=str(directory), seconds=round(seconds, 4), best=self.best == directory.name,
+            "checkpoint_saved",
+            step=info.pop("step"),
+            reason=info.pop("reason"),
+            path=str(directory),
+            seconds=round(seconds, 4),
+            best=self.best == directory.name,
             **{k: round(v, 3) for k, v in info.items()},
         )
         self._prune(engine, directory.parent)
@@ -235,9 +268,13 @@ class Checkpoint:
     def _prune(self, engine: Engine, checkpoints: Path) -> None:
         if not self.keep_last:
             return
-        keep = set(self.saved[-self.keep_last:]) | {self.best}
+        keep = set(self.saved[-self.keep_last :]) | {self.best}
         for name in [n for n in self.saved if n not in keep]:
             self.saved.remove(name)
             remove_dir(checkpoints / name)
-            engine.journal.record("checkpoint_pruned", step=engine.state.step,
-                                  reason=f"keep_last={self.keep_last}", path=str(checkpoints / name))
+            engine.journal.record(
+                "checkpoint_pruned",
+                step=engine.state.step,
+                reason=f"keep_last={self.keep_last}",
+                path=str(checkpoints / name),
+            )

@@ -39,7 +39,9 @@ class GradClip:
 
     name = "clip"
 
-    def __init__(self, *, max_norm: float = 1.0, mode: str = "norm", max_value: float = 1.0) -> None:
+    def __init__(
+        self, *, max_norm: float = 1.0, mode: str = "norm", max_value: float = 1.0
+    ) -> None:
         check_choice(self.name, "mode", mode, MODES)
         check_number(self.name, "max_norm", max_norm, low=0, open_low=True)
         check_number(self.name, "max_value", max_value, low=0, open_low=True)

@@ -88,7 +88,9 @@ class Console:
             if key in values:
                 fields[key] = _sig(values[key])
         if now > self._last:
-            fields["tokens_per_s"] = round((state.tokens_seen - self._last_tokens) / (now - self._last))
+            fields["tokens_per_s"] = round(
+                (state.tokens_seen - self._last_tokens) / (now - self._last)
+            )
         fields["elapsed"] = _clock(now - self._start)
         done = state.step - self._start_step
         if self._total is not None and done > 0:
@@ -101,13 +103,17 @@ class Console:
     def on_eval_end(self, engine: Engine, state: State, metrics: dict[str, float]) -> None:
         if engine.is_main_process:
             with _bars_cleared():
-                log.info("eval", step=state.step, **{k: _sig(v) for k, v in to_floats(metrics).items()})
+                log.info(
+                    "eval", step=state.step, **{k: _sig(v) for k, v in to_floats(metrics).items()}
+                )
 
     @hookimpl
     def on_fit_end(self, engine: Engine, state: State) -> None:
         if engine.is_main_process:
             with _bars_cleared():
                 log.info(
-                    "fit_end", step=state.step, reason=state.should_stop or "planned length reached",
+                    "fit_end",
+                    step=state.step,
+                    reason=state.should_stop or "planned length reached",
                     elapsed=_clock(time.perf_counter() - self._start),
                 )

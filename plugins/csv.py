@@ -60,8 +60,18 @@ __all__ = ["COLUMNS", "CSVLogger"]
 log = structlog.get_logger(__name__)
 
 MAX_QUEUED = 16  # rows waiting for their device copy before a step waits for the oldest
-COLUMNS = ("step", "epoch", "loss", "ema_loss", "ppl", "lr", "grad_norm", "tokens_per_s",
-           "val_loss", "val_ppl")
+COLUMNS = (
+    "step",
+    "epoch",
+    "loss",
+    "ema_loss",
+    "ppl",
+    "lr",
+    "grad_norm",
+    "tokens_per_s",
+    "val_loss",
+    "val_ppl",
+)
 
 
 class CSVLogger(ClosesAtEnd):
@@ -71,9 +81,13 @@ class CSVLogger(ClosesAtEnd):
     after = METRIC_WRITERS  # run after them in after_step: the row holds this step's metrics
     before = ("checkpoint",)  # row k is on disk before checkpoint k, so a resume never loses it
 
-    def __init__(self, *, filename: str = "metrics.csv", every: int = 1, ema_beta: float = 0.9) -> None:
+    def __init__(
+        self, *, filename: str = "metrics.csv", every: int = 1, ema_beta: float = 0.9
+    ) -> None:
         if not isinstance(filename, str) or not filename or os.path.isabs(filename):
-            raise PluginError(f"csv: option filename must be a relative file name, got {filename!r}")
+            raise PluginError(
+                f"csv: option filename must be a relative file name, got {filename!r}"
+            )
         check_int(self.name, "every", every, minimum=1)
         check_number(self.name, "ema_beta", ema_beta, low=0, high=1, open_high=True)
         self.filename, self.every, self.ema = filename, every, LossEMA(float(ema_beta))
@@ -88,9 +102,13 @@ class CSVLogger(ClosesAtEnd):
         self._seen_step, self._pending = -1, {}
         if engine.run_dir is None or not engine.is_main_process:
             if engine.run_dir is None:
-                log.warning("csv_off", reason="the engine has no run_dir; metrics.csv is not written")
+                log.warning(
+                    "csv_off", reason="the engine has no run_dir; metrics.csv is not written"
+                )
             return
-        self.file = MetricsFile(engine.run_dir / self.filename, list(COLUMNS), keep_through=state.step)
+        self.file = MetricsFile(
+            engine.run_dir / self.filename, list(COLUMNS), keep_through=state.step
+        )
 
     @hookimpl
     def after_step(self, state: State) -> None:
@@ -110,8 +128,10 @@ class CSVLogger(ClosesAtEnd):
     def _write_queued(self, *, wait: bool = True) -> None:
         """Write queued rows in order: all of them, or (wait=False) those that have landed,
         waiting only when more than MAX_QUEUED rows are queued."""
-        while self._queued and self.file is not None and (
-            wait or len(self._queued) > MAX_QUEUED or self._queued[0][1].ready
+        while (
+            self._queued
+            and self.file is not None
+            and (wait or len(self._queued) > MAX_QUEUED or self._queued[0][1].ready)
         ):
             row, copy = self._queued.popleft()
             self.file.write({**with_ppl(copy.result()), **row})

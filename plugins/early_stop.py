@@ -42,7 +42,11 @@ class EarlyStop:
     name = "early_stop"
 
     def __init__(
-        self, *, monitor: str = "val_loss", mode: str = "min", patience: int = 5,
+        self,
+        *,
+        monitor: str = "val_loss",
+        mode: str = "min",
+        patience: int = 5,
         min_delta: float = 0.0,
     ) -> None:
         if not isinstance(monitor, str) or not monitor:
@@ -50,7 +54,12 @@ class EarlyStop:
         check_choice(self.name, "mode", mode, ("min", "max"))
         check_int(self.name, "patience", patience, minimum=1)
         check_number(self.name, "min_delta", min_delta, low=0)
-        self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, float(min_delta)
+        self.monitor, self.mode, self.patience, self.min_delta = (
+            monitor,
+            mode,
+            patience,
+            float(min_delta),
+        )
         self.progress = _Progress()
 
     def improved(self, value: float) -> bool:
@@ -58,7 +67,9 @@ class EarlyStop:
         best = self.progress.best
         if best is None:
             return True
-        return value < best - self.min_delta if self.mode == "min" else value > best + self.min_delta
+        return (
+            value < best - self.min_delta if self.mode == "min" else value > best + self.min_delta
+        )
 
     @hookimpl
     def on_eval_end(self, engine: Engine, state: State, metrics: dict[str, float]) -> None:
@@ -80,8 +91,14 @@ class EarlyStop:
             )
             state.request_stop(f"early stop: {reason}")
             engine.journal.record(
-                "early_stop", step=state.step, reason=reason, monitor=self.monitor,
-                best=p.best, best_step=p.best_step, value=value, patience=self.patience,
+                "early_stop",
+                step=state.step,
+                reason=reason,
+                monitor=self.monitor,
+                best=p.best,
+                best_step=p.best_step,
+                value=value,
+                patience=self.patience,
             )
 
     @hookimpl

@@ -46,7 +46,9 @@ class Preemption:
     """Turn a termination signal into a clean stop with a checkpoint."""
 
     name = "preemption"
-    before = ("checkpoint",)  # our on_fit_end save (reason "preempted") comes first; its is then a no-op
+    before = (
+        "checkpoint",
+    )  # our on_fit_end save (reason "preempted") comes first; its is then a no-op
 
     def __init__(self, *, signals: str | list[str] = "SIGTERM,SIGINT") -> None:
         if isinstance(signals, str):
@@ -54,7 +56,9 @@ class Preemption:
         known = {s.name for s in signal.Signals}
         for name in signals:
             if name not in known or name in ("SIGKILL", "SIGSTOP"):
-                raise PluginError(f"preemption: option signals has {name!r}, not a catchable signal")
+                raise PluginError(
+                    f"preemption: option signals has {name!r}, not a catchable signal"
+                )
         self.signals = [signal.Signals[name] for name in signals]
         self.received: str | None = None
         self._previous: dict[signal.Signals, Any] = {}
@@ -74,8 +78,11 @@ class Preemption:
             self.received = name
             state.request_stop(f"received {name}")
             # print()/logging may be mid-write in the interrupted frame: write(2) is safe.
-            os.write(2, f"hookloop: received {name}: finishing step {state.step + 1}, then "
-                        "saving a checkpoint (send it again to abort at once)\n".encode())
+            os.write(
+                2,
+                f"hookloop: received {name}: finishing step {state.step + 1}, then "
+                "saving a checkpoint (send it again to abort at once)\n".encode(),
+            )
 
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, handler)
@@ -90,17 +97,28 @@ class Preemption:
         finally:
             self._restore()
         engine.journal.record(
-            "signal_received", step=state.step, reason=f"{self.received}: stopped cleanly",
-            signal=self.received, checkpoint=str(path) if path else None,
+            "signal_received",
+            step=state.step,
+            reason=f"{self.received}: stopped cleanly",
+            signal=self.received,
+            checkpoint=str(path) if path else None,
         )
         if not engine.is_main_process:
             return
         if path is None:
-            log.warning("preempted", step=state.step, checkpoint=None,
-                        detail="no run directory, so nothing was saved")
+            log.warning(
+                "preempted",
+                step=state.step,
+                checkpoint=None,
+                detail="no run directory, so nothing was saved",
+            )
         else:
-            log.warning("preempted", step=state.step, checkpoint=str(path),
-                        resume=f"hookloop train --resume auto --run-dir {engine.run_dir}")
+            log.warning(
+                "preempted",
+                step=state.step,
+                checkpoint=str(path),
+                resume=f"hookloop train --resume auto --run-dir {engine.run_dir}",
+            )
 
     @hookimpl
     def on_exception(self) -> None:
@@ -108,14 +126,18 @@ class Preemption:
 
     def _save(self, engine: Engine) -> Path | None:
         loaded = engine.plugins.get("checkpoint")
-        if loaded is not None and "checkpoint" not in engine.hooks.disabled and hasattr(
-            loaded.plugin, "save"
+        if (
+            loaded is not None
+            and "checkpoint" not in engine.hooks.disabled
+            and hasattr(loaded.plugin, "save")
         ):
             return loaded.plugin.save(engine, reason=f"preempted by {self.received}", wait=True)
         if engine.run_dir is None or not engine.is_main_process:
             return None
         directory = engine.run_dir / ckpt.CHECKPOINTS_DIR / ckpt.checkpoint_name(engine.state.step)
-        return ckpt.save_checkpoint(engine, directory, extra={"reason": f"preempted by {self.received}"})
+        return ckpt.save_checkpoint(
+            engine, directory, extra={"reason": f"preempted by {self.received}"}
+        )
 
     def _restore(self) -> None:
         for sig, previous in self._previous.items():

@@ -43,7 +43,9 @@ class Progress(ClosesAtEnd):
 
     def __init__(self, *, enabled: bool | str = "auto", refresh_s: float = 0.5) -> None:
         if enabled not in ("auto", True, False):
-            raise PluginError(f"progress: option enabled must be 'auto', true or false, got {enabled!r}")
+            raise PluginError(
+                f"progress: option enabled must be 'auto', true or false, got {enabled!r}"
+            )
         check_number(self.name, "refresh_s", refresh_s, low=0)
         if enabled is True:
             try:
@@ -63,16 +65,24 @@ class Progress(ClosesAtEnd):
     @hookimpl
     def on_fit_start(self, engine: Engine, state: State) -> None:
         self.close()
-        if not engine.is_main_process or not (self.enabled is True or (self.enabled and self.wanted())):
+        if not engine.is_main_process or not (
+            self.enabled is True or (self.enabled and self.wanted())
+        ):
             return
         try:
             from tqdm.auto import tqdm
         except ImportError:
-            log.debug("progress_off", reason="tqdm is not installed (pip install 'hookloop[progress]')")
+            log.debug(
+                "progress_off", reason="tqdm is not installed (pip install 'hookloop[progress]')"
+            )
             return
         self.bar = tqdm(
-            total=planned_steps(engine), initial=state.step, unit="step", file=sys.stdout,
-            dynamic_ncols=True, desc="train",
+            total=planned_steps(engine),
+            initial=state.step,
+            unit="step",
+            file=sys.stdout,
+            dynamic_ncols=True,
+            desc="train",
         )
         self._shown = 0.0
 
@@ -94,4 +104,3 @@ class Progress(ClosesAtEnd):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-

@@ -40,8 +40,14 @@ KINDS = ("cosine", "constant", "linear", "wsd")
 
 
 def lr_at(
-    step: int, *, peak_lr: float, kind: str = "cosine", warmup_steps: int = 0,
-    total_steps: int, min_lr: float = 0.0, decay_fraction: float = 0.2,
+    step: int,
+    *,
+    peak_lr: float,
+    kind: str = "cosine",
+    warmup_steps: int = 0,
+    total_steps: int,
+    min_lr: float = 0.0,
+    decay_fraction: float = 0.2,
 ) -> float:
     """The learning rate of the `step`-th optimizer update (1-based) of a schedule.
 
@@ -80,8 +86,13 @@ class LRSchedule:
     name = "schedule"
 
     def __init__(
-        self, *, kind: str = "cosine", warmup_steps: int = 0, min_lr: float = 0.0,
-        total_steps: int = 0, decay_fraction: float = 0.2,
+        self,
+        *,
+        kind: str = "cosine",
+        warmup_steps: int = 0,
+        min_lr: float = 0.0,
+        total_steps: int = 0,
+        decay_fraction: float = 0.2,
     ) -> None:
         check_choice(self.name, "kind", kind, KINDS)
         check_int(self.name, "warmup_steps", warmup_steps, minimum=0)
@@ -120,8 +131,13 @@ class LRSchedule:
     def lr(self, step: int, peak_lr: float) -> float:
         """The rate of update `step` (1-based) for a group whose peak is `peak_lr`."""
         return lr_at(
-            step, peak_lr=peak_lr, kind=self.kind, warmup_steps=self.warmup_steps,
-            total_steps=self.resolved_total, min_lr=self.min_lr, decay_fraction=self.decay_fraction,
+            step,
+            peak_lr=peak_lr,
+            kind=self.kind,
+            warmup_steps=self.warmup_steps,
+            total_steps=self.resolved_total,
+            min_lr=self.min_lr,
+            decay_fraction=self.decay_fraction,
         )
 
     @hookimpl

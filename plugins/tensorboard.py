@@ -61,7 +61,9 @@ class TensorBoard(ClosesAtEnd):
         elif engine.run_dir is not None:
             directory = engine.run_dir / "tensorboard"
         else:
-            raise PluginError("tensorboard: the engine has no run_dir; set [plugins.tensorboard] log_dir")
+            raise PluginError(
+                "tensorboard: the engine has no run_dir; set [plugins.tensorboard] log_dir"
+            )
         # Resuming at step k: drop events a crashed run wrote after its last checkpoint.
         purge = state.step + 1 if state.step else None
         self.writer = self._writer_class(log_dir=str(directory), purge_step=purge)
@@ -85,4 +87,3 @@ class TensorBoard(ClosesAtEnd):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
-

@@ -215,8 +215,11 @@ class CkptWorker:
         import sys
 
         return subprocess.Popen(
-            [sys.executable, str(self.path), str(run_dir), *args], stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+            [sys.executable, str(self.path), str(run_dir), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
         )
 
     def run(self, run_dir: Any, *args: str, env: dict | None = None) -> Any:
@@ -235,15 +238,20 @@ def ckpt_worker(tmp_path_factory: pytest.TempPathFactory) -> CkptWorker:
 
 # --- language-model recipe ------------------------------------------------------------------
 
-LM_TEXT = "".join(
-    f"def f{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(400)
-)
+LM_TEXT = "".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(400))
 """A small, very regular text: a tiny model learns it within a few dozen steps."""
 
 TINY_LM = [
-    "model.d_model=32", "model.n_heads=2", "model.n_layers=1", "model.d_ff=64",
-    "model.max_seq_len=32", "data.seq_len=32", "data.batch_size=8", "training.max_steps=4",
-    "training.device=cpu", "training.threads=1",
+    "model.d_model=32",
+    "model.n_heads=2",
+    "model.n_layers=1",
+    "model.d_ff=64",
+    "model.max_seq_len=32",
+    "data.seq_len=32",
+    "data.batch_size=8",
+    "training.max_steps=4",
+    "training.device=cpu",
+    "training.threads=1",
 ]
 """`--set` overrides for a model and run small enough for a test."""
 

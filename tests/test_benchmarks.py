@@ -24,11 +24,16 @@ def test_nanogpt_benchmark_runs_all_three_variants(tmp_path):
     text.write_text("\n".join(lines), encoding="utf-8")
     out = subprocess.run(
         [sys.executable, str(SCRIPT), "--text", str(text), "--steps", "101", "--seeds", "3"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    rows = re.findall(r"^\| (raw|same|tuned) \| 3 \| [\d.]+ \| [\d,]+ \| ([\d.]+) \| ([\d.]+) \|$",
-                      out.stdout, flags=re.MULTILINE)
+    rows = re.findall(
+        r"^\| (raw|same|tuned) \| 3 \| [\d.]+ \| [\d,]+ \| ([\d.]+) \| ([\d.]+) \|$",
+        out.stdout,
+        flags=re.MULTILINE,
+    )
     assert [r[0] for r in rows] == ["raw", "same", "tuned"], out.stdout
     vocab = len(set(text.read_text(encoding="utf-8")))
     for _, full, estimate in rows:  # 101 steps take every variant well below a uniform guess
@@ -38,8 +43,12 @@ def test_nanogpt_benchmark_runs_all_three_variants(tmp_path):
 
 
 def test_unknown_variant_is_one_clear_error():
-    out = subprocess.run([sys.executable, str(SCRIPT), "--variants", "raw,fast"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--variants", "raw,fast"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2
     assert "unknown variant(s) fast; choose from raw, same, tuned" in out.stderr
     assert "Traceback" not in out.stderr

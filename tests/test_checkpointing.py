@@ -26,17 +26,30 @@ def test_format_files_keys_and_a_model_file_any_safetensors_reader_loads(ckpt_wo
     engine.fit(max_steps=4)
     path = tmp_path / "checkpoints" / ckpt.checkpoint_name(4)
     assert sorted(p.name for p in path.iterdir()) == [
-        "model.safetensors", "optimizer.safetensors", "state.json"]
+        "model.safetensors",
+        "optimizer.safetensors",
+        "state.json",
+    ]
     fresh = ckpt_worker.namespace["TinyLM"]()
     fresh.load_state_dict(load_file(path / "model.safetensors"))  # strict: every key, once
-    assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), engine.model.parameters(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(fresh.parameters(), engine.model.parameters(), strict=True)
+    )
     opt = load_file(path / "optimizer.safetensors")
-    assert sorted(opt) == [f"state.{i}.{n}" for i in range(3) for n in ("exp_avg", "exp_avg_sq", "step")]
+    assert sorted(opt) == [
+        f"state.{i}.{n}" for i in range(3) for n in ("exp_avg", "exp_avg_sq", "step")
+    ]
 
     state = json.loads((path / "state.json").read_text())
     assert state["format_version"] == 1 and state["exact"] is True
-    assert state["counters"] == {"step": 4, "epoch": 0, "epoch_batch": 8, "micro_step": 8,
-                                 "tokens_seen": 256}
+    assert state["counters"] == {
+        "step": 4,
+        "epoch": 0,
+        "epoch_batch": 8,
+        "micro_step": 8,
+        "tokens_seen": 256,
+    }
     assert state["optimizer"]["param_groups"][0]["betas"] == {"__tuple__": [0.9, 0.95]}
     assert set(state["rng"]) >= {"torch", "numpy", "python"}
     assert {"checkpoint", "csv"} <= set(state["plugins"]) and "trace" in state["plugin_versions"]
@@ -66,7 +79,9 @@ def test_clean_stop_then_resume_in_a_fresh_engine_is_bitwise_exact(ckpt_worker, 
     b = second.optimizer.state_dict()["state"]
     assert all(torch.equal(a[i][n], b[i][n]) for i in a for n in a[i])
     trace = [json.loads(x) for x in (tmp_path / "b" / "trace.jsonl").read_text().splitlines()]
-    assert trace == [json.loads(x) for x in (tmp_path / "a" / "trace.jsonl").read_text().splitlines()]
+    assert trace == [
+        json.loads(x) for x in (tmp_path / "a" / "trace.jsonl").read_text().splitlines()
+    ]
     csv_b = (tmp_path / "b" / "metrics.csv").read_text().splitlines()
     assert [int(row.split(",")[0]) for row in csv_b[1:]] == list(range(1, 17))  # one row per step
 
@@ -79,7 +94,8 @@ def test_tied_weights_are_stored_once_and_restored(make_engine, tmp_path):
     path = ckpt.save_checkpoint(engine, tmp_path / "c")
     assert sorted(load_file(path / "model.safetensors")) == ["fc1.bias", "fc1.weight", "fc2.bias"]
     assert json.loads((path / "state.json").read_text())["model"]["aliases"] == {
-        "fc2.weight": "fc1.weight"}
+        "fc2.weight": "fc1.weight"
+    }
     before = params(engine)
     with torch.no_grad():
         engine.model.fc1.weight.zero_()
@@ -146,10 +162,16 @@ def test_disk_full_during_a_save_leaves_the_previous_checkpoint(make_engine, tmp
     monkeypatch.setattr("hookloop.checkpoint.write.write_file", full)
     with pytest.raises(CheckpointError) as info:
         ckpt.save_checkpoint(engine, tmp_path / "checkpoints" / "step-00000002")
-    assert re.fullmatch(r"could not write checkpoint \S+: No space left on device \(is the disk "
-                        r"full\?\); the previous checkpoint is intact", str(info.value))
+    assert re.fullmatch(
+        r"could not write checkpoint \S+: No space left on device \(is the disk "
+        r"full\?\); the previous checkpoint is intact",
+        str(info.value),
+    )
     assert ckpt.latest_valid_checkpoint(tmp_path) == first
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-00000001"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "latest",
+        "step-00000001",
+    ]
 
 
 def test_a_crash_mid_swap_or_mid_write_is_repaired_on_the_next_save(make_engine, tmp_path):
@@ -165,7 +187,10 @@ def test_a_crash_mid_swap_or_mid_write_is_repaired_on_the_next_save(make_engine,
     assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step-00000001"]
     ckpt.verify_checkpoint(path)
     again = ckpt.save_checkpoint(engine, path)  # same step again: swapped in atomically
-    assert again == path and sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step-00000001"]
+    assert again == path and sorted(p.name for p in checkpoints.iterdir()) == [
+        "latest",
+        "step-00000001",
+    ]
 
 
 def test_nothing_is_pickled_or_unpickled_anywhere():
@@ -181,7 +206,7 @@ def test_the_recipe_model_file_loads_into_a_fresh_tiny_transformer(tiny_lm_overr
     from hookloop.lm.config import load_config
     from hookloop.lm.recipe import build_model, build_run
 
-    config = load_config(None, [*tiny_lm_overrides, "plugins.disable=[\"progress\"]"])
+    config = load_config(None, [*tiny_lm_overrides, 'plugins.disable=["progress"]'])
     run = build_run(config, tmp_path)
     run.fit()
     path = ckpt.latest_valid_checkpoint(tmp_path)

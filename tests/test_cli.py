@@ -9,8 +9,12 @@ import time
 
 def hookloop(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "hookloop", *args], capture_output=True, text=True, cwd=cwd,
-        env=env, timeout=120,
+        [sys.executable, "-m", "hookloop", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=120,
     )
 
 

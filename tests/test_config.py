@@ -42,8 +42,12 @@ def test_schedule_defaults_follow_the_run_unless_given():
 
 def test_file_then_overrides(tmp_path):
     path = tmp_path / "run.toml"
-    path.write_text('[model]\nn_layers = 2\n[optimizer]\nlr = 3e-4\n[plugins.clip]\nmax_norm = 1.0\n')
-    config = load_config(path, ["model.n_layers=3", "training.device=cpu", "plugins.clip.max_norm=0.5"])
+    path.write_text(
+        "[model]\nn_layers = 2\n[optimizer]\nlr = 3e-4\n[plugins.clip]\nmax_norm = 1.0\n"
+    )
+    config = load_config(
+        path, ["model.n_layers=3", "training.device=cpu", "plugins.clip.max_norm=0.5"]
+    )
     assert config["model"]["n_layers"] == 3
     assert config["optimizer"]["lr"] == 3e-4
     assert config["training"]["device"] == "cpu"
@@ -64,8 +68,9 @@ def test_int_is_accepted_for_a_float_key():
 
 
 def test_plugin_lists_and_flags():
-    args = argparse.Namespace(config=None, overrides=['plugins.disable=["csv"]'],
-                              plugin_flags=["no:console", "progress"])
+    args = argparse.Namespace(
+        config=None, overrides=['plugins.disable=["csv"]'], plugin_flags=["no:console", "progress"]
+    )
     config = config_from_args(args)
     assert config["plugins"]["disable"] == ["csv", "console"]
     assert config["plugins"]["enable"] == ["progress"]
@@ -74,8 +79,14 @@ def test_plugin_lists_and_flags():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["model.n_layer=6"], "unknown config key model.n_layer in --set model.n_layer=6 (did you mean model.n_layers?)"),
-        (["modle.n_layers=6"], "unknown config section [modle] in --set modle.n_layers=6 (did you mean [model]?)"),
+        (
+            ["model.n_layer=6"],
+            "unknown config key model.n_layer in --set model.n_layer=6 (did you mean model.n_layers?)",
+        ),
+        (
+            ["modle.n_layers=6"],
+            "unknown config section [modle] in --set modle.n_layers=6 (did you mean [model]?)",
+        ),
         (["model.n_layers=six"], "config key model.n_layers must be an integer, got 'six' (str)"),
         (["model.n_layers=2.5"], "config key model.n_layers must be an integer, got 2.5 (float)"),
         (["training.compile=1"], "config key training.compile must be true or false, got 1 (int)"),
@@ -85,17 +96,27 @@ def test_plugin_lists_and_flags():
         (["model.n_layers=0"], "config key model.n_layers must be >= 1, got 0"),
         (["model.dropout=1.0"], "config key model.dropout must be in [0, 1), got 1.0"),
         (["optimizer.lr=0"], "config key optimizer.lr must be > 0, got 0.0"),
-        (["optimizer.betas=[0.9, 1.5]"], "config key optimizer.betas must be two numbers in [0, 1)"),
+        (
+            ["optimizer.betas=[0.9, 1.5]"],
+            "config key optimizer.betas must be two numbers in [0, 1)",
+        ),
         (["data.sampling=shuffled"], "config key data.sampling must be one of random, sequential"),
-        (["training.precision=fp8"], "config key training.precision must be one of fp32, bf16, fp16"),
+        (
+            ["training.precision=fp8"],
+            "config key training.precision must be one of fp32, bf16, fp16",
+        ),
         (["training.max_steps=-1"], "config key training.max_steps must be >= 0, got -1"),
         (["data.seq_len=256"], "data.seq_len (256) must not exceed model.max_seq_len (64)"),
         (["model.n_heads=5"], "model.n_heads (5) must divide model.d_model"),
         (["training.max_steps=0"], "training.max_steps and training.epochs are both 0"),
-        (["training.max_steps=100", "plugins.schedule.warmup_steps=100"],
-         "plugins.schedule.warmup_steps (100) must be smaller than training.max_steps (100)"),
-        (["plugins.schedule.warmup_steps=50", "plugins.schedule.total_steps=40"],
-         "plugins.schedule.warmup_steps (50) must be smaller than plugins.schedule.total_steps (40)"),
+        (
+            ["training.max_steps=100", "plugins.schedule.warmup_steps=100"],
+            "plugins.schedule.warmup_steps (100) must be smaller than training.max_steps (100)",
+        ),
+        (
+            ["plugins.schedule.warmup_steps=50", "plugins.schedule.total_steps=40"],
+            "plugins.schedule.warmup_steps (50) must be smaller than plugins.schedule.total_steps (40)",
+        ),
         (["plugins.clip=1.0"], "plugins.clip must be a table of options ([plugins.clip])"),
         (["plugins.enable=csv"], "plugins.enable must be a list of plugin names"),
         (["n_layers=3"], "expected SECTION.KEY=VALUE"),
@@ -113,7 +134,9 @@ def test_each_error_is_one_clear_line(overrides, message):
 def test_errors_in_a_file_name_the_file(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text("[training]\nmax_step = 10\n")
-    with pytest.raises(ConfigError, match=r"training.max_step in .*run.toml \(did you mean training.max_steps\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"training.max_step in .*run.toml \(did you mean training.max_steps\?\)"
+    ):
         load_config(path)
     path.write_text("[training\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
@@ -126,12 +149,19 @@ def test_errors_in_a_file_name_the_file(tmp_path):
 
 
 def test_resolved_config_round_trips_through_toml(tmp_path):
-    config = load_config(None, [
-        "data.path=some dir/with \"quotes\" and \\ back", "optimizer.lr=3e-4",
-        "plugins.schedule.kind=cosine", "plugins.schedule.warmup_steps=10",
-        "plugins.schedule.min_lr=1e-5", 'plugins.disable=["csv"]', "plugins.nested.a.b=1",
-        'plugins.weird.text="tab\there\nnewline é"',
-    ])
+    config = load_config(
+        None,
+        [
+            'data.path=some dir/with "quotes" and \\ back',
+            "optimizer.lr=3e-4",
+            "plugins.schedule.kind=cosine",
+            "plugins.schedule.warmup_steps=10",
+            "plugins.schedule.min_lr=1e-5",
+            'plugins.disable=["csv"]',
+            "plugins.nested.a.b=1",
+            'plugins.weird.text="tab\there\nnewline é"',
+        ],
+    )
     path = write_config(config, tmp_path / "config.toml")
     tomllib.loads(path.read_text())  # valid TOML
     assert load_config(path) == config
@@ -149,7 +179,9 @@ def test_configuration_page_lists_every_key_with_its_default():
     from hookloop.lm.config import PLUGIN_DEFAULTS, _toml_value
 
     page = (Path(__file__).resolve().parents[1] / "docs" / "guide" / "configuration.md").read_text()
-    rows = {line.split("|")[1].strip(): line for line in page.splitlines() if line.startswith("| `")}
+    rows = {
+        line.split("|")[1].strip(): line for line in page.splitlines() if line.startswith("| `")
+    }
     for section, keys in SCHEMA.items():
         for name, key in keys.items():
             row = rows[f"`{section}.{name}`"]

@@ -42,7 +42,9 @@ def test_shuffled_order_depends_on_seed_and_epoch_only(tmp_path):
     kw = dict(seq_len=4, batch_size=5, sampling="sequential", seed=3)
     a, b = TokenDataset(path, **kw), TokenDataset(path, **kw)
     first = [x for x, _ in a.iter_epoch(0)]
-    assert all(torch.equal(p, q) for p, q in zip(first, [x for x, _ in b.iter_epoch(0)], strict=True))
+    assert all(
+        torch.equal(p, q) for p, q in zip(first, [x for x, _ in b.iter_epoch(0)], strict=True)
+    )
     second = [x for x, _ in a.iter_epoch(1)]
     assert not all(torch.equal(p, q) for p, q in zip(first, second, strict=True))
 
@@ -50,8 +52,9 @@ def test_shuffled_order_depends_on_seed_and_epoch_only(tmp_path):
 @pytest.mark.parametrize("sampling", ["random", "sequential"])
 def test_iter_epoch_from_start_equals_the_tail_of_the_full_epoch(tmp_path, sampling):
     path = token_file(tmp_path, np.arange(1000) % 50)
-    data = TokenDataset(path, seq_len=8, batch_size=4, sampling=sampling, seed=7,
-                        batches_per_epoch=20)
+    data = TokenDataset(
+        path, seq_len=8, batch_size=4, sampling=sampling, seed=7, batches_per_epoch=20
+    )
     full = list(data.iter_epoch(2, 0))
     assert len(full) == 20
     for start in (1, 7, 19, 20):
@@ -80,8 +83,11 @@ def test_out_of_range_ids_are_a_data_error_at_load(tmp_path):
 
 def test_uint32_files(tmp_path):
     path = token_file(tmp_path, [70000, 1, 2, 3, 4], dtype="uint32")
-    (x, y), = list(TokenDataset(path, seq_len=4, batch_size=1, dtype="uint32",
-                                vocab_size=70001, sampling="sequential"))
+    ((x, y),) = list(
+        TokenDataset(
+            path, seq_len=4, batch_size=1, dtype="uint32", vocab_size=70001, sampling="sequential"
+        )
+    )
     assert x.tolist() == [[70000, 1, 2, 3]]
 
 

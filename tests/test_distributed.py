@@ -58,8 +58,12 @@ if __name__ == "__main__":
 @pytest.mark.slow
 def test_ddp_keeps_ranks_in_step_and_stops_them_together(tmp_path):
     (tmp_path / "ddp.py").write_text(SCRIPT)
-    subprocess.run([sys.executable, str(tmp_path / "ddp.py"), str(tmp_path)], check=True,
-                   timeout=120, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(tmp_path / "ddp.py"), str(tmp_path)],
+        check=True,
+        timeout=120,
+        capture_output=True,
+    )
     rank0 = json.loads((tmp_path / "rank0.json").read_text())
     rank1 = json.loads((tmp_path / "rank1.json").read_text())
     assert rank0[0] == rank1[0] == 2

@@ -123,7 +123,9 @@ def test_token_ids_outside_the_vocabulary():
     batches = lm_batches()
     batches[1][1][0, 0] = VOCAB + 3
     found = checklist(subject(batches=batches))
-    assert found["token_range"].status == FAIL and f"[0, {VOCAB + 3}]" in found["token_range"].detail
+    assert (
+        found["token_range"].status == FAIL and f"[0, {VOCAB + 3}]" in found["token_range"].detail
+    )
 
 
 def test_an_absurd_learning_rate_makes_the_overfit_check_fail():
@@ -158,7 +160,12 @@ class WarmupDecay:
     kind = "linear"
 
     def __init__(self, warmup_steps: int = 4, min_lr: float = 1e-4, broken: bool = False) -> None:
-        self.warmup_steps, self.min_lr, self.broken, self.total_steps = warmup_steps, min_lr, broken, 0
+        self.warmup_steps, self.min_lr, self.broken, self.total_steps = (
+            warmup_steps,
+            min_lr,
+            broken,
+            0,
+        )
 
     @hookimpl
     def on_fit_start(self, engine):
@@ -202,7 +209,9 @@ def test_diagnose_runs_plugin_checks_and_simulates_the_schedule():
     found = {f.check: f for f in findings}
     assert findings[-1] == Finding("vocab_is_small", PASS, f"vocab {VOCAB}")
     assert found["schedule"].status == PASS, found["schedule"]
-    assert "step 4: 0.01" in found["schedule"].detail and "step 40: 0.0001" in found["schedule"].detail
+    assert (
+        "step 4: 0.01" in found["schedule"].detail and "step 40: 0.0001" in found["schedule"].detail
+    )
     assert engine.optimizer.param_groups[0]["lr"] == 1e-2  # the simulation is undone
     assert not any(f.status == FAIL for f in findings), format_findings(findings)
 

@@ -11,16 +11,35 @@ import pytest
 pytest.importorskip("hookloop.lm.recipe")
 
 TINY = [
-    "--set", "model.n_layers=1", "--set", "model.d_model=32", "--set", "model.n_heads=2",
-    "--set", "model.d_ff=64", "--set", "model.max_seq_len=32", "--set", "data.seq_len=32",
-    "--set", "data.batch_size=8", "--set", "training.max_steps=200",
+    "--set",
+    "model.n_layers=1",
+    "--set",
+    "model.d_model=32",
+    "--set",
+    "model.n_heads=2",
+    "--set",
+    "model.d_ff=64",
+    "--set",
+    "model.max_seq_len=32",
+    "--set",
+    "data.seq_len=32",
+    "--set",
+    "data.batch_size=8",
+    "--set",
+    "training.max_steps=200",
 ]
 
 
 def doctor(*args: str, cwd) -> subprocess.CompletedProcess:
     env = {**os.environ, "HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    return subprocess.run([sys.executable, "-m", "hookloop", "doctor", *args],
-                          capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "hookloop", "doctor", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+    )
 
 
 @pytest.mark.slow

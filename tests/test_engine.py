@@ -119,8 +119,12 @@ def test_accumulated_gradient_equals_one_big_batch():
 
     micro = list(zip(big_x.split(4), big_y.split(4), strict=True))
     engine = Engine(
-        model, torch.optim.SGD(model.parameters(), lr=0.1), micro, accumulate=4,
-        loss_fn=lambda m, b: F.mse_loss(m(b[0]), b[1]), plugins=[Capture()],
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        micro,
+        accumulate=4,
+        loss_fn=lambda m, b: F.mse_loss(m(b[0]), b[1]),
+        plugins=[Capture()],
     )
     engine.fit(max_steps=1)
     for name, param in reference.named_parameters():

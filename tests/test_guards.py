@@ -65,8 +65,12 @@ if __name__ == "__main__":
 @pytest.mark.slow
 def test_ranks_read_the_same_scalars_and_skip_the_same_step(tmp_path):
     (tmp_path / "ddp.py").write_text(SCRIPT)
-    out = subprocess.run([sys.executable, str(tmp_path / "ddp.py"), str(tmp_path)],
-                         timeout=120, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, str(tmp_path / "ddp.py"), str(tmp_path)],
+        timeout=120,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     rank0 = json.loads((tmp_path / "rank0.json").read_text())
     rank1 = json.loads((tmp_path / "rank1.json").read_text())
@@ -92,8 +96,15 @@ def test_step_scalars_reuse_the_clip_norm_and_are_cached_per_step(make_engine):
         @hookimpl
         def after_backward(self, engine, state):
             first, again = step_scalars(engine, state), step_scalars(engine, state)
-            seen.append((first is again, first.grad_norm, float(state.metrics["grad_norm"]),
-                         first.loss, float(state.loss)))
+            seen.append(
+                (
+                    first is again,
+                    first.grad_norm,
+                    float(state.metrics["grad_norm"]),
+                    first.loss,
+                    float(state.loss),
+                )
+            )
 
     engine = make_engine(batches=3, plugins=[GradClip(max_norm=0.01), Read()])
     engine.fit(max_steps=3)
@@ -135,12 +146,42 @@ def test_an_absurd_learning_rate_stops_hookloop_train_with_one_line(tmp_path):
     import os
 
     pytest.importorskip("hookloop.lm.recipe")
-    tiny = ["--set", "model.n_layers=1", "--set", "model.d_model=32", "--set", "model.n_heads=2",
-            "--set", "model.d_ff=64", "--set", "data.seq_len=32", "--set", "data.batch_size=8"]
+    tiny = [
+        "--set",
+        "model.n_layers=1",
+        "--set",
+        "model.d_model=32",
+        "--set",
+        "model.n_heads=2",
+        "--set",
+        "model.d_ff=64",
+        "--set",
+        "data.seq_len=32",
+        "--set",
+        "data.batch_size=8",
+    ]
     out = subprocess.run(
-        [sys.executable, "-m", "hookloop", "train", *tiny, "--set", "training.max_steps=8",
-         "--set", "optimizer.lr=1e4", "-p", "no:eval", "-p", "no:progress", "--run-dir", "run"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "hookloop",
+            "train",
+            *tiny,
+            "--set",
+            "training.max_steps=8",
+            "--set",
+            "optimizer.lr=1e4",
+            "-p",
+            "no:eval",
+            "-p",
+            "no:progress",
+            "--run-dir",
+            "run",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
         env={**os.environ, "HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD": "1"},
     )
     assert out.returncode == 2, out.stderr

@@ -7,15 +7,23 @@ import inspect
 from hookloop import hookspecs
 
 SPECS = [
-    name for name, fn in vars(hookspecs).items()
+    name
+    for name, fn in vars(hookspecs).items()
     if inspect.isfunction(fn) and hasattr(fn, "hookloop_spec")
 ]
 
 
 def test_the_core_hooks_exist():
     assert set(SPECS) >= {
-        "on_fit_start", "before_step", "after_backward", "after_step", "on_epoch_end",
-        "on_eval_end", "on_fit_end", "on_exception", "on_save_checkpoint",
+        "on_fit_start",
+        "before_step",
+        "after_backward",
+        "after_step",
+        "on_epoch_end",
+        "on_eval_end",
+        "on_fit_end",
+        "on_exception",
+        "on_save_checkpoint",
         "on_load_checkpoint",
     }
 

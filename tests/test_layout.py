@@ -53,7 +53,9 @@ def test_the_recipe_imports_no_plugin_module(path):
 
 def test_the_import_scan_sees_lazy_and_from_imports(tmp_path):
     sample = tmp_path / "sample.py"
-    sample.write_text("def f():\n    from hookloop.lm import recipe\n    import hookloop.plugins.clip\n")
+    sample.write_text(
+        "def f():\n    from hookloop.lm import recipe\n    import hookloop.plugins.clip\n"
+    )
     names = _imported_modules(sample)
     assert _reaches(names, "hookloop.lm") == ["hookloop.lm", "hookloop.lm.recipe"]
     assert _reaches(names, "hookloop.plugins") == ["hookloop.plugins.clip"]

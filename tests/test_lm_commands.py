@@ -16,8 +16,14 @@ from hookloop.cli import main
 
 def hookloop(*args, cwd, env=None, timeout=120):
     env = {**os.environ, "HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "hookloop", *args], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "hookloop", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def one_line_error(out, text):
@@ -27,9 +33,11 @@ def one_line_error(out, text):
 
 
 def test_help_does_not_import_torch_and_lists_the_commands():
-    code = ("import sys\nfrom hookloop.cli import main\ntry:\n    main(['--help'])\n"
-            "except SystemExit:\n    pass\nprint(sorted(m for m in sys.modules if m.split('.')[0] "
-            "in ('torch', 'numpy')), file=sys.stderr)\n")
+    code = (
+        "import sys\nfrom hookloop.cli import main\ntry:\n    main(['--help'])\n"
+        "except SystemExit:\n    pass\nprint(sorted(m for m in sys.modules if m.split('.')[0] "
+        "in ('torch', 'numpy')), file=sys.stderr)\n"
+    )
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     elapsed = time.perf_counter() - start
@@ -49,9 +57,24 @@ def test_prepare_then_train_then_sample_then_eval(tmp_path, monkeypatch, capsys)
     meta = json.loads((tmp_path / "data" / "meta.json").read_text())
     assert meta["dtype"] == "uint16" and meta["tokenizer"] == "char"
 
-    tiny = ["--set", "model.d_model=32", "--set", "model.n_heads=2", "--set", "model.n_layers=1",
-            "--set", "model.d_ff=64", "--set", "data.seq_len=32", "--set", "data.batch_size=8",
-            "--set", "training.max_steps=3", "--set", "data.path=data"]
+    tiny = [
+        "--set",
+        "model.d_model=32",
+        "--set",
+        "model.n_heads=2",
+        "--set",
+        "model.n_layers=1",
+        "--set",
+        "model.d_ff=64",
+        "--set",
+        "data.seq_len=32",
+        "--set",
+        "data.batch_size=8",
+        "--set",
+        "training.max_steps=3",
+        "--set",
+        "data.path=data",
+    ]
     out = hookloop("train", *tiny, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
@@ -64,16 +87,31 @@ def test_prepare_then_train_then_sample_then_eval(tmp_path, monkeypatch, capsys)
 
     # the checkpoint plugin (on by default) saved the final weights and the `latest` pointer
     latest = (run_dir / "checkpoints" / "latest").read_text().strip()
-    out = hookloop("sample", "--prompt", "line 1", "--max-new-tokens", "20", "--temperature", "0",
-                   cwd=tmp_path)
+    out = hookloop(
+        "sample", "--prompt", "line 1", "--max-new-tokens", "20", "--temperature", "0", cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("line 1") and len(out.stdout.rstrip("\n")) >= 6
     # The variations run in-process (no torch import each); logging stays unconfigured so
     # structlog keeps no handle on pytest's captured stderr.
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("hookloop.logs.configure_logging", lambda *a, **k: None)
-    assert main(["sample", "--prompt", "line 1", "--max-new-tokens", "20", "--temperature", "0",
-                 "--run", str(run_dir)]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--prompt",
+                "line 1",
+                "--max-new-tokens",
+                "20",
+                "--temperature",
+                "0",
+                "--run",
+                str(run_dir),
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out == out.stdout
     seeded = []
     for _ in range(2):
@@ -95,8 +133,17 @@ def test_prepare_then_train_then_sample_then_eval(tmp_path, monkeypatch, capsys)
 def test_prepare_with_separate_val_file_byte_and_errors(tmp_path):
     (tmp_path / "train.txt").write_text("hello world\n" * 50)
     (tmp_path / "val.txt").write_text("hello there\n" * 10)
-    out = hookloop("prepare", "train.txt", "--val", "val.txt", "--tokenizer", "byte",
-                   "--out", "d", cwd=tmp_path)
+    out = hookloop(
+        "prepare",
+        "train.txt",
+        "--val",
+        "val.txt",
+        "--tokenizer",
+        "byte",
+        "--out",
+        "d",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     meta = json.loads((tmp_path / "d" / "meta.json").read_text())
     assert meta["train_tokens"] == 600 and meta["val_tokens"] == 120 and meta["vocab_size"] == 256
@@ -107,10 +154,13 @@ def test_prepare_with_separate_val_file_byte_and_errors(tmp_path):
 
 
 def test_train_config_errors_are_one_line(tmp_path):
-    one_line_error(hookloop("train", "--set", "model.n_layer=2", cwd=tmp_path),
-                   "did you mean model.n_layers?")
-    one_line_error(hookloop("train", "--set", "data.path=missing", cwd=tmp_path),
-                   "not a prepared data directory")
+    one_line_error(
+        hookloop("train", "--set", "model.n_layer=2", cwd=tmp_path), "did you mean model.n_layers?"
+    )
+    one_line_error(
+        hookloop("train", "--set", "data.path=missing", cwd=tmp_path),
+        "not a prepared data directory",
+    )
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
@@ -121,8 +171,14 @@ def test_sample_without_runs_says_what_to_do(tmp_path):
 @pytest.mark.slow
 def test_default_train_runs_on_the_stdlib_corpus(tmp_path):
     """`hookloop train` with no data arguments (fewer steps, to keep the suite fast)."""
-    out = hookloop("train", "--set", "training.max_steps=20", cwd=tmp_path,
-                   env={"HOOKLOOP_CACHE": str(tmp_path / "cache")}, timeout=60)
+    out = hookloop(
+        "train",
+        "--set",
+        "training.max_steps=20",
+        cwd=tmp_path,
+        env={"HOOKLOOP_CACHE": str(tmp_path / "cache")},
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert "char tokens" in out.stdout and "sample from it: hookloop sample" in out.stdout
     (prepared,) = (tmp_path / "cache").iterdir()

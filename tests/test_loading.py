@@ -16,7 +16,8 @@ def fake_entry_points(*specs: tuple[str, str, str]):
     """A stand-in for importlib.metadata.entry_points: (name, target, distribution)."""
     eps = [
         SimpleNamespace(
-            name=name, value=target,
+            name=name,
+            value=target,
             dist=SimpleNamespace(metadata={"Name": dist}, version="1.0"),
         )
         for name, target, dist in specs
@@ -39,7 +40,8 @@ def test_every_builtin_entry_point_points_into_hookloop_plugins():
 
 def test_two_distributions_with_one_plugin_name_is_an_error(monkeypatch):
     monkeypatch.setattr(
-        loading, "entry_points",
+        loading,
+        "entry_points",
         fake_entry_points(("clip", "a:Clip", "pkg-a"), ("clip", "b:Clip", "pkg-b")),
     )
     with pytest.raises(PluginError, match="two plugins are named 'clip'.*pkg-a.*pkg-b"):
@@ -55,16 +57,21 @@ def test_unknown_plugin_lists_the_available_ones():
 
 
 def test_bad_option_names_the_plugin_and_the_option():
-    with pytest.raises(PluginError, match="plugin 'token_budget' has no option 'max_token'.*"
-                       "did you mean 'max_tokens'"):
+    with pytest.raises(
+        PluginError,
+        match="plugin 'token_budget' has no option 'max_token'.*did you mean 'max_tokens'",
+    ):
         loading.load_plugins({"token_budget": {"max_token": 3}})
     with pytest.raises(PluginError, match="token_budget: option max_tokens must be"):
         loading.load_plugins({"token_budget": {"max_tokens": -1}})
 
 
 def test_options_table_enables_and_configures_a_plugin():
-    (plugin,) = [p for p in loading.load_plugins({"token_budget": {"max_tokens": 7}})
-                 if p.name == "token_budget"]
+    (plugin,) = [
+        p
+        for p in loading.load_plugins({"token_budget": {"max_tokens": 7}})
+        if p.name == "token_budget"
+    ]
     assert plugin.plugin.max_tokens == 7 and plugin.origin == "hookloop-example 0.1.0"
 
 
@@ -112,8 +119,12 @@ class Named:
 
 
 def test_declared_before_and_after_resolve_one_deterministic_order(make_engine):
-    plugins = [Named("logger", after=("clip", "schedule")), Named("clip"),
-               Named("schedule", before=("clip",)), Named("other")]
+    plugins = [
+        Named("logger", after=("clip", "schedule")),
+        Named("clip"),
+        Named("schedule", before=("clip",)),
+        Named("other"),
+    ]
     engine = make_engine(plugins=plugins, config={})
     engine.fit(max_steps=1)
     assert engine.config["order"] == ["schedule", "clip", "logger", "other"]
@@ -174,8 +185,11 @@ def test_third_party_hookspec_is_added_and_called_in_a_real_fit(make_engine):
         def token_budget_exhausted(self, state, budget):
             heard.append((state.step, budget, state.should_stop))
 
-    (budget,) = [p for p in loading.load_plugins({"token_budget": {"max_tokens": 100}})
-                 if p.name == "token_budget"]
+    (budget,) = [
+        p
+        for p in loading.load_plugins({"token_budget": {"max_tokens": 100}})
+        if p.name == "token_budget"
+    ]
     engine = make_engine(plugins=[budget, Notifier()])
     state = engine.fit(max_steps=50)
     assert state.step == 4 and state.tokens_seen == 128  # 32 tokens a step
@@ -228,9 +242,13 @@ def test_declared_order_holds_among_trylast_and_tryfirst_implementations(make_en
 
         return P(name, pin, **kw)
 
-    plugins = [plugin("csv", "last", after=("console",)), plugin("console", "last"),
-               plugin("guard", "first", after=("nan",)), plugin("nan", "first"),
-               plugin("mid", None)]
+    plugins = [
+        plugin("csv", "last", after=("console",)),
+        plugin("console", "last"),
+        plugin("guard", "first", after=("nan",)),
+        plugin("nan", "first"),
+        plugin("mid", None),
+    ]
     engine = make_engine(plugins=plugins, config={})
     engine.fit(max_steps=1)
     expected = ["nan", "guard", "mid", "console", "csv"]

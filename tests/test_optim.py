@@ -13,10 +13,15 @@ def test_decay_only_on_matrices_that_are_not_embeddings():
     decayed = {names[id(p)] for p in decay["params"]}
     kept = {names[id(p)] for p in no_decay["params"]}
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
-    assert decayed == {n for n, p in model.named_parameters()
-                       if p.dim() == 2 and "emb" not in n}
-    assert {"tok_emb.weight", "pos_emb.weight", "ln_f.weight", "ln_f.bias",
-            "blocks.0.attn.qkv.bias", "blocks.1.ln2.weight"} <= kept
+    assert decayed == {n for n, p in model.named_parameters() if p.dim() == 2 and "emb" not in n}
+    assert {
+        "tok_emb.weight",
+        "pos_emb.weight",
+        "ln_f.weight",
+        "ln_f.bias",
+        "blocks.0.attn.qkv.bias",
+        "blocks.1.ln2.weight",
+    } <= kept
     assert all(name.endswith("weight") and "ln" not in name for name in decayed)
     # every parameter exactly once, the tied matrix included
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))

@@ -17,7 +17,11 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def hookloop(*args, cwd):
     return subprocess.run(
-        [sys.executable, "-m", "hookloop", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+        [sys.executable, "-m", "hookloop", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
     )
 
 
@@ -25,7 +29,8 @@ def test_plot_writes_a_png_matplotlib_reads_back(make_engine, tmp_path):
     image = pytest.importorskip("matplotlib.image")
     run_dir = tmp_path / "run"
     engine = make_engine(
-        batches=12, run_dir=run_dir,
+        batches=12,
+        run_dir=run_dir,
         plugins=[GradClip(), LRSchedule(warmup_steps=2), Eval(every=4), CSVLogger()],
     )
     engine.fit(max_steps=12)

@@ -34,7 +34,9 @@ def test_dtype_follows_the_vocabulary(tmp_path):
     tok = CharTokenizer(chars)
     meta = prepare_texts(chars[-1] * 5, chars[0] * 3, tmp_path / "wide", tokenizer=tok)
     assert meta["dtype"] == "uint32"
-    assert np.fromfile(tmp_path / "wide" / "train.bin", dtype="<u4").tolist() == [len(chars) - 1] * 5
+    assert (
+        np.fromfile(tmp_path / "wide" / "train.bin", dtype="<u4").tolist() == [len(chars) - 1] * 5
+    )
 
 
 def test_split_cuts_at_a_newline():

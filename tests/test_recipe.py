@@ -28,7 +28,9 @@ def test_build_run_writes_config_and_tokenizer(tmp_path, tiny_lm_overrides, lm_d
     run = build_run(config, tmp_path / "run")
     assert run.max_steps == 4 and run.epochs is None
     assert load_config(tmp_path / "run" / "config.toml") == config
-    assert (tmp_path / "run" / "tokenizer.json").read_bytes() == (lm_data / "tokenizer.json").read_bytes()
+    assert (tmp_path / "run" / "tokenizer.json").read_bytes() == (
+        lm_data / "tokenizer.json"
+    ).read_bytes()
     model = run.engine.model
     assert model.vocab_size == run.tokenizer.vocab_size == read_meta(lm_data)["vocab_size"]
     assert [g["weight_decay"] for g in run.engine.optimizer.param_groups] == [0.1, 0.0]
@@ -68,7 +70,9 @@ def test_ids_beyond_the_vocabulary_fail_before_training(tmp_path, tiny_lm_overri
         # a byte tokenizer's ids reach 'c' = 99; force a too small model vocabulary
         # by replacing the tokenizer with a char one of 3 ids
         (data / "tokenizer.json").write_text(json.dumps({"kind": "char", "chars": ["a", "b", "c"]}))
-        build_run(load_config(None, [*tiny_lm_overrides, f"data.path={data}", "data.seq_len=4"]), None)
+        build_run(
+            load_config(None, [*tiny_lm_overrides, f"data.path={data}", "data.seq_len=4"]), None
+        )
 
 
 def test_run_dirs(tmp_path):
@@ -112,8 +116,13 @@ def test_resume_mid_epoch_gives_the_same_weights(tmp_path, tiny_lm_overrides):
     checkpoint ends with the weights of a run never stopped."""
     from hookloop.checkpoint import load_checkpoint, save_checkpoint
 
-    overrides = [*tiny_lm_overrides, "training.max_steps=6", "model.dropout=0.1",
-                 "plugins.schedule.total_steps=6", 'plugins.disable=["checkpoint"]']
+    overrides = [
+        *tiny_lm_overrides,
+        "training.max_steps=6",
+        "model.dropout=0.1",
+        "plugins.schedule.total_steps=6",
+        'plugins.disable=["checkpoint"]',
+    ]
     straight = build_run(load_config(None, overrides), None)
     straight.fit()
     first = build_run(load_config(None, overrides), tmp_path / "a")

@@ -16,17 +16,28 @@ from hookloop.cli import build_parser
 from hookloop.errors import CheckpointError, ConfigError
 from hookloop.lm.resume import check_changes, config_changes, find_resume
 
-SAVED = {"model": {"d_model": 64}, "training": {"max_steps": 100, "seed": 1},
-         "optimizer": {"betas": [0.9, 0.95]}, "plugins": {"csv": {"every": 1}}}
+SAVED = {
+    "model": {"d_model": 64},
+    "training": {"max_steps": 100, "seed": 1},
+    "optimizer": {"betas": [0.9, 0.95]},
+    "plugins": {"csv": {"every": 1}},
+}
 
 
 def test_changes_are_listed_by_dotted_key_and_classified():
-    new = {"model": {"d_model": 64}, "training": {"max_steps": 200, "seed": 2},
-           "optimizer": {"betas": (0.9, 0.95)}, "plugins": {"csv": {"every": 5}, "eval": {}}}
+    new = {
+        "model": {"d_model": 64},
+        "training": {"max_steps": 200, "seed": 2},
+        "optimizer": {"betas": (0.9, 0.95)},
+        "plugins": {"csv": {"every": 5}, "eval": {}},
+    }
     changes = config_changes(SAVED, new)
     assert [(c.key, c.safe) for c in changes] == [
-        ("plugins.csv.every", True), ("plugins.eval", True), ("training.max_steps", True),
-        ("training.seed", False)]
+        ("plugins.csv.every", True),
+        ("plugins.eval", True),
+        ("training.max_steps", True),
+        ("training.seed", False),
+    ]
     with pytest.raises(ConfigError, match=r"changed training.seed is not safe.*--force"):
         check_changes(changes, force=False)
     lines = check_changes(changes, force=True)
@@ -60,8 +71,14 @@ def test_find_resume_auto_path_and_fallback(make_engine, tmp_path):
 
 def hookloop(*args, cwd):
     env = {**os.environ, "HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    return subprocess.run([sys.executable, "-m", "hookloop", *args], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "hookloop", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+    )
 
 
 def sets(overrides):
@@ -69,24 +86,37 @@ def sets(overrides):
 
 
 def test_train_resume_continues_exactly_and_checks_config_changes(tiny_lm_overrides, tmp_path):
-    common = [*sets(tiny_lm_overrides), "--set", "training.accumulate=2", "--set",
-              "model.dropout=0.1", "--set", "plugins.schedule.total_steps=8", "-p", "no:progress"]
-    straight = hookloop("train", "--run-dir", "a", *common, "--set", "training.max_steps=8",
-                        cwd=tmp_path)
+    common = [
+        *sets(tiny_lm_overrides),
+        "--set",
+        "training.accumulate=2",
+        "--set",
+        "model.dropout=0.1",
+        "--set",
+        "plugins.schedule.total_steps=8",
+        "-p",
+        "no:progress",
+    ]
+    straight = hookloop(
+        "train", "--run-dir", "a", *common, "--set", "training.max_steps=8", cwd=tmp_path
+    )
     assert straight.returncode == 0, straight.stderr
-    first = hookloop("train", "--run-dir", "b", *common, "--set", "training.max_steps=4",
-                     cwd=tmp_path)
+    first = hookloop(
+        "train", "--run-dir", "b", *common, "--set", "training.max_steps=4", cwd=tmp_path
+    )
     assert first.returncode == 0, first.stderr
 
     again = hookloop("train", "--run-dir", "b", *common, cwd=tmp_path)  # forgot --resume
     assert again.returncode == 2 and "already holds checkpoints" in again.stderr
-    refused = hookloop("train", "--resume", "auto", "--run-dir", "b", "--set",
-                       "model.n_layers=2", cwd=tmp_path)
+    refused = hookloop(
+        "train", "--resume", "auto", "--run-dir", "b", "--set", "model.n_layers=2", cwd=tmp_path
+    )
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
     assert "changed model.n_layers is not safe" in refused.stderr
 
-    resumed = hookloop("train", "--resume", "auto", "--run-dir", "b", "--set",
-                       "training.max_steps=8", cwd=tmp_path)
+    resumed = hookloop(
+        "train", "--resume", "auto", "--run-dir", "b", "--set", "training.max_steps=8", cwd=tmp_path
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming b from step-00000004 (step 4); config changes:" in resumed.stdout
     assert "training.max_steps: 4 -> 8  (applied)" in resumed.stdout
@@ -107,20 +137,43 @@ def test_train_resume_continues_exactly_and_checks_config_changes(tiny_lm_overri
 
 
 def test_verify_resume_reports_equal(tiny_lm_overrides, tmp_path):
-    out = hookloop("verify-resume", *sets(tiny_lm_overrides), "--set", "model.dropout=0.1",
-                   "--set", "training.accumulate=2", "--steps", "6", "-p", "no:progress",
-                   cwd=tmp_path)
+    out = hookloop(
+        "verify-resume",
+        *sets(tiny_lm_overrides),
+        "--set",
+        "model.dropout=0.1",
+        "--set",
+        "training.accumulate=2",
+        "--steps",
+        "6",
+        "-p",
+        "no:progress",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     assert "loss trace: equal at all 6 steps" in out.stdout
     assert "result: EQUAL" in out.stdout
 
 
-def test_verify_resume_finds_the_first_differing_step(tiny_lm_overrides, tmp_path, monkeypatch,
-                                                     capsys):
-    monkeypatch.setattr("hookloop.checkpoint.read.set_rng_state", lambda rng: None)  # a broken resume
+def test_verify_resume_finds_the_first_differing_step(
+    tiny_lm_overrides, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(
+        "hookloop.checkpoint.read.set_rng_state", lambda rng: None
+    )  # a broken resume
     monkeypatch.chdir(tmp_path)
-    args = build_parser().parse_args(["verify-resume", *sets(tiny_lm_overrides), "--set",
-                                      "model.dropout=0.2", "--steps", "4", "-p", "no:progress"])
+    args = build_parser().parse_args(
+        [
+            "verify-resume",
+            *sets(tiny_lm_overrides),
+            "--set",
+            "model.dropout=0.2",
+            "--steps",
+            "4",
+            "-p",
+            "no:progress",
+        ]
+    )
     code = args.run(args)  # in process (so the patch applies), logging left unconfigured
     out = capsys.readouterr().out
     assert code == 1, out

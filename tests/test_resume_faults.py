@@ -89,8 +89,9 @@ def test_ten_random_kills_including_mid_write_then_same_weights(ckpt_worker, str
     slow_writes = {"HOOKLOOP_CHECKPOINT_WRITE_DELAY": "0.02"}  # most of the time is in saves
     ready_steps, mid_write = [], 0
     for _ in range(10):
-        proc = ckpt_worker.popen(tmp_path, "--steps", str(STEPS), "--every", "1",
-                                 "--sleep", "0.005", env=slow_writes)
+        proc = ckpt_worker.popen(
+            tmp_path, "--steps", str(STEPS), "--every", "1", "--sleep", "0.005", env=slow_writes
+        )
         line = proc.stdout.readline()
         assert line.startswith("READY"), proc.communicate()[1]
         ready_steps.append(int(line.split()[1]))
@@ -101,7 +102,8 @@ def test_ten_random_kills_including_mid_write_then_same_weights(ckpt_worker, str
         proc.communicate()
         checkpoints = tmp_path / "checkpoints"
         mid_write += checkpoints.is_dir() and any(
-            p.name.startswith(".tmp-") for p in checkpoints.iterdir())
+            p.name.startswith(".tmp-") for p in checkpoints.iterdir()
+        )
     assert ready_steps == sorted(ready_steps) and 0 < ready_steps[-1] < STEPS, ready_steps
     assert mid_write >= 1, "no kill landed in the middle of a checkpoint write"
 
@@ -126,7 +128,10 @@ def test_full_disk_keeps_previous_checkpoint_and_says_so(ckpt_worker, tmp_path):
 
     out = subprocess.run(
         [sys.executable, str(ckpt_worker.path), str(tmp_path), "--steps", "6"],
-        capture_output=True, text=True, preexec_fn=small_disk, timeout=120,
+        capture_output=True,
+        text=True,
+        preexec_fn=small_disk,
+        timeout=120,
     )
     assert out.returncode != 0
     last = out.stderr.strip().splitlines()[-1]

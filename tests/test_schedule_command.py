@@ -18,8 +18,13 @@ def test_curve_is_the_plugins_formula_with_the_run_settings():
     c = curve(config(warmup_steps=100, min_lr=1e-4))
     assert c.total == 1000 and c.warmup_steps == 100
     for step in (1, 50, 100, 101, 500, 999, 1000):
-        assert c.lr(step) == lr_at(step, peak_lr=1e-3, warmup_steps=100, total_steps=1000, min_lr=1e-4)
-    assert c.description == "cosine schedule: warmup 100 steps, peak lr 0.001, min_lr 0.0001, 1000 steps"
+        assert c.lr(step) == lr_at(
+            step, peak_lr=1e-3, warmup_steps=100, total_steps=1000, min_lr=1e-4
+        )
+    assert (
+        c.description
+        == "cosine schedule: warmup 100 steps, peak lr 0.001, min_lr 0.0001, 1000 steps"
+    )
 
 
 def test_total_steps_option_and_disabled_plugin():
@@ -56,14 +61,18 @@ def hookloop(*args, cwd):
     import sys
 
     return subprocess.run(
-        [sys.executable, "-m", "hookloop", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+        [sys.executable, "-m", "hookloop", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
     )
 
 
 def test_command_prints_the_configured_curve_and_plots_it(tmp_path):
     (tmp_path / "run.toml").write_text(
         "[optimizer]\nlr = 0.001\n[training]\nmax_steps = 200\n"
-        "[plugins.schedule]\nkind = \"wsd\"\nwarmup_steps = 20\nmin_lr = 1e-5\n"
+        '[plugins.schedule]\nkind = "wsd"\nwarmup_steps = 20\nmin_lr = 1e-5\n'
     )
     out = hookloop("schedule", "-c", "run.toml", "--points", "5", "--out", "lr.png", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -72,7 +81,9 @@ def test_command_prints_the_configured_curve_and_plots_it(tmp_path):
     table = {int(s): float(lr) for s, lr in (line.split() for line in lines[2:-2])}
     assert sorted(table) == [1, 20, 50, 100, 150, 200]
     for step, lr in table.items():
-        expected = lr_at(step, peak_lr=1e-3, kind="wsd", warmup_steps=20, total_steps=200, min_lr=1e-5)
+        expected = lr_at(
+            step, peak_lr=1e-3, kind="wsd", warmup_steps=20, total_steps=200, min_lr=1e-5
+        )
         assert lr == pytest.approx(expected, rel=1e-4)
     assert set(lines[-2]) <= set("▁▂▃▄▅▆▇█") and len(lines[-2]) == 64
     assert lines[-1] == "lr.png" and (tmp_path / "lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -30,7 +30,9 @@ def test_char_round_trip_and_vocab_in_code_point_order():
 
 def test_char_unknown_character_is_a_data_error():
     tok = CharTokenizer.from_text("abc")
-    with pytest.raises(DataError, match=r"1 character\(s\) are not in the vocabulary of 3, e.g. 'z'"):
+    with pytest.raises(
+        DataError, match=r"1 character\(s\) are not in the vocabulary of 3, e.g. 'z'"
+    ):
         tok.encode("abz")
     with pytest.raises(DataError):
         tok.encode("\U0001f40d")  # above every code point in the table

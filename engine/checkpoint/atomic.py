@@ -16,8 +16,15 @@ from pathlib import Path
 from hookloop.errors import CheckpointError
 
 __all__ = [
-    "WRITE_DELAY_ENV", "fsync_dir", "injected_delay", "read_pointer", "recover_partial",
-    "remove_dir", "replace_dir", "write_file", "write_pointer",
+    "WRITE_DELAY_ENV",
+    "fsync_dir",
+    "injected_delay",
+    "read_pointer",
+    "recover_partial",
+    "remove_dir",
+    "replace_dir",
+    "write_file",
+    "write_pointer",
 ]
 
 WRITE_DELAY_ENV = "HOOKLOOP_CHECKPOINT_WRITE_DELAY"  # fault-injection aid for tests

@@ -66,8 +66,10 @@ def snapshot(
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "exact": counters is None,
         "counters": counters or state.counters(),
-        "data": {"accumulate": engine.accumulate,
-                 "resumable": hasattr(engine.train_data, "iter_epoch")},
+        "data": {
+            "accumulate": engine.accumulate,
+            "resumable": hasattr(engine.train_data, "iter_epoch"),
+        },
         "precision": engine.precision,
         "model": {"aliases": aliases, "class": type(engine.model).__name__},
         "optimizer": opt_json,
@@ -90,7 +92,13 @@ def _model_tensors(model: torch.nn.Module, copy: bool) -> tuple[dict[str, torch.
     storages: set[int] = set()
     for name, t in model.state_dict().items():
         t = t.detach()
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        key = (
+            t.untyped_storage().data_ptr(),
+            t.storage_offset(),
+            tuple(t.shape),
+            t.stride(),
+            t.dtype,
+        )
         if key in seen:  # the same tensor under a second name: store once, record the alias
             aliases[name] = seen[key]
             continue
@@ -178,8 +186,12 @@ def _git_commit() -> str | None:
     """The commit of the hookloop source tree, when it is a git checkout."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-            text=True, timeout=5, check=False,
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return None

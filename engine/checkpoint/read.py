@@ -76,8 +76,13 @@ def _read_verified(path: Path, *, deserialize: bool) -> tuple[dict, dict]:
     files = state.get("files", {})
     contents = {name: _read_file(path, name) for name in files}
     with ThreadPoolExecutor(max(1, len(files))) as pool:  # hashlib releases the GIL
-        digests = dict(zip(files, pool.map(lambda d: hashlib.sha256(d).hexdigest(),
-                                           contents.values()), strict=True))
+        digests = dict(
+            zip(
+                files,
+                pool.map(lambda d: hashlib.sha256(d).hexdigest(), contents.values()),
+                strict=True,
+            )
+        )
     tensors: dict[str, dict[str, torch.Tensor]] = {}
     for name, info in files.items():
         if digests[name] != info["sha256"]:
@@ -124,8 +129,12 @@ def latest_valid_checkpoint(run_dir: Path, *, journal: Journal | None = None) ->
             log.warning("checkpoint_invalid", path=str(path), reason=str(exc))
             if journal is not None:
                 step = checkpoint_step(path)
-                journal.record("checkpoint_invalid", step=-1 if step is None else step,
-                               reason=f"{exc}; trying an earlier checkpoint", path=str(path))
+                journal.record(
+                    "checkpoint_invalid",
+                    step=-1 if step is None else step,
+                    reason=f"{exc}; trying an earlier checkpoint",
+                    path=str(path),
+                )
     return None
 
 
@@ -160,7 +169,10 @@ def load_checkpoint(engine: Engine, path: Path) -> dict[str, Any]:
     set_rng_state(state["rng"])
     engine.load_plugin_states(state.get("plugins", {}))
     engine.journal.record(
-        "checkpoint_loaded", step=engine.state.step, reason="resuming", path=str(path),
+        "checkpoint_loaded",
+        step=engine.state.step,
+        reason="resuming",
+        path=str(path),
         exact=state.get("exact", True),
     )
     return state
@@ -173,7 +185,8 @@ def _check_model(model: torch.nn.Module, saved: dict[str, torch.Tensor], path: P
     problems += [f"{k} is not in the model" for k in got if k not in expected]
     problems += [
         f"{k} has shape {list(got[k])}, the model {list(shape)}"
-        for k, shape in expected.items() if k in got and got[k] != shape
+        for k, shape in expected.items()
+        if k in got and got[k] != shape
     ]
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

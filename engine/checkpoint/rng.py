@@ -15,6 +15,7 @@ __all__ = ["rng_state", "set_rng_state"]
 
 def rng_state() -> dict[str, Any]:
     """The states of the torch CPU, CUDA, numpy and Python generators, as JSON values."""
+
     def b64(t: torch.Tensor) -> str:
         return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
 
@@ -32,6 +33,7 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(rng: dict[str, Any]) -> None:
     """Restore the generators from what `rng_state()` returned."""
+
     def tensor(text: str) -> torch.Tensor:
         return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
 

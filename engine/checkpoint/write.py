@@ -29,7 +29,10 @@ __all__ = ["save_checkpoint", "write_snapshot"]
 
 
 def save_checkpoint(
-    engine: Engine, directory: Path, *, extra: dict[str, Any] | None = None,
+    engine: Engine,
+    directory: Path,
+    *,
+    extra: dict[str, Any] | None = None,
     update_latest: bool = True,
 ) -> Path:
     """Write a checkpoint of the engine into `directory`, atomically.

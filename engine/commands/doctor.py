@@ -26,13 +26,27 @@ from hookloop.cli import add_config_arguments
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `doctor` options."""
     add_config_arguments(parser)
-    parser.add_argument("--batches", type=int, default=3, metavar="N",
-                        help="training batches to examine (default: 3)")
-    parser.add_argument("--overfit-steps", type=int, default=150, metavar="N",
-                        help="steps the overfit-one-batch check may take (default: 150)")
-    parser.add_argument("--overfit-fraction", type=float, default=0.5, metavar="F",
-                        help="overfitting passes below this fraction of the first loss "
-                        "(default: 0.5)")
+    parser.add_argument(
+        "--batches",
+        type=int,
+        default=3,
+        metavar="N",
+        help="training batches to examine (default: 3)",
+    )
+    parser.add_argument(
+        "--overfit-steps",
+        type=int,
+        default=150,
+        metavar="N",
+        help="steps the overfit-one-batch check may take (default: 150)",
+    )
+    parser.add_argument(
+        "--overfit-fraction",
+        type=float,
+        default=0.5,
+        metavar="F",
+        help="overfitting passes below this fraction of the first loss (default: 0.5)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,16 +57,20 @@ def run(args: argparse.Namespace) -> int:
     from hookloop.lm.recipe import build_run
 
     if args.batches < 1 or args.overfit_steps < 1 or not 0 < args.overfit_fraction < 1:
-        raise ConfigError("doctor: --batches and --overfit-steps must be >= 1 and "
-                          "--overfit-fraction in (0, 1)")
+        raise ConfigError(
+            "doctor: --batches and --overfit-steps must be >= 1 and --overfit-fraction in (0, 1)"
+        )
     built = build_run(config_from_args(args), None)
     engine = built.engine
     data = engine.train_data
     source = data.iter_epoch(0, 0) if hasattr(data, "iter_epoch") else iter(data)
     batches = list(itertools.islice(source, args.batches))
     findings = diagnose(
-        engine, batches, vocab_size=getattr(engine.model, "vocab_size", None),
-        max_steps=built.max_steps, overfit_steps=args.overfit_steps,
+        engine,
+        batches,
+        vocab_size=getattr(engine.model, "vocab_size", None),
+        max_steps=built.max_steps,
+        overfit_steps=args.overfit_steps,
         overfit_fraction=args.overfit_fraction,
     )
     print(format_findings(findings))

@@ -16,10 +16,16 @@ from hookloop.commands.sample import add_run_arguments
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `eval` options."""
     add_run_arguments(parser)
-    parser.add_argument("--data", metavar="DIR", help="prepared data directory (default: "
-                        "the run's data.path)")
-    parser.add_argument("--max-batches", type=int, default=None, metavar="N",
-                        help="evaluate at most N batches (default: all)")
+    parser.add_argument(
+        "--data", metavar="DIR", help="prepared data directory (default: the run's data.path)"
+    )
+    parser.add_argument(
+        "--max-batches",
+        type=int,
+        default=None,
+        metavar="N",
+        help="evaluate at most N batches (default: all)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,8 +52,13 @@ def run(args: argparse.Namespace) -> int:
         config["data"]["path"] = args.data
     directory = data_dir(config)
     val = val_dataset(config, directory, model.vocab_size)
-    engine = Engine(model, _no_optimizer(model), [], val_data=val,
-                    device=resolve_device(config["training"]["device"]))
+    engine = Engine(
+        model,
+        _no_optimizer(model),
+        [],
+        val_data=val,
+        device=resolve_device(config["training"]["device"]),
+    )
     metrics = engine.evaluate(max_batches=args.max_batches)
     print(f"checkpoint {path}")
     print(f"val_loss {metrics['val_loss']:.4f}  val_ppl {metrics['val_ppl']:.3f}")

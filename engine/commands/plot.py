@@ -43,7 +43,9 @@ def pyplot() -> Any:
 def read_metrics(path: Path) -> dict[str, list[tuple[int, float]]]:
     """Each column of a metrics.csv as (step, value) pairs, skipping empty cells."""
     if not path.is_file():
-        raise DataError(f"{path} does not exist; is this a run directory written with the csv plugin?")
+        raise DataError(
+            f"{path} does not exist; is this a run directory written with the csv plugin?"
+        )
     series: dict[str, list[tuple[int, float]]] = {}
     with path.open(newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
@@ -74,7 +76,9 @@ def plot_run(run_dir: Path, out: Path) -> Path:
     plt = pyplot()
     panels = [(title, [k for k in keys if k in series]) for title, keys in PANELS]
     panels = [(title, keys) for title, keys in panels if keys]
-    fig, axes = plt.subplots(len(panels), 1, sharex=True, figsize=(8, 2.6 * len(panels)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(panels), 1, sharex=True, figsize=(8, 2.6 * len(panels)), squeeze=False
+    )
     for ax, (title, keys) in zip(axes[:, 0], panels, strict=True):
         for key in keys:
             steps, values = zip(*series[key], strict=True)

@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         plugin = registered.get(name)
         hooks = (
             ", ".join(sorted(c.name for c in pm.get_hookcallers(plugin.plugin) or []))
-            if plugin else "-"
+            if plugin
+            else "-"
         )
         rows.append((name, info.origin, "yes" if plugin else "no", hooks or "(none)"))
     for name, plugin in registered.items():  # plugins not from entry points
@@ -61,5 +62,7 @@ def run(args: argparse.Namespace) -> int:
             rows.append((name, plugin.origin, "yes", "?"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for row in rows:
-        print("  ".join([*(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)), row[3]]))
+        print(
+            "  ".join([*(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)), row[3]])
+        )
     return 0

@@ -17,18 +17,35 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `prepare` options."""
-    parser.add_argument("source", metavar="TEXT_FILE_OR_DIR",
-                        help="a UTF-8 text file, or a directory of them (read in sorted order)")
+    parser.add_argument(
+        "source",
+        metavar="TEXT_FILE_OR_DIR",
+        help="a UTF-8 text file, or a directory of them (read in sorted order)",
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="directory to create")
     parser.add_argument("--tokenizer", choices=("char", "byte", "bpe"), default="char")
-    parser.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
-                        help="the last fraction F of the text is validation (default: 0.1)")
-    parser.add_argument("--val", metavar="FILE_OR_DIR",
-                        help="separate validation text (then --val-fraction is not used)")
-    parser.add_argument("--glob", default="*", help="file pattern inside directories "
-                        "(default: every file)")
-    parser.add_argument("--bpe-vocab-size", type=int, default=4096, metavar="N",
-                        help="vocabulary size of a trained BPE (default: 4096)")
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="the last fraction F of the text is validation (default: 0.1)",
+    )
+    parser.add_argument(
+        "--val",
+        metavar="FILE_OR_DIR",
+        help="separate validation text (then --val-fraction is not used)",
+    )
+    parser.add_argument(
+        "--glob", default="*", help="file pattern inside directories (default: every file)"
+    )
+    parser.add_argument(
+        "--bpe-vocab-size",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="vocabulary size of a trained BPE (default: 4096)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,10 +61,18 @@ def run(args: argparse.Namespace) -> int:
         files += val_files
     else:
         train, val = split_text(text, args.val_fraction)
-    meta = prepare_texts(train, val, args.out, tokenizer=args.tokenizer,
-                         bpe_vocab_size=args.bpe_vocab_size, source=files)
-    print(f"prepared {args.out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} "
-          f"validation tokens, {meta['tokenizer']} vocabulary of {meta['vocab_size']} "
-          f"({meta['dtype']}), from {len(files)} file(s)")
+    meta = prepare_texts(
+        train,
+        val,
+        args.out,
+        tokenizer=args.tokenizer,
+        bpe_vocab_size=args.bpe_vocab_size,
+        source=files,
+    )
+    print(
+        f"prepared {args.out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} "
+        f"validation tokens, {meta['tokenizer']} vocabulary of {meta['vocab_size']} "
+        f"({meta['dtype']}), from {len(files)} file(s)"
+    )
     print(f"train on it: hookloop train --set data.path={args.out}")
     return 0

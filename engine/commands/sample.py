@@ -14,12 +14,20 @@ import argparse
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """`--run`, `--runs` and `--checkpoint`: which trained weights a command reads."""
-    parser.add_argument("--run", dest="run_dir", metavar="DIR",
-                        help="run directory (default: the latest under --runs)")
-    parser.add_argument("--runs", metavar="BASE", default="runs",
-                        help="where runs live (default: runs)")
-    parser.add_argument("--checkpoint", metavar="NAME", help="checkpoint directory name or "
-                        "path (default: the run's latest)")
+    parser.add_argument(
+        "--run",
+        dest="run_dir",
+        metavar="DIR",
+        help="run directory (default: the latest under --runs)",
+    )
+    parser.add_argument(
+        "--runs", metavar="BASE", default="runs", help="where runs live (default: runs)"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        metavar="NAME",
+        help="checkpoint directory name or path (default: the run's latest)",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
     parser.add_argument("--prompt", default=None, help="text to continue (default: a newline)")
     parser.add_argument("--max-new-tokens", type=int, default=400, metavar="N")
-    parser.add_argument("--temperature", type=float, default=0.8,
-                        help="0 = greedy; higher = more varied (default: 0.8)")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=0.8,
+        help="0 = greedy; higher = more varied (default: 0.8)",
+    )
     parser.add_argument("--top-k", type=int, default=None, metavar="K")
     parser.add_argument("--top-p", type=float, default=None, metavar="P")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same text (default: 0)")
@@ -41,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
 
     run_dir = args.run_dir or latest_run_dir(args.runs)
     if run_dir is None:
-        raise CheckpointError(f"no runs under {args.runs}/; train one with `hookloop train` "
-                              "or pass --run DIR")
+        raise CheckpointError(
+            f"no runs under {args.runs}/; train one with `hookloop train` or pass --run DIR"
+        )
     if args.max_new_tokens < 0 or args.temperature < 0:
         raise ConfigError("--max-new-tokens and --temperature must be >= 0")
     if args.top_k is not None and args.top_k < 1:
@@ -60,7 +73,13 @@ def run(args: argparse.Namespace) -> int:
         ids = tokenizer.encode(args.prompt).tolist()
     if not ids:
         raise ConfigError("--prompt encodes to no tokens; give at least one character")
-    out = model.generate(ids, args.max_new_tokens, temperature=args.temperature,
-                         top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    out = model.generate(
+        ids,
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
     print(tokenizer.decode(out))
     return 0

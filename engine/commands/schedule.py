@@ -26,10 +26,20 @@ BLOCKS = "▁▂▃▄▅▆▇█"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `schedule` options: the config options, and how to show the curve."""
     add_config_arguments(parser)
-    parser.add_argument("--points", type=int, default=12, metavar="N",
-                        help="steps to list in the table (default 12)")
-    parser.add_argument("--width", type=int, default=64, metavar="N",
-                        help="characters in the sparkline (default 64)")
+    parser.add_argument(
+        "--points",
+        type=int,
+        default=12,
+        metavar="N",
+        help="steps to list in the table (default 12)",
+    )
+    parser.add_argument(
+        "--width",
+        type=int,
+        default=64,
+        metavar="N",
+        help="characters in the sparkline (default 64)",
+    )
     parser.add_argument("--out", metavar="FILE.png", help="also plot the curve to this PNG")
 
 
@@ -67,10 +77,13 @@ def curve(config: dict[str, Any]) -> Curve:
             "set plugins.schedule.total_steps to see the curve"
         )
     schedule.resolved_total = total
-    text = (f"{schedule.kind} schedule: warmup {schedule.warmup_steps} steps, peak lr {peak:g}, "
-            f"min_lr {schedule.min_lr:g}, {total} steps")
-    return Curve(text, max(total, max_steps), schedule.warmup_steps,
-                 lambda step: schedule.lr(step, peak))
+    text = (
+        f"{schedule.kind} schedule: warmup {schedule.warmup_steps} steps, peak lr {peak:g}, "
+        f"min_lr {schedule.min_lr:g}, {total} steps"
+    )
+    return Curve(
+        text, max(total, max_steps), schedule.warmup_steps, lambda step: schedule.lr(step, peak)
+    )
 
 
 def sample_steps(total: int, points: int, extra: tuple[int, ...] = ()) -> list[int]:
@@ -115,4 +128,3 @@ def run(args: argparse.Namespace) -> int:
         plt.close(fig)
         print(args.out)
     return 0
-

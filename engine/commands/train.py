@@ -25,18 +25,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `train` options."""
     add_config_arguments(parser)
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--run-dir", metavar="DIR", help="write the run here instead of "
-                       "a new runs/<timestamp>/")
-    where.add_argument("--runs", metavar="BASE", default="runs",
-                       help="directory holding one sub-directory per run (default: runs)")
+    where.add_argument(
+        "--run-dir", metavar="DIR", help="write the run here instead of a new runs/<timestamp>/"
+    )
+    where.add_argument(
+        "--runs",
+        metavar="BASE",
+        default="runs",
+        help="directory holding one sub-directory per run (default: runs)",
+    )
     parser.add_argument(
-        "--resume", metavar="auto|PATH",
+        "--resume",
+        metavar="auto|PATH",
         help="continue a run from a checkpoint: auto = the latest valid checkpoint of "
         "--run-dir (else of the newest run under --runs), a fresh start when there is none; "
         "or a checkpoint or run directory",
     )
-    parser.add_argument("--force", action="store_true",
-                        help="with --resume: accept config changes that are not safe to resume with")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="with --resume: accept config changes that are not safe to resume with",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,8 +61,11 @@ def run(args: argparse.Namespace) -> int:
         _refuse_a_run_with_checkpoints(args.run_dir)
     run_dir = run_dir or (Path(args.run_dir) if args.run_dir else new_run_dir(args.runs))
     # build_run rewrites these two; a resume that is then refused must leave the run as it was
-    kept = {name: (run_dir / name).read_bytes() for name in ("config.toml", "tokenizer.json")
-            if checkpoint is not None and (run_dir / name).is_file()}
+    kept = {
+        name: (run_dir / name).read_bytes()
+        for name in ("config.toml", "tokenizer.json")
+        if checkpoint is not None and (run_dir / name).is_file()
+    }
     try:
         built = build_run(config, run_dir)
         if checkpoint is not None:
@@ -69,9 +81,12 @@ def run(args: argparse.Namespace) -> int:
     engine = built.engine
     limits = [f"{built.max_steps} steps"] if built.max_steps else []
     limits += [f"{built.epochs} epochs"] if built.epochs else []
-    print(f"training {engine.model.num_parameters():,} parameters on {built.data_dir} "
-          f"({built.tokenizer.kind} tokens, vocabulary {built.tokenizer.vocab_size}) for "
-          f"{' or '.join(limits)} on {engine.device}; run directory {built.run_dir}", flush=True)
+    print(
+        f"training {engine.model.num_parameters():,} parameters on {built.data_dir} "
+        f"({built.tokenizer.kind} tokens, vocabulary {built.tokenizer.vocab_size}) for "
+        f"{' or '.join(limits)} on {engine.device}; run directory {built.run_dir}",
+        flush=True,
+    )
     start, tokens_before = time.perf_counter(), engine.state.tokens_seen  # > 0 when resumed
     state = built.fit()
     seconds = time.perf_counter() - start
@@ -79,12 +94,16 @@ def run(args: argparse.Namespace) -> int:
     # The eval plugin's periodic evaluations may use a subset; the last word is the full split.
     metrics = engine.evaluate(max_batches=config["data"]["val_batches"] or None)
     stopped = f" (stopped: {state.should_stop})" if state.should_stop else ""
-    print(f"done: {state.step} steps, {tokens:,} tokens in {seconds:.1f}s "
-          f"({tokens / max(seconds, 1e-9):,.0f} tokens/s){stopped}")
+    print(
+        f"done: {state.step} steps, {tokens:,} tokens in {seconds:.1f}s "
+        f"({tokens / max(seconds, 1e-9):,.0f} tokens/s){stopped}"
+    )
     val = engine.val_data
-    print(f"validation loss {metrics['val_loss']:.4f} nats/token (perplexity "
-          f"{metrics['val_ppl']:.2f}) on {min(len(val), config['data']['val_batches'] or len(val))} "
-          f"batches of the validation split")
+    print(
+        f"validation loss {metrics['val_loss']:.4f} nats/token (perplexity "
+        f"{metrics['val_ppl']:.2f}) on {min(len(val), config['data']['val_batches'] or len(val))} "
+        f"batches of the validation split"
+    )
     print(f"run directory: {built.run_dir}")
     _plot(built.run_dir)
     print(f"sample from it: hookloop sample --run {built.run_dir}")
@@ -116,7 +135,8 @@ def _resume(args: argparse.Namespace) -> tuple[Path | None, Path | None, dict[st
     from hookloop.lm.resume import check_changes, config_changes, find_resume
 
     run_dir, checkpoint = find_resume(
-        args.resume, Path(args.run_dir) if args.run_dir else None, Path(args.runs))
+        args.resume, Path(args.run_dir) if args.run_dir else None, Path(args.runs)
+    )
     if checkpoint is None:  # a fresh start: in --run-dir if given, else in a new run
         print(f"no valid checkpoint in {run_dir or args.runs}: starting a fresh run", flush=True)
         return Path(args.run_dir) if args.run_dir else None, None, config_from_args(args)
@@ -125,8 +145,11 @@ def _resume(args: argparse.Namespace) -> tuple[Path | None, Path | None, dict[st
     config = config_from_args(args)
     saved = verify_checkpoint(checkpoint)
     lines = check_changes(config_changes(saved["config"], config), force=args.force)
-    print(f"resuming {run_dir} from {checkpoint.name} (step {saved['counters']['step']}); "
-          + ("config changes:" if lines else "config unchanged"), flush=True)
+    print(
+        f"resuming {run_dir} from {checkpoint.name} (step {saved['counters']['step']}); "
+        + ("config changes:" if lines else "config unchanged"),
+        flush=True,
+    )
     for line in lines:
         print(line, flush=True)
     return run_dir, checkpoint, config

@@ -26,8 +26,13 @@ from hookloop.hookspecs import hookimpl
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `verify-resume` options."""
     add_config_arguments(parser)
-    parser.add_argument("--steps", type=int, default=20, metavar="N",
-                        help="optimizer steps of the straight run (default: 20; at least 2)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=20,
+        metavar="N",
+        help="optimizer steps of the straight run (default: 20; at least 2)",
+    )
 
 
 class _Recorder:
@@ -46,8 +51,14 @@ class _Recorder:
             state.request_stop("verify-resume: stop halfway")
 
 
-def _train(config: dict[str, Any], run_dir: Path, steps: int, *, stop_at: int | None = None,
-           resume_from: Path | None = None) -> tuple[Any, _Recorder]:
+def _train(
+    config: dict[str, Any],
+    run_dir: Path,
+    steps: int,
+    *,
+    stop_at: int | None = None,
+    resume_from: Path | None = None,
+) -> tuple[Any, _Recorder]:
     from hookloop.checkpoint import load_checkpoint
     from hookloop.lm.recipe import build_run
 
@@ -99,8 +110,10 @@ def run(args: argparse.Namespace) -> int:
         differ = [s for s in sorted(trace_a.losses) if losses.get(s) != trace_a.losses[s]]
         if differ:
             s = differ[0]
-            print(f"  loss trace: DIFFERENT from step {s}: {trace_a.losses[s]!r} straight, "
-                  f"{losses.get(s)!r} resumed")
+            print(
+                f"  loss trace: DIFFERENT from step {s}: {trace_a.losses[s]!r} straight, "
+                f"{losses.get(s)!r} resumed"
+            )
         else:
             print(f"  loss trace: equal at all {len(trace_a.losses)} steps")
         a = straight.model.state_dict()
@@ -108,11 +121,19 @@ def run(args: argparse.Namespace) -> int:
         bad = [k for k in a if not torch.equal(a[k], b[k])]
         if bad:
             worst = max((a[k].float() - b[k].float()).abs().max().item() for k in bad)
-            print(f"  parameters: DIFFERENT in {len(bad)} of {len(a)} tensors (first {bad[0]}, "
-                  f"largest difference {worst:.3g})")
+            print(
+                f"  parameters: DIFFERENT in {len(bad)} of {len(a)} tensors (first {bad[0]}, "
+                f"largest difference {worst:.3g})"
+            )
         else:
             print(f"  parameters: bitwise equal ({len(a)} tensors)")
     equal = not differ and not bad
-    print("result: " + ("EQUAL: a resumed run is identical to an uninterrupted one" if equal
-                        else "DIFFERENT: stopping and resuming changes this run"))
+    print(
+        "result: "
+        + (
+            "EQUAL: a resumed run is identical to an uninterrupted one"
+            if equal
+            else "DIFFERENT: stopping and resuming changes this run"
+        )
+    )
     return 0 if equal else 1

@@ -62,64 +62,127 @@ _POS = (lambda v: v >= 1, ">= 1")
 _NONNEG = (lambda v: v >= 0, ">= 0")
 
 
-def _key(default: Any, type_: str, help_: str, rule: tuple[Callable[[Any], bool], str] | None = None) -> Key:
+def _key(
+    default: Any, type_: str, help_: str, rule: tuple[Callable[[Any], bool], str] | None = None
+) -> Key:
     return Key(default, type_, help_, *(rule or (None, "")))
 
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "data": {
-        "path": _key("", "str", "A directory written by `hookloop prepare`; empty = the embedded "
-                     "default corpus (the Python standard library's sources, char-level)."),
+        "path": _key(
+            "",
+            "str",
+            "A directory written by `hookloop prepare`; empty = the embedded "
+            "default corpus (the Python standard library's sources, char-level).",
+        ),
         "seq_len": _key(64, "int", "Tokens per training window (the context length T).", _POS),
         "batch_size": _key(32, "int", "Windows per micro-batch.", _POS),
-        "sampling": _key("random", "str", "`random`: windows at random offsets (nanoGPT); "
-                         "`sequential`: the (N-1)//seq_len non-overlapping windows.",
-                         (lambda v: v in ("random", "sequential"), "one of random, sequential")),
-        "shuffle": _key(True, "bool", "Sequential sampling only: visit the windows in a "
-                        "new seeded order each epoch (false: in file order)."),
-        "batches_per_epoch": _key(0, "int", "Micro-batches per epoch; 0 = as many as "
-                                  "sequential windows fill, (N-1)//seq_len//batch_size.", _NONNEG),
-        "val_batches": _key(0, "int", "Validation batches per evaluation; 0 = the whole "
-                            "validation split.", _NONNEG),
+        "sampling": _key(
+            "random",
+            "str",
+            "`random`: windows at random offsets (nanoGPT); "
+            "`sequential`: the (N-1)//seq_len non-overlapping windows.",
+            (lambda v: v in ("random", "sequential"), "one of random, sequential"),
+        ),
+        "shuffle": _key(
+            True,
+            "bool",
+            "Sequential sampling only: visit the windows in a "
+            "new seeded order each epoch (false: in file order).",
+        ),
+        "batches_per_epoch": _key(
+            0,
+            "int",
+            "Micro-batches per epoch; 0 = as many as "
+            "sequential windows fill, (N-1)//seq_len//batch_size.",
+            _NONNEG,
+        ),
+        "val_batches": _key(
+            0, "int", "Validation batches per evaluation; 0 = the whole validation split.", _NONNEG
+        ),
     },
     "model": {
-        "vocab_size": _key(0, "int", "Vocabulary size; 0 = the tokenizer's. A larger value "
-                           "leaves unused rows; a smaller one is an error.", _NONNEG),
+        "vocab_size": _key(
+            0,
+            "int",
+            "Vocabulary size; 0 = the tokenizer's. A larger value "
+            "leaves unused rows; a smaller one is an error.",
+            _NONNEG,
+        ),
         "d_model": _key(128, "int", "Width of the residual stream.", _POS),
         "n_heads": _key(4, "int", "Attention heads; must divide d_model.", _POS),
         "n_layers": _key(4, "int", "Transformer blocks.", _POS),
         "d_ff": _key(512, "int", "Hidden width of each block's MLP.", _POS),
-        "max_seq_len": _key(64, "int", "Learned positions; the longest context the model "
-                            "can read (generation crops to it).", _POS),
-        "dropout": _key(0.0, "float", "Dropout on embeddings, attention and residual branches.",
-                        (_between(0.0, 1.0, hi_open=True), "in [0, 1)")),
-        "bias": _key(True, "bool", "Biases in the linear layers and LayerNorms (false: none, "
-                     "as nanoGPT's `bias=False`)."),
+        "max_seq_len": _key(
+            64,
+            "int",
+            "Learned positions; the longest context the model can read (generation crops to it).",
+            _POS,
+        ),
+        "dropout": _key(
+            0.0,
+            "float",
+            "Dropout on embeddings, attention and residual branches.",
+            (_between(0.0, 1.0, hi_open=True), "in [0, 1)"),
+        ),
+        "bias": _key(
+            True,
+            "bool",
+            "Biases in the linear layers and LayerNorms (false: none, as nanoGPT's `bias=False`).",
+        ),
     },
     "optimizer": {
-        "lr": _key(2e-3, "float", "Peak learning rate (the schedule plugin warms up to it "
-                   "and decays from it).", (lambda v: v > 0, "> 0")),
-        "betas": _key([0.9, 0.95], "floats2", "AdamW's (beta1, beta2).",
-                      (lambda v: all(0 <= b < 1 for b in v), "two numbers in [0, 1)")),
+        "lr": _key(
+            2e-3,
+            "float",
+            "Peak learning rate (the schedule plugin warms up to it and decays from it).",
+            (lambda v: v > 0, "> 0"),
+        ),
+        "betas": _key(
+            [0.9, 0.95],
+            "floats2",
+            "AdamW's (beta1, beta2).",
+            (lambda v: all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+        ),
         "eps": _key(1e-8, "float", "AdamW's epsilon.", (lambda v: v > 0, "> 0")),
-        "weight_decay": _key(0.1, "float", "Decoupled weight decay, applied to weight matrices "
-                             "only (not biases, norms or embeddings).", _NONNEG),
+        "weight_decay": _key(
+            0.1,
+            "float",
+            "Decoupled weight decay, applied to weight matrices "
+            "only (not biases, norms or embeddings).",
+            _NONNEG,
+        ),
     },
     "training": {
-        "max_steps": _key(800, "int", "Optimizer steps to train; 0 = no step limit "
-                          "(then `epochs` must be set).", _NONNEG),
+        "max_steps": _key(
+            800,
+            "int",
+            "Optimizer steps to train; 0 = no step limit (then `epochs` must be set).",
+            _NONNEG,
+        ),
         "epochs": _key(0, "int", "Passes over the training data; 0 = no epoch limit.", _NONNEG),
         "accumulate": _key(1, "int", "Micro-batches per optimizer step.", _POS),
-        "device": _key("auto", "str", "`auto` (cuda when available, else cpu), `cpu`, `cuda`, "
-                       "`cuda:1`, `mps`, ..."),
-        "precision": _key("fp32", "str", "`fp32`, `bf16` (autocast) or `fp16` (autocast + "
-                          "GradScaler).", (lambda v: v in ("fp32", "bf16", "fp16"),
-                                           "one of fp32, bf16, fp16")),
+        "device": _key(
+            "auto",
+            "str",
+            "`auto` (cuda when available, else cpu), `cpu`, `cuda`, `cuda:1`, `mps`, ...",
+        ),
+        "precision": _key(
+            "fp32",
+            "str",
+            "`fp32`, `bf16` (autocast) or `fp16` (autocast + GradScaler).",
+            (lambda v: v in ("fp32", "bf16", "fp16"), "one of fp32, bf16, fp16"),
+        ),
         "compile": _key(False, "bool", "Run the forward through `torch.compile`."),
         "seed": _key(1337, "int", "Seed of the model init and of the data order.", _NONNEG),
-        "threads": _key(0, "int", "CPU threads for torch; 0 = automatic (1 on hosts with "
-                        "2 or fewer cores, where a second thread slows training down).",
-                        _NONNEG),
+        "threads": _key(
+            0,
+            "int",
+            "CPU threads for torch; 0 = automatic (1 on hosts with "
+            "2 or fewer cores, where a second thread slows training down).",
+            _NONNEG,
+        ),
     },
 }
 """Every section and key with its default, type, allowed range and meaning."""
@@ -132,20 +195,27 @@ DEFAULT_WARMUP_STEPS = 100
 """`plugins.schedule.warmup_steps` when not given: this, or a tenth of the run if shorter."""
 
 SECTIONS = (*SCHEMA, "plugins")
-_TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false",
-               "str": "a string", "floats2": "a list of two numbers"}
+_TYPE_NAMES = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "a string",
+    "floats2": "a list of two numbers",
+}
 
 
 def default_config() -> dict[str, Any]:
     """A fresh copy of the built-in defaults (plugin options: `PLUGIN_DEFAULTS`)."""
-    config: dict[str, Any] = {s: {k: copy.deepcopy(key.default) for k, key in keys.items()}
-                              for s, keys in SCHEMA.items()}
+    config: dict[str, Any] = {
+        s: {k: copy.deepcopy(key.default) for k, key in keys.items()} for s, keys in SCHEMA.items()
+    }
     config["plugins"] = copy.deepcopy(PLUGIN_DEFAULTS)
     return config
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
-                ) -> dict[str, Any]:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Defaults, then the TOML file at `path`, then each `section.key=value` override.
 
     Args:
@@ -199,7 +269,9 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
     `hookloop.cli.add_config_arguments`; missing attributes count as not given.
     """
     config = load_config(getattr(args, "config", None), getattr(args, "overrides", None) or [])
-    config["plugins"] = apply_plugin_flags(config["plugins"], getattr(args, "plugin_flags", None) or [])
+    config["plugins"] = apply_plugin_flags(
+        config["plugins"], getattr(args, "plugin_flags", None) or []
+    )
     return validate(config)
 
 
@@ -223,7 +295,9 @@ def _fill_schedule(config: dict[str, Any]) -> None:
         return
     if "warmup_steps" not in schedule:
         total = schedule.get("total_steps") or config["training"]["max_steps"]
-        schedule["warmup_steps"] = min(DEFAULT_WARMUP_STEPS, total // 10) if isinstance(total, int) else 0
+        schedule["warmup_steps"] = (
+            min(DEFAULT_WARMUP_STEPS, total // 10) if isinstance(total, int) else 0
+        )
     schedule.setdefault("min_lr", config["optimizer"]["lr"] / 10)
 
 
@@ -237,8 +311,10 @@ def _nest(dotted: str, value: Any) -> dict[str, Any]:
 def _merge(config: dict[str, Any], loaded: Mapping[str, Any], *, where: str) -> None:
     for section, table in loaded.items():
         if section not in SECTIONS:
-            raise ConfigError(f"unknown config section [{section}] {where}"
-                              f"{_hint(section, SECTIONS, '[{}]')}; sections: {', '.join(SECTIONS)}")
+            raise ConfigError(
+                f"unknown config section [{section}] {where}"
+                f"{_hint(section, SECTIONS, '[{}]')}; sections: {', '.join(SECTIONS)}"
+            )
         if not isinstance(table, Mapping):
             raise ConfigError(f"config section [{section}] must be a table {where}, got {table!r}")
         if section == "plugins":
@@ -247,9 +323,11 @@ def _merge(config: dict[str, Any], loaded: Mapping[str, Any], *, where: str) -> 
         for key, value in table.items():
             if key not in SCHEMA[section]:
                 names = [f"{section}.{k}" for k in SCHEMA[section]]
-                raise ConfigError(f"unknown config key {section}.{key} {where}"
-                                  f"{_hint(f'{section}.{key}', names, '{}')}; "
-                                  f"[{section}] keys: {', '.join(SCHEMA[section])}")
+                raise ConfigError(
+                    f"unknown config key {section}.{key} {where}"
+                    f"{_hint(f'{section}.{key}', names, '{}')}; "
+                    f"[{section}] keys: {', '.join(SCHEMA[section])}"
+                )
             config[section][key] = _coerce(f"{section}.{key}", SCHEMA[section][key], value, where)
 
 
@@ -257,14 +335,17 @@ def _merge_plugins(plugins: dict[str, Any], table: Mapping[str, Any], *, where: 
     for name, value in table.items():
         if name in ("enable", "disable"):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"plugins.{name} must be a list of plugin names {where}, "
-                                  f"got {value!r}")
+                raise ConfigError(
+                    f"plugins.{name} must be a list of plugin names {where}, got {value!r}"
+                )
             plugins[name] = list(value)
         elif isinstance(value, Mapping):
             plugins[name] = {**plugins.get(name, {}), **value}
         else:
-            raise ConfigError(f"plugins.{name} must be a table of options ([plugins.{name}]) "
-                              f"{where}, got {value!r}")
+            raise ConfigError(
+                f"plugins.{name} must be a table of options ([plugins.{name}]) "
+                f"{where}, got {value!r}"
+            )
 
 
 def _hint(name: str, choices: Any, fmt: str) -> str:
@@ -278,12 +359,15 @@ def _coerce(name: str, key: Key, value: Any, where: str) -> Any:
         "float": isinstance(value, (int, float)) and not isinstance(value, bool),
         "bool": isinstance(value, bool),
         "str": isinstance(value, str),
-        "floats2": isinstance(value, list) and len(value) == 2
+        "floats2": isinstance(value, list)
+        and len(value) == 2
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value),
     }[key.type]
     if not ok:
-        raise ConfigError(f"config key {name} must be {_TYPE_NAMES[key.type]}, got {value!r} "
-                          f"({type(value).__name__}) {where}")
+        raise ConfigError(
+            f"config key {name} must be {_TYPE_NAMES[key.type]}, got {value!r} "
+            f"({type(value).__name__}) {where}"
+        )
     if key.type == "float":
         value = float(value)
         if not math.isfinite(value):
@@ -307,25 +391,34 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
     """
     data, model, training = config["data"], config["model"], config["training"]
     if data["seq_len"] > model["max_seq_len"]:
-        raise ConfigError(f"data.seq_len ({data['seq_len']}) must not exceed model.max_seq_len "
-                          f"({model['max_seq_len']}); lower data.seq_len or raise model.max_seq_len")
+        raise ConfigError(
+            f"data.seq_len ({data['seq_len']}) must not exceed model.max_seq_len "
+            f"({model['max_seq_len']}); lower data.seq_len or raise model.max_seq_len"
+        )
     if model["d_model"] % model["n_heads"]:
-        raise ConfigError(f"model.n_heads ({model['n_heads']}) must divide model.d_model "
-                          f"({model['d_model']})")
+        raise ConfigError(
+            f"model.n_heads ({model['n_heads']}) must divide model.d_model ({model['d_model']})"
+        )
     if training["max_steps"] == 0 and training["epochs"] == 0:
-        raise ConfigError("training.max_steps and training.epochs are both 0 (no limit); "
-                          "set at least one of them")
+        raise ConfigError(
+            "training.max_steps and training.epochs are both 0 (no limit); set at least one of them"
+        )
     schedule = config["plugins"].get("schedule", {})
     warmup = schedule.get("warmup_steps", 0) if isinstance(schedule, Mapping) else 0
     total = schedule.get("total_steps") or training["max_steps"]
     if isinstance(warmup, int) and total and warmup >= total:
-        which = "plugins.schedule.total_steps" if schedule.get("total_steps") else "training.max_steps"
-        raise ConfigError(f"plugins.schedule.warmup_steps ({warmup}) must be smaller than {which} "
-                          f"({total}): the warmup would never end; shorten it or train longer")
+        which = (
+            "plugins.schedule.total_steps" if schedule.get("total_steps") else "training.max_steps"
+        )
+        raise ConfigError(
+            f"plugins.schedule.warmup_steps ({warmup}) must be smaller than {which} "
+            f"({total}): the warmup would never end; shorten it or train longer"
+        )
     return config
 
 
 # --- writing ---------------------------------------------------------------------------------
+
 
 def dumps_toml(config: Mapping[str, Any]) -> str:
     """A TOML document for a config (nested tables, strings, numbers, booleans, lists).

@@ -44,13 +44,13 @@ def stdlib_files(root: str | Path | None = None) -> list[Path]:
     """Every candidate `.py` file of the standard library, in sorted path order."""
     root = Path(root or sysconfig.get_paths()["stdlib"])
     return sorted(
-        p for p in root.rglob("*.py")
-        if not _SKIP_DIRS.intersection(p.relative_to(root).parts[:-1])
+        p for p in root.rglob("*.py") if not _SKIP_DIRS.intersection(p.relative_to(root).parts[:-1])
     )
 
 
-def stdlib_texts(budget: int = DEFAULT_BUDGET, root: str | Path | None = None
-                 ) -> tuple[str, str, list[str]]:
+def stdlib_texts(
+    budget: int = DEFAULT_BUDGET, root: str | Path | None = None
+) -> tuple[str, str, list[str]]:
     """The train and validation text of the default corpus and the files it used.
 
     Files are visited at an even stride over the sorted list (so the slice spans the
@@ -59,8 +59,10 @@ def stdlib_texts(budget: int = DEFAULT_BUDGET, root: str | Path | None = None
     """
     files = stdlib_files(root)
     if not files:
-        raise DataError(f"no Python sources found under {root or sysconfig.get_paths()['stdlib']}; "
-                        "give a corpus with data.path")
+        raise DataError(
+            f"no Python sources found under {root or sysconfig.get_paths()['stdlib']}; "
+            "give a corpus with data.path"
+        )
     sizes = [f.stat().st_size for f in files]
     stride = max(1, sum(sizes) // budget)
     order = [f for offset in range(stride) for f in files[offset::stride]]

@@ -75,7 +75,9 @@ class TokenDataset:
         seed: int = 0,
     ) -> None:
         if sampling not in SAMPLING_MODES:
-            raise DataError(f"sampling must be one of {', '.join(SAMPLING_MODES)}, got {sampling!r}")
+            raise DataError(
+                f"sampling must be one of {', '.join(SAMPLING_MODES)}, got {sampling!r}"
+            )
         if seq_len < 1 or batch_size < 1:
             raise DataError(f"seq_len and batch_size must be >= 1, got {seq_len}, {batch_size}")
         self.path = Path(path)
@@ -86,14 +88,18 @@ class TokenDataset:
             raise DataError(f"token file {self.path} does not exist; run `hookloop prepare`")
         size = self.path.stat().st_size
         if size % self.dtype.itemsize:
-            raise DataError(f"token file {self.path} has {size} bytes, not a whole number of "
-                            f"{self.dtype.name} ids; is the dtype in meta.json right?")
+            raise DataError(
+                f"token file {self.path} has {size} bytes, not a whole number of "
+                f"{self.dtype.name} ids; is the dtype in meta.json right?"
+            )
         self.num_tokens = size // self.dtype.itemsize
         self.seq_len, self.batch_size = seq_len, batch_size
         self.num_windows = (self.num_tokens - 1) // seq_len
         if self.num_windows < 1:
-            raise DataError(f"token file {self.path} has {self.num_tokens} tokens, too few for "
-                            f"one window of seq_len+1 = {seq_len + 1}; lower data.seq_len")
+            raise DataError(
+                f"token file {self.path} has {self.num_tokens} tokens, too few for "
+                f"one window of seq_len+1 = {seq_len + 1}; lower data.seq_len"
+            )
         self.sampling, self.shuffle, self.drop_last, self.seed = sampling, shuffle, drop_last, seed
         full = self.num_windows // batch_size
         if sampling == "sequential":
@@ -103,8 +109,10 @@ class TokenDataset:
         else:
             self.batches_per_epoch = batches_per_epoch or max(full, 1)
         if self.batches_per_epoch < 1:
-            raise DataError(f"token file {self.path} has {self.num_windows} windows of "
-                            f"{seq_len}, fewer than batch_size={batch_size}; lower data.batch_size")
+            raise DataError(
+                f"token file {self.path} has {self.num_windows} windows of "
+                f"{seq_len}, fewer than batch_size={batch_size}; lower data.batch_size"
+            )
         if vocab_size is not None:
             check_token_range(self.path, self.dtype, vocab_size)
         self._tokens: np.memmap | None = None  # mapped on first read
@@ -130,7 +138,7 @@ class TokenDataset:
             order = torch.arange(self.num_windows)
         B = self.batch_size
         for b in range(start, self.batches_per_epoch):
-            yield self._read((order[b * B:(b + 1) * B] * self.seq_len).numpy())
+            yield self._read((order[b * B : (b + 1) * B] * self.seq_len).numpy())
 
     def _random_batches(self, epoch: int, start: int) -> Iterator[Batch]:
         g = epoch_generator(self.seed, epoch)
@@ -147,7 +155,7 @@ class TokenDataset:
         tokens, span, size = self._tokens, self.seq_len + 1, self.dtype.itemsize
         windows = np.empty((len(offsets), span), dtype=np.int64)
         for row, o in enumerate(offsets.tolist()):
-            windows[row] = tokens[o:o + span]
+            windows[row] = tokens[o : o + span]
             # The kernel may map a whole large page-cache folio (up to 2 MiB) for one
             # window; hand the pages back at once so resident memory stays flat however
             # large the file is (the data stays in the page cache, shared and reclaimable).
@@ -188,7 +196,9 @@ def check_token_range(path: str | Path, dtype: np.dtype | str, vocab_size: int) 
         while n := f.readinto(memoryview(buffer).cast("B")):
             largest = max(largest, int(buffer[: n // dtype.itemsize].max()))
     if largest >= vocab_size:
-        raise DataError(f"token file {path} holds id {largest}, outside the vocabulary of "
-                        f"{vocab_size} ids; re-run `hookloop prepare` or set model.vocab_size "
-                        f"to at least {largest + 1}")
+        raise DataError(
+            f"token file {path} holds id {largest}, outside the vocabulary of "
+            f"{vocab_size} ids; re-run `hookloop prepare` or set model.vocab_size "
+            f"to at least {largest + 1}"
+        )
     return largest

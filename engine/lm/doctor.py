@@ -28,7 +28,15 @@ if TYPE_CHECKING:
     from hookloop.engine import Engine
 
 __all__ = [
-    "CHECKS", "FAIL", "PASS", "WARN", "Check", "Finding", "Subject", "diagnose", "format_findings",
+    "CHECKS",
+    "FAIL",
+    "PASS",
+    "WARN",
+    "Check",
+    "Finding",
+    "Subject",
+    "diagnose",
+    "format_findings",
     "run_checks",
 ]
 

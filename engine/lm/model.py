@@ -30,7 +30,9 @@ class CausalSelfAttention(nn.Module):
             raise ValueError(f"n_heads ({n_heads}) must divide d_model ({d_model})")
         self.n_heads, self.dropout = n_heads, dropout
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
-        self.proj = nn.Linear(d_model, d_model, bias=bias)  # a residual projection: init scaled down
+        self.proj = nn.Linear(
+            d_model, d_model, bias=bias
+        )  # a residual projection: init scaled down
         self.resid_drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -61,8 +63,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float,
-                 bias: bool = True) -> None:
+    def __init__(
+        self, d_model: int, n_heads: int, d_ff: int, dropout: float, bias: bool = True
+    ) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(d_model, bias=bias)
         self.attn = CausalSelfAttention(d_model, n_heads, dropout, bias)
@@ -187,15 +190,22 @@ class TinyTransformerLM(nn.Module):
         self.eval()
         try:
             for _ in range(max_new_tokens):
-                logits = self(ids[:, -self.max_seq_len:])[0, -1].float()  # (V,)
-                ids = torch.cat([ids, _next_token(logits, temperature, top_k, top_p, g).view(1, 1)], 1)
+                logits = self(ids[:, -self.max_seq_len :])[0, -1].float()  # (V,)
+                ids = torch.cat(
+                    [ids, _next_token(logits, temperature, top_k, top_p, g).view(1, 1)], 1
+                )
         finally:
             self.train(was_training)
         return ids[0].tolist()
 
 
-def _next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
-                top_p: float | None, g: torch.Generator) -> torch.Tensor:
+def _next_token(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    g: torch.Generator,
+) -> torch.Tensor:
     """One id drawn from `logits` (V,) under the given sampling rules."""
     if temperature == 0:
         return logits.argmax()

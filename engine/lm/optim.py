@@ -55,6 +55,4 @@ def build_adamw(
         weight_decay: Decoupled decay of the matrix group.
     """
     b1, b2 = betas
-    return torch.optim.AdamW(
-        param_groups(model, weight_decay), lr=lr, betas=(b1, b2), eps=eps
-    )
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(b1, b2), eps=eps)

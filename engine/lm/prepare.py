@@ -28,7 +28,14 @@ import numpy as np
 from hookloop.errors import DataError
 from hookloop.lm.tokenizers import Tokenizer, build_tokenizer
 
-__all__ = ["META_FORMAT", "prepare_texts", "read_meta", "read_text_sources", "split_text", "token_dtype"]
+__all__ = [
+    "META_FORMAT",
+    "prepare_texts",
+    "read_meta",
+    "read_text_sources",
+    "split_text",
+    "token_dtype",
+]
 
 META_FORMAT = 1
 
@@ -52,8 +59,11 @@ def read_text_sources(path: str | Path, *, glob: str = "*") -> tuple[str, list[s
     """
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.rglob(glob) if p.is_file()
-                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        files = sorted(
+            p
+            for p in path.rglob(glob)
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
         if not files:
             raise DataError(f"no files matching {glob!r} under {path}")
     elif path.is_file():
@@ -65,8 +75,10 @@ def read_text_sources(path: str | Path, *, glob: str = "*") -> tuple[str, list[s
         try:
             texts.append(f.read_text(encoding="utf-8"))
         except UnicodeDecodeError as exc:
-            raise DataError(f"{f} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                            "convert it or leave it out with --glob") from None
+            raise DataError(
+                f"{f} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                "convert it or leave it out with --glob"
+            ) from None
     return "\n".join(texts), [str(f) for f in files]
 
 
@@ -116,8 +128,11 @@ def prepare_texts(
         raise DataError(f"{out} already exists and is not empty; choose another --out or remove it")
     if not train_text or not val_text:
         raise DataError("both the training and the validation text must be non-empty")
-    tok = (build_tokenizer(tokenizer, train_text + val_text, vocab_size=bpe_vocab_size)
-           if isinstance(tokenizer, str) else tokenizer)
+    tok = (
+        build_tokenizer(tokenizer, train_text + val_text, vocab_size=bpe_vocab_size)
+        if isinstance(tokenizer, str)
+        else tokenizer
+    )
     dtype = token_dtype(tok.vocab_size)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -167,8 +182,10 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     directory = Path(directory)
     path = directory / "meta.json"
     if not path.is_file():
-        raise DataError(f"{directory} is not a prepared data directory (no meta.json); "
-                        f"run `hookloop prepare TEXT --out {directory}`")
+        raise DataError(
+            f"{directory} is not a prepared data directory (no meta.json); "
+            f"run `hookloop prepare TEXT --out {directory}`"
+        )
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
         for key in ("dtype", "vocab_size", "tokenizer"):

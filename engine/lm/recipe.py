@@ -97,28 +97,52 @@ def build_run(config: dict[str, Any], run_dir: str | Path | None = None) -> Run:
     model = build_model(config, tokenizer.vocab_size)
     optimizer = build_adamw(model, **config["optimizer"])
     train = TokenDataset(
-        directory / "train.bin", seq_len=data_cfg["seq_len"], batch_size=data_cfg["batch_size"],
-        dtype=meta["dtype"], vocab_size=model.vocab_size, sampling=data_cfg["sampling"],
-        shuffle=data_cfg["shuffle"], batches_per_epoch=data_cfg["batches_per_epoch"],
+        directory / "train.bin",
+        seq_len=data_cfg["seq_len"],
+        batch_size=data_cfg["batch_size"],
+        dtype=meta["dtype"],
+        vocab_size=model.vocab_size,
+        sampling=data_cfg["sampling"],
+        shuffle=data_cfg["shuffle"],
+        batches_per_epoch=data_cfg["batches_per_epoch"],
         seed=training["seed"],
     )
     plugins = loading.plugins_from_config(config["plugins"])
     run_path = Path(run_dir) if run_dir is not None else None
     engine = Engine(
-        model, optimizer, train, val_data=val_dataset(config, directory, model.vocab_size, meta),
-        plugins=plugins, accumulate=training["accumulate"],
-        device=resolve_device(training["device"]), precision=training["precision"],
-        compile=training["compile"], run_dir=run_path, config=config,
+        model,
+        optimizer,
+        train,
+        val_data=val_dataset(config, directory, model.vocab_size, meta),
+        plugins=plugins,
+        accumulate=training["accumulate"],
+        device=resolve_device(training["device"]),
+        precision=training["precision"],
+        compile=training["compile"],
+        run_dir=run_path,
+        config=config,
     )
     if run_path is not None and engine.is_main_process:
         write_config(config, run_path / "config.toml")
         shutil.copyfile(directory / "tokenizer.json", run_path / "tokenizer.json")
-    log.info("run_built", run_dir=str(run_path), data=str(directory),
-             parameters=model.num_parameters(), vocab_size=model.vocab_size,
-             train_tokens=train.num_tokens, device=str(engine.device))
-    return Run(engine=engine, config=config, tokenizer=tokenizer, data_dir=directory,
-               run_dir=run_path, max_steps=training["max_steps"] or None,
-               epochs=training["epochs"] or None)
+    log.info(
+        "run_built",
+        run_dir=str(run_path),
+        data=str(directory),
+        parameters=model.num_parameters(),
+        vocab_size=model.vocab_size,
+        train_tokens=train.num_tokens,
+        device=str(engine.device),
+    )
+    return Run(
+        engine=engine,
+        config=config,
+        tokenizer=tokenizer,
+        data_dir=directory,
+        run_dir=run_path,
+        max_steps=training["max_steps"] or None,
+        epochs=training["epochs"] or None,
+    )
 
 
 def build_model(config: dict[str, Any], tokenizer_vocab: int) -> TinyTransformerLM:
@@ -130,22 +154,39 @@ def build_model(config: dict[str, Any], tokenizer_vocab: int) -> TinyTransformer
     m = config["model"]
     vocab = m["vocab_size"] or tokenizer_vocab
     if vocab < tokenizer_vocab:
-        raise ConfigError(f"model.vocab_size ({vocab}) is smaller than the tokenizer's "
-                          f"vocabulary ({tokenizer_vocab}); set it to 0 to use the tokenizer's")
-    return TinyTransformerLM(vocab, m["d_model"], m["n_heads"], m["n_layers"], m["d_ff"],
-                             m["max_seq_len"], m["dropout"], bias=m["bias"])
+        raise ConfigError(
+            f"model.vocab_size ({vocab}) is smaller than the tokenizer's "
+            f"vocabulary ({tokenizer_vocab}); set it to 0 to use the tokenizer's"
+        )
+    return TinyTransformerLM(
+        vocab,
+        m["d_model"],
+        m["n_heads"],
+        m["n_layers"],
+        m["d_ff"],
+        m["max_seq_len"],
+        m["dropout"],
+        bias=m["bias"],
+    )
 
 
-def val_dataset(config: dict[str, Any], directory: Path, vocab_size: int,
-                meta: dict[str, Any] | None = None) -> TokenDataset:
+def val_dataset(
+    config: dict[str, Any], directory: Path, vocab_size: int, meta: dict[str, Any] | None = None
+) -> TokenDataset:
     """The validation split: every sequential window in file order (at most
     `data.val_batches` batches), the last batch kept even when short."""
     data_cfg = config["data"]
     meta = meta or read_meta(directory)
     return TokenDataset(
-        directory / "val.bin", seq_len=data_cfg["seq_len"], batch_size=data_cfg["batch_size"],
-        dtype=meta["dtype"], vocab_size=vocab_size, sampling="sequential", shuffle=False,
-        batches_per_epoch=data_cfg["val_batches"], drop_last=False,
+        directory / "val.bin",
+        seq_len=data_cfg["seq_len"],
+        batch_size=data_cfg["batch_size"],
+        dtype=meta["dtype"],
+        vocab_size=vocab_size,
+        sampling="sequential",
+        shuffle=False,
+        batches_per_epoch=data_cfg["val_batches"],
+        drop_last=False,
     )
 
 
@@ -215,8 +256,10 @@ def checkpoint_dir(run_dir: str | Path, checkpoint: str | None = None) -> Path:
     if checkpoint is None:
         found = latest_valid_checkpoint(Path(run_dir))
         if found is None:
-            raise CheckpointError(f"run {run_dir} has no checkpoint yet (nothing valid in "
-                                  f"{checkpoints}); train longer, or pass --checkpoint")
+            raise CheckpointError(
+                f"run {run_dir} has no checkpoint yet (nothing valid in "
+                f"{checkpoints}); train longer, or pass --checkpoint"
+            )
         return found
     path = Path(checkpoint) if Path(checkpoint).is_dir() else checkpoints / checkpoint
     if not (path / "model.safetensors").is_file():
@@ -224,8 +267,9 @@ def checkpoint_dir(run_dir: str | Path, checkpoint: str | None = None) -> Path:
     return path
 
 
-def load_trained(run_dir: str | Path, checkpoint: str | None = None
-                 ) -> tuple[TinyTransformerLM, Tokenizer, dict[str, Any], Path]:
+def load_trained(
+    run_dir: str | Path, checkpoint: str | None = None
+) -> tuple[TinyTransformerLM, Tokenizer, dict[str, Any], Path]:
     """The model of a run with a checkpoint's weights, its tokenizer and config.
 
     The shape comes from `run_dir/config.toml`, the vocabulary from `run_dir/tokenizer.json`,
@@ -254,7 +298,9 @@ def load_trained(run_dir: str | Path, checkpoint: str | None = None
         model.load_state_dict(load_file(path / "model.safetensors"))
     except (RuntimeError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path / 'model.safetensors'} does not fit the model of "
-                              f"{run_dir / 'config.toml'}: {first}") from exc
+        raise CheckpointError(
+            f"{path / 'model.safetensors'} does not fit the model of "
+            f"{run_dir / 'config.toml'}: {first}"
+        ) from exc
     model.eval()
     return model, tokenizer, config, path

@@ -27,8 +27,13 @@ from hookloop.errors import CheckpointError, ConfigError
 __all__ = ["SAFE_KEYS", "Change", "check_changes", "config_changes", "find_resume"]
 
 SAFE_KEYS = (
-    "training.max_steps", "training.epochs", "training.device", "training.compile",
-    "training.threads", "data.val_batches", "plugins.",
+    "training.max_steps",
+    "training.epochs",
+    "training.device",
+    "training.compile",
+    "training.threads",
+    "data.val_batches",
+    "plugins.",
 )
 """Config keys (a trailing dot: every key below it) that a resume may change."""
 
@@ -83,8 +88,9 @@ def check_changes(changes: list[Change], *, force: bool) -> list[str]:
     Raises:
         ConfigError: an unsafe change without `force`, naming every such key.
     """
-    lines = [f"  {c}  ({'applied' if c.safe else 'FORCED' if force else 'refused'})"
-             for c in changes]
+    lines = [
+        f"  {c}  ({'applied' if c.safe else 'FORCED' if force else 'refused'})" for c in changes
+    ]
     unsafe = [c.key for c in changes if not c.safe]
     if unsafe and not force:
         raise ConfigError(

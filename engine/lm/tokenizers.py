@@ -175,7 +175,8 @@ class BpeTokenizer(_JsonSave):
         tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = tk.decoders.ByteLevel()
         trainer = tk.trainers.BpeTrainer(
-            vocab_size=vocab_size, initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(),
+            vocab_size=vocab_size,
+            initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
         tok.train_from_iterator(_chunks(text), trainer=trainer)
@@ -197,7 +198,11 @@ class BpeTokenizer(_JsonSave):
 
     def to_json(self) -> dict[str, Any]:
         """`{"kind": "bpe", "tokenizer": <the tokenizers package's own JSON>}`."""
-        return {"format": FORMAT_VERSION, "kind": "bpe", "tokenizer": json.loads(self._tok.to_str())}
+        return {
+            "format": FORMAT_VERSION,
+            "kind": "bpe",
+            "tokenizer": json.loads(self._tok.to_str()),
+        }
 
 
 def build_tokenizer(kind: str, text: str, *, vocab_size: int = 4096) -> Tokenizer:
@@ -225,7 +230,9 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise DataError(f"tokenizer file {path} does not exist; run `hookloop prepare` first") from None
+        raise DataError(
+            f"tokenizer file {path} does not exist; run `hookloop prepare` first"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"tokenizer file {path} is not valid JSON: {exc}") from None
     kind = data.get("kind") if isinstance(data, dict) else None
@@ -236,8 +243,10 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     if kind == "bpe":
         tk = _require_tokenizers()
         return BpeTokenizer(tk.Tokenizer.from_str(json.dumps(data["tokenizer"])))
-    raise DataError(f"tokenizer file {path} has unknown kind {kind!r}; "
-                    f"expected one of {', '.join(TOKENIZER_KINDS)}")
+    raise DataError(
+        f"tokenizer file {path} has unknown kind {kind!r}; "
+        f"expected one of {', '.join(TOKENIZER_KINDS)}"
+    )
 
 
 def _code_points(text: str) -> np.ndarray:

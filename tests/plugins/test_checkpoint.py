@@ -29,17 +29,26 @@ class ScriptedEval:
     @hookimpl
     def after_step(self, engine, state):
         if state.step in self.values:
-            engine.hooks.call("on_eval_end", engine=engine, state=state,
-                              metrics={"val_loss": self.values[state.step]})
+            engine.hooks.call(
+                "on_eval_end",
+                engine=engine,
+                state=state,
+                metrics={"val_loss": self.values[state.step]},
+            )
 
 
 def test_every_n_steps_keeps_the_last_k_and_journals(make_engine, tmp_path):
-    engine = make_engine(batches=20, run_dir=tmp_path, plugins=[Checkpoint(every_steps=2, keep_last=2)])
+    engine = make_engine(
+        batches=20, run_dir=tmp_path, plugins=[Checkpoint(every_steps=2, keep_last=2)]
+    )
     engine.fit(max_steps=9)
     assert names(tmp_path) == ["step-00000008", "step-00000009"]  # 9: the save at the end
     assert [e["step"] for e in events(engine, "checkpoint_saved")] == [2, 4, 6, 8, 9]
     assert [e["path"][-13:] for e in events(engine, "checkpoint_pruned")] == [
-        "step-00000002", "step-00000004", "step-00000006"]
+        "step-00000002",
+        "step-00000004",
+        "step-00000006",
+    ]
     assert ckpt.read_pointer(tmp_path / "checkpoints", ckpt.LATEST).name == "step-00000009"
 
 
@@ -70,8 +79,10 @@ def test_end_of_fit_save_and_its_options(make_engine, tmp_path):
 
 
 def test_every_minutes(make_engine, tmp_path):
-    engine = make_engine(run_dir=tmp_path, plugins=[
-        Checkpoint(every_steps=0, every_minutes=1e-9, keep_last=0, save_on_end=False)])
+    engine = make_engine(
+        run_dir=tmp_path,
+        plugins=[Checkpoint(every_steps=0, every_minutes=1e-9, keep_last=0, save_on_end=False)],
+    )
     engine.fit(max_steps=3)
     assert names(tmp_path) == ["step-00000001", "step-00000002", "step-00000003"]
 
@@ -86,8 +97,13 @@ def test_exception_saves_the_last_consistent_state_when_finite(make_engine, tmp_
         x, y = batch
         return torch.nn.functional.mse_loss(model(x), y)
 
-    engine = make_engine(batches=20, run_dir=tmp_path, accumulate=2, loss_fn=flaky_loss,
-                         plugins=[Checkpoint(every_steps=0)])
+    engine = make_engine(
+        batches=20,
+        run_dir=tmp_path,
+        accumulate=2,
+        loss_fn=flaky_loss,
+        plugins=[Checkpoint(every_steps=0)],
+    )
     with pytest.raises(RuntimeError, match="boom"):
         engine.fit(max_steps=5)
     path = tmp_path / "checkpoints" / "step-00000002"
@@ -125,8 +141,9 @@ def test_background_save_writes_the_same_bytes(make_engine, tmp_path):
     assert [e["step"] for e in saved] == [2, 4, 6] and all("stall_ms" in e for e in saved[:2])
 
 
-@pytest.mark.parametrize("options", [{"every_steps": -1}, {"mode": "best"}, {"keep_last": 1.5},
-                                     {"every_minutes": -2}])
+@pytest.mark.parametrize(
+    "options", [{"every_steps": -1}, {"mode": "best"}, {"keep_last": 1.5}, {"every_minutes": -2}]
+)
 def test_bad_options_are_refused(options):
     with pytest.raises(PluginError, match="checkpoint: option"):
         Checkpoint(**options)

@@ -48,7 +48,9 @@ def fit_with(make_engine, clip, steps=5, **kwargs):
 def test_norm_mode_records_pre_clip_norm_as_tensors_and_clips(make_engine):
     before, after, rows = fit_with(make_engine, GradClip(max_norm=0.05))
     for pre, post, row in zip(before.norms, after.norms, rows, strict=True):
-        assert isinstance(row["grad_norm"], torch.Tensor) and isinstance(row["clipped"], torch.Tensor)
+        assert isinstance(row["grad_norm"], torch.Tensor) and isinstance(
+            row["clipped"], torch.Tensor
+        )
         assert float(row["grad_norm"]) == pytest.approx(pre, rel=1e-5)
         assert bool(row["clipped"]) == (pre > 0.05)
         assert post == pytest.approx(min(pre, 0.05), rel=1e-4)
@@ -89,8 +91,11 @@ def test_fp16_run_with_clipping_trains(make_engine):
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({"mode": "l2"}, "mode must be"), ({"max_norm": 0}, "max_norm must be a number > 0"),
-     ({"max_value": "1"}, "max_value must be")],
+    [
+        ({"mode": "l2"}, "mode must be"),
+        ({"max_norm": 0}, "max_norm must be a number > 0"),
+        ({"max_value": "1"}, "max_value must be"),
+    ],
 )
 def test_bad_options_are_named(options, message):
     with pytest.raises(PluginError, match=f"clip: option {message}"):

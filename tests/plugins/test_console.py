@@ -33,7 +33,16 @@ def test_json_lines_every_n_steps_with_all_fields(make_engine, log_stream):
     train = [r for r in records if r["event"] == "train"]
     assert [r["step"] for r in train] == [4, 8, 10]  # every 4, and the last step
     for r in train:
-        assert {"loss", "ema_loss", "ppl", "lr", "grad_norm", "tokens_per_s", "elapsed", "eta"} <= set(r)
+        assert {
+            "loss",
+            "ema_loss",
+            "ppl",
+            "lr",
+            "grad_norm",
+            "tokens_per_s",
+            "elapsed",
+            "eta",
+        } <= set(r)
         assert r["ppl"] == pytest.approx(torch.tensor(r["loss"]).exp().item(), rel=1e-3)
     assert train[-1]["eta"] == "0:00:00"
     assert [r["event"] for r in records].count("fit_end") == 1
@@ -96,7 +105,9 @@ def test_loss_is_read_on_logged_steps_only(make_engine, log_stream):
     assert set(CountingTensor.reads) == {3, 6, 9}
 
 
-@pytest.mark.parametrize(("options", "message"), [({"every": 0}, "every"), ({"ema_beta": 1.0}, "ema_beta")])
+@pytest.mark.parametrize(
+    ("options", "message"), [({"every": 0}, "every"), ({"ema_beta": 1.0}, "ema_beta")]
+)
 def test_bad_options_are_named(options, message):
     with pytest.raises(PluginError, match=f"console: option {message}"):
         Console(**options)

@@ -31,15 +31,18 @@ def test_header_and_one_flushed_row_per_step(make_engine, tmp_path):
             seen_on_disk.append(len(read(tmp_path / "metrics.csv")[1]))
 
     engine = make_engine(
-        batches=5, run_dir=tmp_path,
+        batches=5,
+        run_dir=tmp_path,
         plugins=[GradClip(), LRSchedule(warmup_steps=1), CSVLogger(), Peek()],
     )
     engine.fit(max_steps=5)
     header, rows = read(tmp_path / "metrics.csv")
-    assert tuple(header[: len(COLUMNS)]) == COLUMNS and header[len(COLUMNS):] == ["clipped"]
+    assert tuple(header[: len(COLUMNS)]) == COLUMNS and header[len(COLUMNS) :] == ["clipped"]
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5]
     assert seen_on_disk == [1, 2, 3, 4, 5]
-    assert all(r["loss"] and r["ema_loss"] and r["ppl"] and r["lr"] and r["grad_norm"] for r in rows)
+    assert all(
+        r["loss"] and r["ema_loss"] and r["ppl"] and r["lr"] and r["grad_norm"] for r in rows
+    )
     assert rows[0]["ema_loss"] == rows[0]["loss"] and rows[0]["val_loss"] == ""
 
 
@@ -76,7 +79,9 @@ class Snapshot:
             raise KeyboardInterrupt  # the process dies after writing rows beyond the snapshot
 
 
-def test_resume_drops_rows_past_the_checkpoint_and_matches_an_uninterrupted_run(make_engine, tmp_path):
+def test_resume_drops_rows_past_the_checkpoint_and_matches_an_uninterrupted_run(
+    make_engine, tmp_path
+):
     def plugins():
         return [GradClip(), LRSchedule(warmup_steps=2), CSVLogger(every=1)]
 
@@ -111,7 +116,11 @@ def test_without_run_dir_it_writes_nothing(make_engine):
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({"filename": "/tmp/x.csv"}, "filename"), ({"every": 0}, "every"), ({"ema_beta": -1}, "ema_beta")],
+    [
+        ({"filename": "/tmp/x.csv"}, "filename"),
+        ({"every": 0}, "every"),
+        ({"ema_beta": -1}, "ema_beta"),
+    ],
 )
 def test_bad_options_are_named(options, message):
     with pytest.raises(PluginError, match=f"csv: option {message}"):
@@ -130,8 +139,11 @@ def test_rows_waiting_for_a_device_copy_are_written_in_order_before_checkpoints_
         waiting = True
         ready = False
 
-    monkeypatch.setattr(csv_plugin, "step_copy", lambda state, ema: SlowCopy(
-        {"loss": state.loss, "ema_loss": ema.value, **state.metrics}))
+    monkeypatch.setattr(
+        csv_plugin,
+        "step_copy",
+        lambda state, ema: SlowCopy({"loss": state.loss, "ema_loss": ema.value, **state.metrics}),
+    )
     on_disk = {}
 
     class Peek:
@@ -143,7 +155,9 @@ def test_rows_waiting_for_a_device_copy_are_written_in_order_before_checkpoints_
                 engine.plugin_states()  # a checkpoint: everything up to step 20 lands first
             on_disk[state.step] = [int(r["step"]) for r in read(tmp_path / "metrics.csv")[1]]
 
-    engine = make_engine(batches=30, run_dir=tmp_path, plugins=[CSVLogger(), Eval(every=20), Peek()])
+    engine = make_engine(
+        batches=30, run_dir=tmp_path, plugins=[CSVLogger(), Eval(every=20), Peek()]
+    )
     engine.fit(max_steps=30)
     assert on_disk[10] == [] and on_disk[17] == [1]  # more than 16 queued: the oldest is written
     assert on_disk[20] == list(range(1, 21)) and on_disk[25] == list(range(1, 21))
@@ -152,7 +166,9 @@ def test_rows_waiting_for_a_device_copy_are_written_in_order_before_checkpoints_
     assert rows[19]["val_loss"] and rows[29]["val_loss"]  # step 20 in-step, 30 at the end
 
 
-def test_resume_from_a_real_checkpoint_after_a_crash_gives_the_uninterrupted_file(make_engine, tmp_path):
+def test_resume_from_a_real_checkpoint_after_a_crash_gives_the_uninterrupted_file(
+    make_engine, tmp_path
+):
     from hookloop.checkpoint import latest_valid_checkpoint, load_checkpoint
     from hookloop.plugins.checkpoint import Checkpoint
 
@@ -165,12 +181,20 @@ def test_resume_from_a_real_checkpoint_after_a_crash_gives_the_uninterrupted_fil
                 raise RuntimeError("power cut")
 
     def plugins(*extra):
-        return [GradClip(), LRSchedule(warmup_steps=2, total_steps=12), Eval(every=3),
-                CSVLogger(), Checkpoint(every_steps=4, save_on_exception=False), *extra]
+        return [
+            GradClip(),
+            LRSchedule(warmup_steps=2, total_steps=12),
+            Eval(every=3),
+            CSVLogger(),
+            Checkpoint(every_steps=4, save_on_exception=False),
+            *extra,
+        ]
 
     make_engine(batches=12, run_dir=tmp_path / "full", plugins=plugins()).fit(max_steps=12)
     with pytest.raises(Exception, match="power cut"):
-        make_engine(batches=12, run_dir=tmp_path / "run", plugins=plugins(Crash())).fit(max_steps=12)
+        make_engine(batches=12, run_dir=tmp_path / "run", plugins=plugins(Crash())).fit(
+            max_steps=12
+        )
     resumed = make_engine(batches=12, run_dir=tmp_path / "run", plugins=plugins())
     load_checkpoint(resumed, latest_valid_checkpoint(tmp_path / "run"))
     assert resumed.state.step == 6  # the best checkpoint at the step-6 evaluation is the latest

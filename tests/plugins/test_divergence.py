@@ -42,7 +42,8 @@ def test_warn_journals_a_loss_spike_and_goes_on(make_engine):
 
 def test_stop_on_an_absurd_learning_rate_before_the_loss_is_nan(make_engine):
     engine = make_engine(
-        batches=4, lr=0.05,
+        batches=4,
+        lr=0.05,
         plugins=[Divergence(action="stop", warmup_steps=8), LrJump(at=12, factor=400.0)],
     )
     with pytest.raises(TrainingHalted, match=r"divergence: step 1[2-5]: .*x its average"):
@@ -81,7 +82,9 @@ def test_averages_survive_a_checkpoint(make_engine):
     other = make_engine(batches=4, plugins=[fresh])
     other.load_plugin_states({"divergence": saved})
     assert (fresh.loss_avg, fresh.grad_avg, fresh.seen) == (
-        saved["loss_avg"], saved["grad_avg"], 4,
+        saved["loss_avg"],
+        saved["grad_avg"],
+        4,
     )
 
 
@@ -100,7 +103,8 @@ def test_rollback_on_a_loss_spike_continues_from_the_checkpoint(make_engine, tmp
 
     guard = Divergence(action="rollback", warmup_steps=4, lr_factor=0.5)
     engine = make_engine(
-        batches=12, run_dir=tmp_path,
+        batches=12,
+        run_dir=tmp_path,
         plugins=[guard, Checkpoint(every_steps=4, keep_last=0, monitor="")],
     )
     x, y = engine.train_data[9]

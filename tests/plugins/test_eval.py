@@ -38,10 +38,14 @@ def test_every_n_steps_epoch_ends_and_final_each_once(make_engine):
 
 def test_options_turn_each_trigger_off(make_engine):
     watch = Watch()
-    make_engine(batches=4, plugins=[Eval(every=0, epoch_end=False, final=False), watch]).fit(max_steps=6)
+    make_engine(batches=4, plugins=[Eval(every=0, epoch_end=False, final=False), watch]).fit(
+        max_steps=6
+    )
     assert watch.evals == []
     watch = Watch()
-    make_engine(batches=4, plugins=[Eval(every=0, epoch_end=True, final=False), watch]).fit(max_steps=6)
+    make_engine(batches=4, plugins=[Eval(every=0, epoch_end=True, final=False), watch]).fit(
+        max_steps=6
+    )
     assert watch.evals == [4]
 
 
@@ -69,7 +73,11 @@ def test_no_validation_data_turns_it_off(make_engine):
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({"every": -1}, "every"), ({"max_batches": 1.5}, "max_batches"), ({"epoch_end": "yes"}, "epoch_end")],
+    [
+        ({"every": -1}, "every"),
+        ({"max_batches": 1.5}, "max_batches"),
+        ({"epoch_end": "yes"}, "epoch_end"),
+    ],
 )
 def test_bad_options_are_named(options, message):
     with pytest.raises(PluginError, match=f"eval: option {message}"):

@@ -63,7 +63,9 @@ def test_skip_leaves_weights_and_optimizer_state_bit_identical(make_engine):
     engine.fit(max_steps=6)  # healthy steps go on
     assert not torch.equal(engine.model.fc1.weight, weights["fc1.weight"])
     assert engine.plugins["nan_guard"].plugin.checkpoint_state() == {
-        "skipped": 1, "consecutive": 0, "rollbacks": 0,
+        "skipped": 1,
+        "consecutive": 0,
+        "rollbacks": 0,
     }
 
 
@@ -105,7 +107,9 @@ def checkpointing():
     return pytest.importorskip("hookloop.checkpoint")
 
 
-def test_stop_saves_an_emergency_checkpoint_of_the_weights_before_the_bad_step(make_engine, tmp_path):
+def test_stop_saves_an_emergency_checkpoint_of_the_weights_before_the_bad_step(
+    make_engine, tmp_path
+):
     ckpt = checkpointing()
     engine = make_engine(batches=6, plugins=[NanGuard()], run_dir=tmp_path)
     poison(engine, 2)
@@ -118,7 +122,11 @@ def test_stop_saves_an_emergency_checkpoint_of_the_weights_before_the_bad_step(m
     _, files = ckpt.read_checkpoint(path)
     for name, value in files["model.safetensors"].items():
         assert torch.equal(value, good[name]), name
-    assert [e["event"] for e in engine.journal.read()][-3:] == ["nan_detected", "checkpoint_saved", "stop"]
+    assert [e["event"] for e in engine.journal.read()][-3:] == [
+        "nan_detected",
+        "checkpoint_saved",
+        "stop",
+    ]
     assert ckpt.latest_valid_checkpoint(tmp_path) == path
     # Resuming from it goes on with the batch after the bad one.
     resumed = make_engine(batches=6, plugins=[NanGuard()])
@@ -147,8 +155,13 @@ def test_rollback_reloads_the_last_checkpoint_lowers_the_lr_and_continues(make_e
 
     guard = NanGuard(action="rollback", lr_factor=0.5)
     engine = make_engine(
-        batches=8, run_dir=tmp_path,
-        plugins=[guard, Checkpoint(every_steps=2, keep_last=0, monitor="", save_on_end=False), Probe()],
+        batches=8,
+        run_dir=tmp_path,
+        plugins=[
+            guard,
+            Checkpoint(every_steps=2, keep_last=0, monitor="", save_on_end=False),
+            Probe(),
+        ],
     )
     poison(engine, 5)
     engine.fit(max_steps=4)
@@ -178,7 +191,8 @@ def test_rollback_gives_up_after_max_rollbacks(make_engine, tmp_path):
 
     guard = NanGuard(action="rollback", max_rollbacks=2)
     engine = make_engine(
-        batches=8, run_dir=tmp_path,
+        batches=8,
+        run_dir=tmp_path,
         plugins=[guard, Checkpoint(every_steps=1, keep_last=0, monitor="")],
     )
     for i in (3, 4, 5):

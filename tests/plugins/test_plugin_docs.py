@@ -12,8 +12,17 @@ from hookloop.loading import discover, instantiate
 
 REPO = Path(__file__).resolve().parents[2]
 BUILTINS = sorted(name for name, info in discover().items() if info.builtin)
-DOCUMENTED_HERE = {"clip", "schedule", "console", "csv", "tensorboard", "progress", "eval",
-                   "throughput", "early_stop"}  # must have a page; other built-ins once they do
+DOCUMENTED_HERE = {
+    "clip",
+    "schedule",
+    "console",
+    "csv",
+    "tensorboard",
+    "progress",
+    "eval",
+    "throughput",
+    "early_stop",
+}  # must have a page; other built-ins once they do
 
 
 def toml_literal(value: object) -> str:

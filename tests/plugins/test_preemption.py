@@ -42,8 +42,9 @@ def test_sigterm_to_a_training_process_stops_cleanly_with_a_checkpoint(ckpt_work
 
 def test_a_second_signal_aborts_at_once(ckpt_worker, tmp_path):
     slow_save = {"HOOKLOOP_CHECKPOINT_WRITE_DELAY": "20"}
-    proc = ckpt_worker.popen(tmp_path, "--steps", "1000", "--every", "0", "--sleep", "0.01",
-                             env=slow_save)
+    proc = ckpt_worker.popen(
+        tmp_path, "--steps", "1000", "--every", "0", "--sleep", "0.01", env=slow_save
+    )
     wait_ready(proc)
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.5)  # the step ends and the (slow) save begins

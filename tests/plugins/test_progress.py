@@ -21,7 +21,9 @@ def test_bar_in_a_terminal_shows_steps_loss_and_lr(make_engine, monkeypatch):
     monkeypatch.delenv("CI", raising=False)
     out = FakeTerminal()
     monkeypatch.setattr(sys, "stdout", out)
-    make_engine(batches=5, plugins=[LRSchedule(warmup_steps=1), Progress(refresh_s=0)]).fit(max_steps=5)
+    make_engine(batches=5, plugins=[LRSchedule(warmup_steps=1), Progress(refresh_s=0)]).fit(
+        max_steps=5
+    )
     text = out.getvalue()
     assert "5/5" in text and "loss=" in text and "lr=" in text
 
@@ -33,7 +35,9 @@ def test_auto_is_off_when_piped_or_in_ci(make_engine, monkeypatch, ci):
     monkeypatch.setattr(sys, "stdout", out)
     plugin = Progress()
     make_engine(batches=2, plugins=[plugin]).fit(max_steps=2)
-    assert "2/2" not in out.getvalue() and plugin.bar is None  # (unconfigured structlog prints here)
+    assert (
+        "2/2" not in out.getvalue() and plugin.bar is None
+    )  # (unconfigured structlog prints here)
 
 
 def test_enabled_true_forces_it_and_false_disables_it(make_engine, monkeypatch):
@@ -55,7 +59,9 @@ def test_without_tqdm_auto_is_silently_off_and_true_is_an_error(make_engine, mon
     plugin = Progress()
     make_engine(batches=2, plugins=[plugin]).fit(max_steps=2)
     assert plugin.bar is None
-    with pytest.raises(PluginError, match=r"progress: enabled = true needs tqdm.*hookloop\[progress\]"):
+    with pytest.raises(
+        PluginError, match=r"progress: enabled = true needs tqdm.*hookloop\[progress\]"
+    ):
         Progress(enabled=True)
 
 

@@ -75,7 +75,9 @@ def test_other_kinds_every_step(make_engine, kind):
         assert rest == pytest.approx([PEAK + (0.02 - PEAK) * (k - 4) / 16 for k in range(5, 21)])
     else:  # stable until step 15, then linear decay over the last 5 steps
         assert rest[:11] == pytest.approx([PEAK] * 11)
-        assert rest[11:] == pytest.approx([PEAK + (0.02 - PEAK) * (k - 15) / 5 for k in range(16, 21)])
+        assert rest[11:] == pytest.approx(
+            [PEAK + (0.02 - PEAK) * (k - 15) / 5 for k in range(16, 21)]
+        )
     if kind != "constant":
         assert lrs[-1] == pytest.approx(0.02)
 

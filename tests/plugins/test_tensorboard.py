@@ -24,7 +24,8 @@ def scalars(directory):
 
 def test_writes_train_and_val_scalars(make_engine, tmp_path):
     engine = make_engine(
-        batches=6, run_dir=tmp_path,
+        batches=6,
+        run_dir=tmp_path,
         plugins=[LRSchedule(warmup_steps=1), Eval(every=3, final=False), TensorBoard(every=2)],
     )
     engine.fit(max_steps=6)
@@ -35,7 +36,9 @@ def test_writes_train_and_val_scalars(make_engine, tmp_path):
 
 
 def test_log_dir_option(make_engine, tmp_path):
-    make_engine(batches=2, plugins=[TensorBoard(log_dir=str(tmp_path / "tb"), every=1)]).fit(max_steps=2)
+    make_engine(batches=2, plugins=[TensorBoard(log_dir=str(tmp_path / "tb"), every=1)]).fit(
+        max_steps=2
+    )
     assert [s for s, _ in scalars(tmp_path / "tb")["train/loss"]] == [1, 2]
 
 

@@ -23,7 +23,8 @@ class Grab:
 def test_tokens_per_second_step_time_and_mfu(make_engine):
     grab = Grab()
     engine = make_engine(
-        batches=4, accumulate=2,
+        batches=4,
+        accumulate=2,
         plugins=[Throughput(flops_per_token=6e3, peak_flops=1e9), grab],
     )
     engine.fit(max_steps=2)
