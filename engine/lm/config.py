@@ -20,12 +20,19 @@ import copy
 import difflib
 import math
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from hookloop.errors import ConfigError
+from hookloop.lm.schema import (
+    _TYPE_NAMES,
+    DEFAULT_WARMUP_STEPS,
+    PLUGIN_DEFAULTS,
+    SCHEMA,
+    SECTIONS,
+    Key,
+)
 
 __all__ = [
     "DEFAULT_WARMUP_STEPS",
@@ -41,167 +48,6 @@ __all__ = [
     "validate",
     "write_config",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class Key:
-    """One config key: its default, its type, the allowed range and what it means."""
-
-    default: Any
-    type: str  # "int", "float", "bool", "str", "floats2" (a pair of floats)
-    help: str
-    check: Callable[[Any], bool] | None = None
-    allowed: str = ""  # the range or choices, as the error and the docs say it
-
-
-def _between(lo: float, hi: float, *, hi_open: bool = False) -> Callable[[Any], bool]:
-    return lambda v: lo <= v < hi if hi_open else lo <= v <= hi
-
-
-_POS = (lambda v: v >= 1, ">= 1")
-_NONNEG = (lambda v: v >= 0, ">= 0")
-
-
-def _key(
-    default: Any, type_: str, help_: str, rule: tuple[Callable[[Any], bool], str] | None = None
-) -> Key:
-    return Key(default, type_, help_, *(rule or (None, "")))
-
-
-SCHEMA: dict[str, dict[str, Key]] = {
-    "data": {
-        "path": _key(
-            "",
-            "str",
-            "A directory written by `hookloop prepare`; empty = the embedded "
-            "default corpus (the Python standard library's sources, char-level).",
-        ),
-        "seq_len": _key(64, "int", "Tokens per training window (the context length T).", _POS),
-        "batch_size": _key(32, "int", "Windows per micro-batch.", _POS),
-        "sampling": _key(
-            "random",
-            "str",
-            "`random`: windows at random offsets (nanoGPT); "
-            "`sequential`: the (N-1)//seq_len non-overlapping windows.",
-            (lambda v: v in ("random", "sequential"), "one of random, sequential"),
-        ),
-        "shuffle": _key(
-            True,
-            "bool",
-            "Sequential sampling only: visit the windows in a "
-            "new seeded order each epoch (false: in file order).",
-        ),
-        "batches_per_epoch": _key(
-            0,
-            "int",
-            "Micro-batches per epoch; 0 = as many as "
-            "sequential windows fill, (N-1)//seq_len//batch_size.",
-            _NONNEG,
-        ),
-        "val_batches": _key(
-            0, "int", "Validation batches per evaluation; 0 = the whole validation split.", _NONNEG
-        ),
-    },
-    "model": {
-        "vocab_size": _key(
-            0,
-            "int",
-            "Vocabulary size; 0 = the tokenizer's. A larger value "
-            "leaves unused rows; a smaller one is an error.",
-            _NONNEG,
-        ),
-        "d_model": _key(128, "int", "Width of the residual stream.", _POS),
-        "n_heads": _key(4, "int", "Attention heads; must divide d_model.", _POS),
-        "n_layers": _key(4, "int", "Transformer blocks.", _POS),
-        "d_ff": _key(512, "int", "Hidden width of each block's MLP.", _POS),
-        "max_seq_len": _key(
-            64,
-            "int",
-            "Learned positions; the longest context the model can read (generation crops to it).",
-            _POS,
-        ),
-        "dropout": _key(
-            0.0,
-            "float",
-            "Dropout on embeddings, attention and residual branches.",
-            (_between(0.0, 1.0, hi_open=True), "in [0, 1)"),
-        ),
-        "bias": _key(
-            True,
-            "bool",
-            "Biases in the linear layers and LayerNorms (false: none, as nanoGPT's `bias=False`).",
-        ),
-    },
-    "optimizer": {
-        "lr": _key(
-            2e-3,
-            "float",
-            "Peak learning rate (the schedule plugin warms up to it and decays from it).",
-            (lambda v: v > 0, "> 0"),
-        ),
-        "betas": _key(
-            [0.9, 0.95],
-            "floats2",
-            "AdamW's (beta1, beta2).",
-            (lambda v: all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
-        ),
-        "eps": _key(1e-8, "float", "AdamW's epsilon.", (lambda v: v > 0, "> 0")),
-        "weight_decay": _key(
-            0.1,
-            "float",
-            "Decoupled weight decay, applied to weight matrices "
-            "only (not biases, norms or embeddings).",
-            _NONNEG,
-        ),
-    },
-    "training": {
-        "max_steps": _key(
-            800,
-            "int",
-            "Optimizer steps to train; 0 = no step limit (then `epochs` must be set).",
-            _NONNEG,
-        ),
-        "epochs": _key(0, "int", "Passes over the training data; 0 = no epoch limit.", _NONNEG),
-        "accumulate": _key(1, "int", "Micro-batches per optimizer step.", _POS),
-        "device": _key(
-            "auto",
-            "str",
-            "`auto` (cuda when available, else cpu), `cpu`, `cuda`, `cuda:1`, `mps`, ...",
-        ),
-        "precision": _key(
-            "fp32",
-            "str",
-            "`fp32`, `bf16` (autocast) or `fp16` (autocast + GradScaler).",
-            (lambda v: v in ("fp32", "bf16", "fp16"), "one of fp32, bf16, fp16"),
-        ),
-        "compile": _key(False, "bool", "Run the forward through `torch.compile`."),
-        "seed": _key(1337, "int", "Seed of the model init and of the data order.", _NONNEG),
-        "threads": _key(
-            0,
-            "int",
-            "CPU threads for torch; 0 = automatic (1 on hosts with "
-            "2 or fewer cores, where a second thread slows training down).",
-            _NONNEG,
-        ),
-    },
-}
-"""Every section and key with its default, type, allowed range and meaning."""
-
-PLUGIN_DEFAULTS: dict[str, dict[str, Any]] = {
-    "eval": {"every": 200, "max_batches": 20},
-}
-"""Plugin options the recipe sets by default (each plugin documents its own defaults)."""
-DEFAULT_WARMUP_STEPS = 100
-"""`plugins.schedule.warmup_steps` when not given: this, or a tenth of the run if shorter."""
-
-SECTIONS = (*SCHEMA, "plugins")
-_TYPE_NAMES = {
-    "int": "an integer",
-    "float": "a number",
-    "bool": "true or false",
-    "str": "a string",
-    "floats2": "a list of two numbers",
-}
 
 
 def default_config() -> dict[str, Any]:
