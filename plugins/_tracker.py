@@ -90,7 +90,8 @@ class TrackerBackend:
         """Start a run, or continue `run_id` when resuming.
 
         Returns:
-            The run id, and for each metric the last step the run already holds.
+            The run id, and for each metric the last step the run already holds (the key
+            `"*"` applies to every metric: for trackers whose steps only go forward).
         """
         raise NotImplementedError
 
@@ -122,7 +123,9 @@ class TrackerPlugin:
         self.ema = LossEMA()
         self.run_id: str | None = None  # saved in checkpoints; continued on resume
         self._resume_id: str | None = None
-        self._queued: deque[tuple[int, dict[str, float], HostCopy]] = deque()
+        # rows on their way: (step, values known now, values still being copied)
+        self._queued: deque[tuple[int, dict[str, float], HostCopy | None]] = deque()
+        self._seen_step = -1
         self._pending: dict[str, float] = {}  # eval metrics waiting for their step's row
         self._worker: _Worker | None = None
 
@@ -148,6 +151,7 @@ class TrackerPlugin:
     @hookimpl
     def on_fit_start(self, engine: Engine, state: State) -> None:
         self._stop_worker(wait=False)
+        self._seen_step, self._pending = state.step, {}
         if not engine.is_main_process:
             return
         backend = self.backend(engine)
@@ -157,13 +161,15 @@ class TrackerPlugin:
     @hookimpl
     def after_step(self, state: State) -> None:
         self.ema.update(state.loss)  # a tensor op: no sync
+        self._seen_step = state.step
         if self._worker is None:
             return
         self._worker.raise_error()
         if state.step % self.every == 0 or self._pending:
             self._queued.append((state.step, self._pending, step_copy(state, self.ema)))
             self._pending = {}
-            if len(self._queued) >= self.flush_every and self._queued[0][2].ready:
+            first = self._queued[0][2]
+            if len(self._queued) >= self.flush_every and (first is None or first.ready):
                 self._send()
 
     @hookimpl
@@ -173,10 +179,10 @@ class TrackerPlugin:
         values = to_floats(metrics)
         if self._queued and self._queued[-1][0] == state.step:
             self._queued[-1][1].update(values)  # its step's row is still here
-        elif self._pending or state.step % self.every:  # the step's row is yet to be made
+        elif state.step > self._seen_step:  # inside after_step, before this plugin's turn
             self._pending.update(values)
-        else:  # its row already went out (evaluation at an epoch end or after fit)
-            self._worker.put([(state.step, values)])
+        else:  # after its step (an epoch end, after fit): a row of its own, in step order
+            self._queued.append((state.step, values, None))
 
     @hookimpl
     def on_save_checkpoint(self) -> dict[str, Any] | None:
@@ -205,7 +211,7 @@ class TrackerPlugin:
         rows: list[Row] = []
         while self._queued:
             step, extra, copy = self._queued.popleft()
-            rows.append((step, {**with_ppl(copy.result()), **extra}))
+            rows.append((step, {**(with_ppl(copy.result()) if copy else {}), **extra}))
         if rows and self._worker is not None:
             self._worker.put(rows)
 
@@ -213,13 +219,16 @@ class TrackerPlugin:
         if self._worker is None:
             return
         if self._pending and engine.state.step:
-            self._worker.put([(engine.state.step, self._pending)])
+            self._queued.append((engine.state.step, self._pending, None))
             self._pending = {}
         self._send()
         with tempfile.TemporaryDirectory(prefix=f"hookloop-{self.name}-") as scratch:
-            self._worker.put(("finish", status, self.artifacts(engine, Path(scratch))))
-            self.run_id = self._worker.run_id or self.run_id
-            self._stop_worker(wait=True)
+            worker = self._worker
+            worker.put(("finish", status, self.artifacts(engine, Path(scratch))))
+            try:
+                self._stop_worker(wait=True)
+            finally:
+                self.run_id = worker.run_id or self.run_id
 
     def artifacts(self, engine: Engine, scratch: Path) -> list[Path]:
         """Files uploaded at the end: config.toml, metrics.csv, metrics.png (drawn here when
@@ -311,8 +320,11 @@ class _Worker:
                 if isinstance(item, tuple):
                     self.backend.finish(item[1], item[2])
                     continue
-                rows = [(s, v) for s, v in item if v]
-                rows = [(s, {k: x for k, x in v.items() if s > last.get(k, -1)}) for s, v in rows]
+                floor = last.get("*", -1)
+                rows = [
+                    (s, {k: x for k, x in v.items() if s > max(last.get(k, -1), floor)})
+                    for s, v in item
+                ]
                 if rows := [(s, v) for s, v in rows if v]:
                     self.backend.log_rows(rows)
                     for s, v in rows:

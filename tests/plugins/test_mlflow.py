@@ -5,9 +5,6 @@ failures that disable the plugin and leave training alone."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
@@ -107,80 +104,12 @@ def test_bad_options_are_one_line_errors():
         MLflow(tracking_uri=3)
 
 
-KILLED_RUN = textwrap.dedent(
-    r"""
-    import os, signal, sys, time
-    from pathlib import Path
-
-    import torch
-    import torch.nn.functional as F
-    from mlflow import MlflowClient
-
-    from hookloop import Engine, hookimpl
-    from hookloop.checkpoint import latest_valid_checkpoint, load_checkpoint
-    from hookloop.plugins.checkpoint import Checkpoint
-    from hookloop.plugins.mlflow import MLflow
-
-    run_dir, kill_at = Path(sys.argv[1]), int(sys.argv[2])
-
-
-    class KillOnceLogged:
-        # kill -9 after step `kill_at` is in MLflow, before the checkpoint that covers it
-        name = "killer"
-        after = ("mlflow",)
-
-        @hookimpl
-        def after_step(self, engine, state):
-            if state.step != kill_at:
-                return
-            tracker = engine.plugins["mlflow"].plugin
-            client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                run_id = tracker._worker.run_id
-                if run_id and kill_at in [
-                    m.step for m in client.get_metric_history(run_id, "loss")
-                ]:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                time.sleep(0.05)
-            sys.exit("step never reached MLflow")
-
-
-    torch.manual_seed(0)
-    model = torch.nn.Linear(4, 4)
-    g = torch.Generator().manual_seed(0)
-    data = [(torch.randn(2, 4, generator=g), torch.randn(2, 4, generator=g)) for _ in range(12)]
-    plugins = [MLflow(flush_every=1), Checkpoint(every_steps=4, save_on_exception=False)]
-    if kill_at:
-        plugins.append(KillOnceLogged())
-    engine = Engine(
-        model,
-        torch.optim.SGD(model.parameters(), lr=0.1),
-        data,
-        loss_fn=lambda m, b: F.mse_loss(m(b[0]), b[1]),
-        plugins=plugins,
-        run_dir=run_dir,
-    )
-    if not kill_at:
-        load_checkpoint(engine, latest_valid_checkpoint(run_dir))
-    engine.fit(max_steps=10)
-    """
-)
-
-
 @pytest.mark.slow
-def test_kill_9_between_a_logged_step_and_its_checkpoint_then_resume(tmp_path):
-    script = tmp_path / "killed_run.py"
-    script.write_text(KILLED_RUN)
+def test_kill_9_between_a_logged_step_and_its_checkpoint_then_resume(tmp_path, tracker_run):
     run_dir = tmp_path / "run"
 
     def run(kill_at):
-        return subprocess.run(
-            [sys.executable, str(script), str(run_dir), str(kill_at)],
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
+        return tracker_run("mlflow", run_dir, kill_at)
 
     killed = run(7)  # checkpoint at step 4; steps 5-7 are in MLflow when it dies
     assert killed.returncode == -9, killed.stderr[-2000:]
