@@ -47,7 +47,7 @@ def worker(rank, world, init_file, out_dir):
                     plugins=[NanGuard(action="skip"), record])
     engine.fit(max_steps=4)
     with open(f"{out_dir}/rank{rank}.json", "w") as f:
-        json.dump({"seen": record.seen, "skipped": engine.plugins["nan_guard"].plugin.skipped,
+        json.dump({"seen": record.seen, "skipped": engine.plugins["nan_guard"].plugin.policy.skipped,
                    "params": [p.detach().flatten().tolist() for p in model.parameters()]}, f)
     # Free the DDP wrapper (its reducer) before the process group goes: torch aborts at
     # exit now and then otherwise.
