@@ -160,7 +160,7 @@ def build(run_dir, *, every=2, keep=2, accumulate=2, background=False, misbehave
     plugins = load_plugins(
         # A fixed schedule length: runs stopped early by fit(max_steps=k) must follow the
         # same lr curve as the uninterrupted run they are compared with.
-        {"checkpoint": {"every_steps": every, "keep_last": keep, "background": background},
+        {"checkpoint": {"every": every, "keep_last": keep, "background": background},
          "schedule": {"total_steps": 64}},
         disable=disable,
     )
