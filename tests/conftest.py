@@ -236,6 +236,64 @@ def ckpt_worker(tmp_path_factory: pytest.TempPathFactory) -> CkptWorker:
     return CkptWorker(path)
 
 
+# --- two CPU processes under torch.distributed (gloo) -------------------------------------
+
+DDP_SCRIPT = """
+import gc, json, sys
+import torch, torch.distributed as dist, torch.multiprocessing as mp
+import torch.nn.functional as F
+from hookloop import Engine, hookimpl
+
+{body}
+
+def _worker(rank, world, init_file, out_dir):
+    dist.init_process_group("gloo", init_method="file://" + init_file, rank=rank,
+                            world_size=world)
+    engine, result = run(rank)
+    with open(f"{{out_dir}}/rank{{rank}}.json", "w") as f:
+        json.dump(result, f)
+    # Free the DDP wrapper (its reducer) before the process group goes: torch aborts at
+    # exit now and then otherwise.
+    del engine
+    gc.collect()
+    dist.barrier()  # no rank tears gloo down while another still talks to it
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mp.spawn(_worker, args=(2, sys.argv[1] + "/init", sys.argv[1]), nprocs=2, join=True)
+"""
+
+
+@pytest.fixture
+def run_ddp(tmp_path: Any) -> Callable[[str], list[Any]]:
+    """Run `body` on two gloo ranks in a fresh process; return each rank's result.
+
+    `body` is the source of a script (torch, `F`, `Engine` and `hookimpl` are imported)
+    that defines `run(rank) -> (engine, result)`; `result` must be JSON. The harness
+    starts the process group, writes each rank's result, and frees the engine's DDP
+    wrapper before the group is destroyed. Spawned workers re-import their module, so the
+    program runs as a script of its own.
+    """
+    import json
+    import subprocess
+    import sys
+
+    def run(body: str) -> list[Any]:
+        script = tmp_path / "ddp.py"
+        script.write_text(DDP_SCRIPT.format(body=body))
+        out = subprocess.run(
+            [sys.executable, str(script), str(tmp_path)],
+            timeout=120,
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+    return run
+
+
 # --- language-model recipe ------------------------------------------------------------------
 
 LM_TEXT = "".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(400))
