@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -236,6 +239,51 @@ def ckpt_worker(tmp_path_factory: pytest.TempPathFactory) -> CkptWorker:
     return CkptWorker(path)
 
 
+# --- the command line as a subprocess ---------------------------------------------------------
+
+
+def _run_hookloop(
+    *args: str,
+    cwd: Any = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    autoload: bool = False,
+) -> subprocess.CompletedProcess:
+    environ = {**os.environ, **(env or {})}
+    if not autoload:  # only the built-ins and what a config names, not every installed plugin
+        environ["HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    return subprocess.run(
+        [sys.executable, "-m", "hookloop", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=environ,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def hookloop_cli() -> Callable[..., subprocess.CompletedProcess]:
+    """Run `python -m hookloop ARGS` and return the completed process (text output).
+
+    Keywords: `cwd`, `env` (added to the environment), `timeout` (120 s), `autoload` (False:
+    third-party plugins load only when a config names them).
+    """
+    return _run_hookloop
+
+
+@pytest.fixture
+def one_line_error() -> Callable[[subprocess.CompletedProcess, str], None]:
+    """Assert that a command failed with exit status 2 and one line naming `text`."""
+
+    def check(out: subprocess.CompletedProcess, text: str) -> None:
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert "Traceback" not in out.stderr and out.stderr.strip().count("\n") == 0, out.stderr
+        assert text in out.stderr, out.stderr
+
+    return check
+
+
 # --- two CPU processes under torch.distributed (gloo) -------------------------------------
 
 DDP_SCRIPT = """
@@ -329,3 +377,20 @@ def lm_data(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def tiny_lm_overrides(lm_data: Any) -> list[str]:
     """`--set` overrides for a tiny model trained on `lm_data`."""
     return [*TINY_LM, f"data.path={lm_data}"]
+
+
+@pytest.fixture
+def tiny_lm_args() -> list[str]:
+    """`--set KEY=VALUE` arguments for a tiny model on the default data; later `--set`
+    arguments override these."""
+    return _set_args(TINY_LM)
+
+
+@pytest.fixture
+def tiny_lm_data_args(tiny_lm_overrides: list[str]) -> list[str]:
+    """`--set KEY=VALUE` arguments for a tiny model trained on `lm_data`."""
+    return _set_args(tiny_lm_overrides)
+
+
+def _set_args(overrides: list[str]) -> list[str]:
+    return [arg for override in overrides for arg in ("--set", override)]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -117,47 +115,24 @@ def test_an_overflowing_norm_of_finite_gradients_names_the_largest():
 
 
 @pytest.mark.slow
-def test_an_absurd_learning_rate_stops_hookloop_train_with_one_line(tmp_path):
-    import os
-
+def test_an_absurd_learning_rate_stops_hookloop_train_with_one_line(
+    hookloop_cli, tiny_lm_args, tmp_path
+):
     pytest.importorskip("hookloop.lm.recipe")
-    tiny = [
+    out = hookloop_cli(
+        "train",
+        *tiny_lm_args,
         "--set",
-        "model.n_layers=1",
+        "training.max_steps=8",
         "--set",
-        "model.d_model=32",
-        "--set",
-        "model.n_heads=2",
-        "--set",
-        "model.d_ff=64",
-        "--set",
-        "data.seq_len=32",
-        "--set",
-        "data.batch_size=8",
-    ]
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hookloop",
-            "train",
-            *tiny,
-            "--set",
-            "training.max_steps=8",
-            "--set",
-            "optimizer.lr=1e4",
-            "-p",
-            "no:eval",
-            "-p",
-            "no:progress",
-            "--run-dir",
-            "run",
-        ],
-        capture_output=True,
-        text=True,
+        "optimizer.lr=1e4",
+        "-p",
+        "no:eval",
+        "-p",
+        "no:progress",
+        "--run-dir",
+        "run",
         cwd=tmp_path,
-        timeout=120,
-        env={**os.environ, "HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD": "1"},
     )
     assert out.returncode == 2, out.stderr
     (line,) = [x for x in out.stderr.splitlines() if x.startswith("hookloop train: error:")]
