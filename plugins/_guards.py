@@ -249,13 +249,7 @@ class GuardPolicy:
         self.consecutive += 1
         if self.action == "skip" and self.consecutive <= self.max_skips:
             self.skipped += 1
-            engine.journal.record(
-                "step_skipped",
-                step=state.step,
-                reason=reason,
-                plugin=self.by,
-                consecutive=self.consecutive,
-            )
+            self.record(engine, state, "step_skipped", reason, consecutive=self.consecutive)
             return
         if self.action == "rollback" and self.rollbacks < self.max_rollbacks:
             self._rollback_reason = reason
@@ -273,8 +267,12 @@ class GuardPolicy:
         saved = emergency_save(engine, state, reason) if self.save_on_stop else None
         if saved:
             reason += f"; the weights before this step are saved in {saved}"
-        engine.journal.record("stop", step=state.step, reason=reason, plugin=self.by)
+        self.record(engine, state, "stop", reason)
         raise TrainingHalted(f"{self.by}: step {state.step}: {reason}", checkpoint=saved)
+
+    def record(self, engine: Engine, state: State, event: str, reason: str, **fields: Any) -> None:
+        """Journal a guard's decision: `event` at this step, why, by which plugin, and more."""
+        engine.journal.record(event, step=state.step, reason=reason, plugin=self.by, **fields)
 
     def roll_back_if_due(self, engine: Engine, state: State) -> None:
         """Run the rollback a bad step asked for, from the guard's `after_step` (which must

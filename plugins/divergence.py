@@ -93,11 +93,11 @@ class Divergence:
             self.policy.healthy()
             return
         self.spikes += 1
-        engine.journal.record(
+        self.policy.record(
+            engine,
+            state,
             "divergence",
-            step=state.step,
-            reason=reason,
-            plugin=self.name,
+            reason,
             action=self.action,
             loss=s.loss,
             loss_avg=self.loss_avg,

@@ -90,11 +90,11 @@ class NanGuard:
             reason += f"; every gradient element is finite, the largest: {', '.join(names)}"
         elif names:
             reason += f"; non-finite gradients in {', '.join(names)}"
-        engine.journal.record(
+        self.policy.record(
+            engine,
+            state,
             "nan_detected",
-            step=state.step,
-            reason=reason,
-            plugin=self.name,
+            reason,
             loss=scalars.loss,
             grad_norm=scalars.grad_norm,
             parameters=names,
