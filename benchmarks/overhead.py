@@ -105,17 +105,30 @@ TRACKERS = ("mlflow", "wandb")
 
 
 class TrackerOpen:
-    """Waits at the start of fit() until the tracker's run is open, then restarts the clock."""
+    """Waits at the start of fit() until the tracker's run is open, then restarts the clock;
+    at the last step, records the seconds spent inside the tracker's hooks since then."""
 
     name = "tracker_open"
 
     def __init__(self, tracker: Any, stamps: list[float]) -> None:
         self.tracker, self.stamps = tracker, stamps
+        self.engine: Any = None
+        self.start = 0.0
 
     @hookimpl(trylast=True)
-    def on_fit_start(self) -> None:
+    def on_fit_start(self, engine: Engine) -> None:
         self.tracker._worker.wait_for_run(120)
+        self.engine, self.start = engine, self.seconds(engine)
         self.stamps[0] = time.perf_counter()
+
+    @hookimpl(trylast=True)
+    def after_step(self, state: Any) -> None:
+        if state.step == self.engine.max_steps:
+            us = (self.seconds(self.engine) - self.start) * 1e6 / state.step
+            PLUGIN_COSTS.setdefault(self.tracker.name, []).append(us)
+
+    def seconds(self, engine: Engine) -> float:
+        return engine.hooks.seconds_by_plugin().get(self.tracker.name, 0.0)
 
 
 def tracker_plugins(variant: str, stamps: list[float]) -> list[Any]:
@@ -219,6 +232,19 @@ def bench(
             f"| {statistics.median(means[v]) * 1e6:.1f} | {med / raw:.4f} "
             f"| {(med - raw) * 1e6:+.1f} |"
         )
+    trackers = [v for v in variants if v in TRACKERS]
+    if trackers:
+        rows.append(
+            "\nTime inside the tracker's hooks on the training thread, µs/step over the timed "
+            "steps (median, min-max over rounds): "
+            + ", ".join(
+                f"{t} {statistics.median(PLUGIN_COSTS[t]):.1f} "
+                f"({min(PLUGIN_COSTS[t]):.1f}-{max(PLUGIN_COSTS[t]):.1f})"
+                for t in trackers
+            )
+        )
+        for t in trackers:
+            PLUGIN_COSTS.pop(t)
     if "defaults" not in variants:
         return rows
     costs = ", ".join(
