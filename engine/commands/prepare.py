@@ -14,6 +14,7 @@ Examples:
     hookloop prepare stories.jsonl --text-field text --tokenizer bpe --out data/stories
     hookloop prepare --hf-dataset saved/ --split train --tokenizer byte --out data/hf
     hookloop prepare train.txt --val val.txt --tokenizer bpe --bpe-vocab-size 2048 --out data/bpe
+    hookloop prepare more.jsonl --tokenizer-from data/stories --out data/more
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="directory to create")
     parser.add_argument("--tokenizer", choices=("char", "byte", "bpe"), default="char")
+    parser.add_argument(
+        "--tokenizer-from",
+        metavar="DIR",
+        help="use the tokenizer of this prepared directory instead of building one (so "
+        "several corpora share it, as data.sources needs)",
+    )
     parser.add_argument(
         "--val-fraction",
         type=float,
@@ -84,6 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Read, split, tokenize and write; print a summary."""
     import sys
+    from pathlib import Path
 
     from hookloop.errors import ConfigError
     from hookloop.lm.prepare import prepare_sources
@@ -95,6 +103,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--piece-bytes must be at least 1, got {args.piece_bytes}")
     if (args.source is None) == (args.hf_dataset is None):
         raise ConfigError("give either a PATH to prepare or --hf-dataset PATH (one of them)")
+    tokenizer = args.tokenizer
+    if args.tokenizer_from:
+        from hookloop.lm.tokenizers import load_tokenizer
+
+        tokenizer = load_tokenizer(Path(args.tokenizer_from) / "tokenizer.json")
     options = {"glob": args.glob, "text_field": args.text_field, "piece_bytes": args.piece_bytes}
     train = open_source(args.source, hf_dataset=args.hf_dataset, split=args.split, **options)
     val = open_source(args.val, **options) if args.val else None
@@ -105,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             val=val,
             val_fraction=args.val_fraction,
             seed=args.seed,
-            tokenizer=args.tokenizer,
+            tokenizer=tokenizer,
             bpe_vocab_size=args.bpe_vocab_size,
         )
     except KeyboardInterrupt:
