@@ -49,7 +49,7 @@ log = structlog.get_logger("hookloop")
 META_FORMAT = 1
 SPLITS = ("train", "val")
 _BPE_PIECE = 1 << 16  # characters per BPE encode call; a batch of them is encoded in parallel
-_BATCH_CHARS = 1 << 23  # characters tokenized per batch
+_BATCH_CHARS = 1 << 22  # characters tokenized per batch
 
 
 def token_dtype(vocab_size: int) -> str:
@@ -247,7 +247,7 @@ class _Background:
     GIL) overlap with reading and tokenizing. At most `depth` calls wait, so memory stays
     bounded; an error on the thread is raised by the next `put` or by `join`."""
 
-    def __init__(self, depth: int = 4) -> None:
+    def __init__(self, depth: int = 2) -> None:
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="prepare-writer", daemon=True)
