@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import pytest
 import torch
 
@@ -114,12 +116,17 @@ def test_a_run_over_sources_reports_each_sources_validation_loss(corpora, tmp_pa
     config = lm_config(
         [{"path": str(corpora["a"]), "weight": 0.5}, {"path": str(corpora["b"]), "weight": 0.5}]
     )
+    config["plugins"] = {"disable": ["console", "progress", "checkpoint"], "eval": {"every": 2}}
     run = build_run(config, tmp_path / "run")
-    run.fit()
+    run.fit()  # evaluates at step 2 (after_step) and at the end (on_fit_end)
     metrics = run.engine.evaluate()
     assert {"val_loss", "val_loss/a", "val_loss/b"} <= set(metrics)
     assert metrics["val_loss/a"] != metrics["val_loss/b"]
     assert (tmp_path / "run" / "tokenizer.json").is_file()
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["val_loss"]]
+    assert [r["step"] for r in rows] == ["2", "3"]
+    assert all(float(r["val_loss/a"]) > 0 and float(r["val_loss/b"]) > 0 for r in rows)
 
 
 def test_sources_must_share_a_tokenizer(corpora, tmp_path):

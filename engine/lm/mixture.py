@@ -139,7 +139,8 @@ class SourceLosses:
 
     Each source's validation split is measured on its own (at most `max_batches` batches,
     None = all), after the engine measured the mixture, so an evaluation costs about twice
-    a single corpus's.
+    a single corpus's. It runs first among `on_eval_end` implementations, so loggers and
+    `early_stop` see the per-source keys.
     """
 
     name = "source_losses"
@@ -147,7 +148,7 @@ class SourceLosses:
     def __init__(self, sources: Mapping[str, TokenDataset], max_batches: int | None) -> None:
         self.sources, self.max_batches = dict(sources), max_batches
 
-    @hookimpl
+    @hookimpl(tryfirst=True)  # before the loggers read the metrics
     def on_eval_end(self, engine: Engine, metrics: dict[str, float]) -> None:
         for name, data in self.sources.items():
             metrics[f"val_loss/{name}"] = engine.validation_loss(data, self.max_batches)
