@@ -17,6 +17,7 @@ from hookloop.errors import DataError
 from hookloop.lm import stream
 from hookloop.lm.prepare import prepare_sources, prepare_texts, read_meta
 from hookloop.lm.sources import open_source
+from hookloop.lm.streamio import TokenWriter
 from hookloop.lm.tokenizers import BpeTokenizer, CharTokenizer, cut_pieces, load_tokenizer, safe_cut
 
 KINDS = ["char", "byte", "bpe"]
@@ -148,7 +149,7 @@ def test_too_few_documents_to_split(tmp_path):
 def test_a_failed_prepare_leaves_nothing(tmp_path, monkeypatch, method, error, raised, message):
     (tmp_path / "t.txt").write_text(TEXT)
     calls = []
-    original = getattr(stream._TokenWriter, method)
+    original = getattr(TokenWriter, method)
 
     def fail(self, ids):
         calls.append(1)
@@ -156,7 +157,7 @@ def test_a_failed_prepare_leaves_nothing(tmp_path, monkeypatch, method, error, r
             raise error
         original(self, ids)
 
-    monkeypatch.setattr(stream._TokenWriter, method, fail)
+    monkeypatch.setattr(TokenWriter, method, fail)
     with pytest.raises(raised, match=message):
         prepare_sources(open_source(tmp_path / "t.txt", piece_bytes=64), tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.txt"]

@@ -16,14 +16,10 @@ only once complete: an interrupted prepare leaves no directory that training acc
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import queue
 import shutil
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +30,7 @@ import structlog
 
 from hookloop.errors import DataError
 from hookloop.lm.sources import Source
+from hookloop.lm.streamio import Background, Progress, TokenWriter, token_dtype
 from hookloop.lm.tokenizers import (
     BpeTokenizer,
     ByteTokenizer,
@@ -50,11 +47,6 @@ META_FORMAT = 1
 SPLITS = ("train", "val")
 _BPE_PIECE = 1 << 16  # characters per BPE encode call; a batch of them is encoded in parallel
 _BATCH_CHARS = 1 << 22  # characters tokenized per batch
-
-
-def token_dtype(vocab_size: int) -> str:
-    """`uint16` when every id fits in it, else `uint32`."""
-    return "uint16" if vocab_size <= 1 << 16 else "uint32"
 
 
 def prepare_sources(
@@ -93,14 +85,14 @@ def prepare_sources(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out} already exists and is not empty; choose another --out or remove it")
     plan = _plan(train, val, val_fraction, seed)
-    bar = _Progress(sum(s.total_bytes for s, _ in plan), progress)
+    bar = Progress(sum(s.total_bytes for s, _ in plan), progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     _warn_leftovers(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         tok = _build(tokenizer, plan, bpe_vocab_size, bar)
-        background = _Background()
-        writers = {s: _TokenWriter(tmp / f"{s}.bin", tok, background) for s in SPLITS}
+        background = Background()
+        writers = {s: TokenWriter(tmp / f"{s}.bin", tok, background) for s in SPLITS}
         try:
             _tokenize(plan, tok, writers, bar.stage("tokenize"))
         finally:
@@ -172,7 +164,7 @@ def _documents(plan: Plan) -> Iterator[tuple[str, Source, Iterator[str]]]:
 # --- building the tokenizer ------------------------------------------------------------
 
 
-def _build(tokenizer: str | Tokenizer, plan: Plan, vocab_size: int, bar: _Progress) -> Tokenizer:
+def _build(tokenizer: str | Tokenizer, plan: Plan, vocab_size: int, bar: Progress) -> Tokenizer:
     if not isinstance(tokenizer, str):
         return tokenizer
     if tokenizer == "byte":
@@ -184,7 +176,7 @@ def _build(tokenizer: str | Tokenizer, plan: Plan, vocab_size: int, bar: _Progre
     raise DataError(f"unknown tokenizer {tokenizer!r}; choose one of char, byte, bpe")
 
 
-def _all_pieces(plan: Plan, bar: _Progress) -> Iterator[str]:
+def _all_pieces(plan: Plan, bar: Progress) -> Iterator[str]:
     # cut at safe points, so the trainer sees the same pre-tokens however the text was read
     for _, source, document in _documents(plan):
         for piece in _recut(document):
@@ -192,7 +184,7 @@ def _all_pieces(plan: Plan, bar: _Progress) -> Iterator[str]:
             bar.update(source)
 
 
-def _char_vocabulary(plan: Plan, bar: _Progress) -> CharTokenizer:
+def _char_vocabulary(plan: Plan, bar: Progress) -> CharTokenizer:
     """The alphabet of every document, collected piece by piece (plus the newline that
     separates documents)."""
     seen: set[str] = set()
@@ -216,76 +208,13 @@ def _char_vocabulary(plan: Plan, bar: _Progress) -> CharTokenizer:
 # --- tokenizing and writing ------------------------------------------------------------
 
 
-class _TokenWriter:
-    """Appends ids to one token file, hashing them on the way."""
-
-    def __init__(self, path: Path, tok: Tokenizer, background: _Background) -> None:
-        self.path = path
-        self.dtype = np.dtype(token_dtype(tok.vocab_size)).newbyteorder("<")
-        self.file = open(path, "wb")  # noqa: SIM115 - closed by close()
-        self.sha = hashlib.sha256()
-        self.tokens = self.chars = self.documents = 0
-        self.background = background
-
-    def write(self, ids: np.ndarray) -> None:
-        """Append `ids` (written and hashed on the background thread)."""
-        data = np.ascontiguousarray(ids, dtype=self.dtype)
-        self.tokens += data.size
-        self.background.put(self._append, data)
-
-    def _append(self, data: np.ndarray) -> None:
-        self.file.write(data.data)
-        self.sha.update(data.data)
-
-    def close(self) -> None:
-        """Close the file (after the background thread wrote everything)."""
-        self.file.close()
-
-
-class _Background:
-    """One thread that runs queued calls in order: writing and hashing (both release the
-    GIL) overlap with reading and tokenizing. At most `depth` calls wait, so memory stays
-    bounded; an error on the thread is raised by the next `put` or by `join`."""
-
-    def __init__(self, depth: int = 2) -> None:
-        self.queue: queue.Queue = queue.Queue(maxsize=depth)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="prepare-writer", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while (item := self.queue.get()) is not None:
-            if self.error is None:
-                try:
-                    item[0](*item[1:])
-                except BaseException as exc:  # handed to the main thread
-                    self.error = exc
-
-    def put(self, fn: Any, *args: Any) -> None:
-        """Queue `fn(*args)`; raises an error the thread met earlier."""
-        self._raise()
-        self.queue.put((fn, *args))
-
-    def join(self) -> None:
-        """Wait for every queued call, stop the thread, raise its error if any."""
-        if self.thread.is_alive():
-            self.queue.put(None)
-            self.thread.join()
-        self._raise()
-
-    def _raise(self) -> None:
-        if self.error is not None:
-            error, self.error = self.error, None
-            raise error
-
-
 def _separator(tok: Tokenizer) -> np.ndarray:
     if tok.eot_id is not None:
         return np.array([tok.eot_id], dtype=np.int64)
     return tok.encode("\n") if isinstance(tok, CharTokenizer) and "\n" in tok.chars else np.zeros(0)
 
 
-def _tokenize(plan: Plan, tok: Tokenizer, writers: dict[str, _TokenWriter], bar: _Progress) -> None:
+def _tokenize(plan: Plan, tok: Tokenizer, writers: dict[str, TokenWriter], bar: Progress) -> None:
     separator = _separator(tok)
     batch: list[tuple[str, str | None]] = []  # (split, text), None standing for a separator
     size = 0
@@ -380,43 +309,3 @@ def _warn_leftovers(out: Path) -> None:
             message="partial output of an interrupted prepare (safe to delete)",
             paths=[str(p) for p in leftovers],
         )
-
-
-class _Progress:
-    """A tqdm bar of bytes read (MB/s, ETA), on a terminal only; silent in CI and pipes."""
-
-    def __init__(self, total: int, enabled: bool | None) -> None:
-        if enabled is None:
-            enabled = sys.stderr.isatty() and not os.environ.get("CI")
-        self.total, self.bar, self.seen = total, None, {}
-        if enabled:
-            try:
-                import tqdm  # noqa: F401
-            except ImportError:
-                enabled = False
-        self.enabled = enabled
-
-    def stage(self, name: str) -> _Progress:
-        """Start a new bar (one pass over the data) named `name`."""
-        self.close()
-        self.seen = {}
-        if self.enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=self.total or None, desc=name, unit="B", unit_scale=True, leave=False
-            )
-        return self
-
-    def update(self, source: Source) -> None:
-        """Advance by what `source` read since the last update."""
-        if self.bar is not None:
-            done = source.bytes_read
-            self.bar.update(done - self.seen.get(id(source), 0))
-            self.seen[id(source)] = done
-
-    def close(self) -> None:
-        """Close the current bar."""
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
