@@ -183,3 +183,12 @@ def test_killed_prepare_leaves_no_directory_training_accepts(tmp_path):
     for leftover in tmp_path.glob(".data.partial-*"):
         with pytest.raises(DataError, match="not a prepared data directory"):
             read_meta(leftover)
+
+
+def test_progress_bar_only_when_asked_or_on_a_terminal(tmp_path, capsys):
+    (tmp_path / "t.txt").write_text(TEXT)
+    prepare_sources(open_source(tmp_path / "t.txt"), tmp_path / "quiet")  # pytest: no tty
+    assert capsys.readouterr().err == ""
+    prepare_sources(open_source(tmp_path / "t.txt"), tmp_path / "shown", progress=True)
+    err = capsys.readouterr().err
+    assert "vocabulary" in err and "tokenize" in err and "B/s" in err
