@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 
-__all__ = ["count_tokens", "epoch_batches", "move_to", "step_groups"]
+from hookloop.checkpoint.datastate import is_stateful
+
+__all__ = ["count_tokens", "epoch_batches", "epoch_complete", "move_to", "step_groups"]
 
 
 def epoch_batches(data: Iterable[Any], epoch: int, start: int) -> Iterator[Any]:
     """The micro-batches of `epoch` from position `start` (batches already consumed).
 
     Data that defines `iter_epoch(epoch, start)` starts there directly; data with
-    `set_epoch(epoch)` (a `DistributedSampler`-style loader) is told the epoch; any other
-    iterable is replayed and its first `start` batches skipped.
+    `set_epoch(epoch)` (a `DistributedSampler`-style loader) is told the epoch; data with
+    `state_dict()`/`load_state_dict()` (torchdata's `StatefulDataLoader`) keeps its own
+    position, which a resume restored, so it simply goes on; any other iterable is replayed
+    and its first `start` batches skipped.
     """
     iter_epoch = getattr(data, "iter_epoch", None)
     if iter_epoch is not None:
@@ -25,22 +29,35 @@ def epoch_batches(data: Iterable[Any], epoch: int, start: int) -> Iterator[Any]:
     if set_epoch is not None:
         set_epoch(epoch)
     batches = iter(data)
-    if start:
+    if start and not is_stateful(data):
         next(itertools.islice(batches, start, start), None)  # skip what was consumed
     return batches
 
 
-def step_groups(batches: Iterator[Any], accumulate: int) -> Iterator[tuple[Any, ...]]:
+def epoch_complete(data: Iterable[Any], consumed: int, accumulate: int) -> bool:
+    """True when `consumed` batches use up an epoch of `data` (all but a trailing group
+    shorter than `accumulate`); False when that is not known (data without a length)."""
+    try:
+        size = len(data)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    return consumed >= size - size % accumulate
+
+
+def step_groups(
+    batches: Iterator[Any], accumulate: int, stop: Callable[[], bool] = lambda: False
+) -> Iterator[tuple[Any, ...]]:
     """Micro-batches in groups of `accumulate`, one group per optimizer step.
 
-    A trailing group shorter than `accumulate` is dropped, so every step sees the same
-    number of micro-batches.
+    `stop()` is asked before each group is drawn, so a loop that stops takes no batch it
+    will not train on (a stateful loader's position then stays that of the last step). A
+    trailing group shorter than `accumulate` is dropped, so every step sees the same number
+    of micro-batches.
     """
-    if accumulate == 1:
-        for batch in batches:
-            yield (batch,)
-        return
-    while len(group := tuple(itertools.islice(batches, accumulate))) == accumulate:
+    while not stop():
+        group = tuple(itertools.islice(batches, accumulate))
+        if len(group) < accumulate:
+            return
         yield group
 
 

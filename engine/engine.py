@@ -19,7 +19,7 @@ import structlog
 import torch
 
 from hookloop.batches import count_tokens as default_count_tokens
-from hookloop.batches import epoch_batches, move_to, step_groups
+from hookloop.batches import epoch_batches, epoch_complete, move_to, step_groups
 from hookloop.dispatch import HookDispatcher
 from hookloop.errors import ConfigError, DataError, PluginError
 from hookloop.evaluation import mean_loss
@@ -242,10 +242,13 @@ class Engine:
         state = self.state
         steps_before = state.step
         batches = epoch_batches(self.train_data, state.epoch, state.epoch_batch)
-        for group in step_groups(batches, self.accumulate):
-            if state.should_stop is not None or (max_steps is not None and state.step >= max_steps):
-                return False
+        # asked before each draw, so no batch is taken from the data and left untrained on
+        limit = math.inf if max_steps is None else max_steps
+        stopping = lambda: state.should_stop is not None or state.step >= limit  # noqa: E731
+        for group in step_groups(batches, self.accumulate, stop=stopping):
             self._step(group)
+        if stopping() and not epoch_complete(self.train_data, state.epoch_batch, self.accumulate):
+            return False
         if state.step == steps_before and state.epoch_batch < self.accumulate:
             raise DataError(
                 f"the training data gave fewer than accumulate={self.accumulate} "
@@ -365,18 +368,15 @@ class Engine:
         """
         if self.val_data is None:
             raise ConfigError("evaluate() needs validation data: pass val_data to the Engine")
-        val_loss = mean_loss(
-            self.model,
-            self.val_data,
-            self.loss_fn,
-            prepare=self.to_device,
-            count_tokens=self.count_tokens,
-            autocast=self._autocast,
-            max_batches=max_batches,
-        )
+        val_loss = self.validation_loss(self.val_data, max_batches)
         metrics = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0))}
         self.hooks.call("on_eval_end", engine=self, state=self.state, metrics=metrics)
         return metrics
+
+    def validation_loss(self, data: Iterable[Any], max_batches: int | None = None) -> float:
+        """Token-weighted mean loss over `data` (at most `max_batches` batches); no hooks."""
+        kw = dict(prepare=self.to_device, count_tokens=self.count_tokens, autocast=self._autocast)
+        return mean_loss(self.model, data, self.loss_fn, max_batches=max_batches, **kw)
 
     def plugin_states(self) -> dict[str, Any]:
         """Every plugin's `on_save_checkpoint` result, keyed by plugin name."""

@@ -93,7 +93,8 @@ def test_prepare_with_separate_val_file_byte_and_errors(one_line_error, hookloop
     )
     assert out.returncode == 0, out.stderr
     meta = json.loads((tmp_path / "d" / "meta.json").read_text())
-    assert meta["train_tokens"] == 600 and meta["val_tokens"] == 120 and meta["vocab_size"] == 256
+    assert meta["train_tokens"] == 600 and meta["val_tokens"] == 120 and meta["vocab_size"] == 257
+    assert meta["eot_id"] == 256  # the end-of-text id between documents
     one_line_error(
         hookloop_cli("prepare", "train.txt", "--out", "d", cwd=tmp_path), "already exists"
     )
@@ -102,6 +103,11 @@ def test_prepare_with_separate_val_file_byte_and_errors(one_line_error, hookloop
     )
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00")
     one_line_error(hookloop_cli("prepare", "bin.txt", "--out", "e", cwd=tmp_path), "is not UTF-8")
+    (tmp_path / "docs.jsonl").write_text('{"text": "one"}\n{"text": "two"}\n{"text": ""}\n')
+    one_line_error(
+        hookloop_cli("prepare", "docs.jsonl", "--out", "e", cwd=tmp_path), "docs.jsonl line 3"
+    )
+    assert not (tmp_path / "e").exists() and not list(tmp_path.glob(".e.partial-*"))
 
 
 def test_train_config_errors_are_one_line(one_line_error, hookloop_cli, tmp_path):

@@ -118,3 +118,13 @@ def test_without_bias_there_are_no_bias_parameters():
     model = tiny(bias=False)
     assert not [n for n, _ in model.named_parameters() if n.endswith("bias")]
     assert model(torch.randint(0, 37, (1, 5))).shape == (1, 5, 37)
+
+
+def test_generate_stops_at_the_stop_id():
+    torch.manual_seed(0)
+    model = TinyTransformerLM(12, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_seq_len=16)
+    free = model.generate([1, 2], 10, temperature=0)
+    assert len(free) == 12
+    stop = free[5]  # the id greedy decoding draws fourth
+    first = free.index(stop, 2)
+    assert model.generate([1, 2], 10, temperature=0, stop_id=stop) == free[:first]

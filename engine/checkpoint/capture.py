@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from hookloop.checkpoint.datastate import is_stateful, saved_data_state
 from hookloop.checkpoint.layout import FORMAT_VERSION
 from hookloop.checkpoint.rng import rng_state
 from hookloop.errors import CheckpointError
@@ -68,7 +69,8 @@ def snapshot(
         "counters": counters or state.counters(),
         "data": {
             "accumulate": engine.accumulate,
-            "resumable": hasattr(engine.train_data, "iter_epoch"),
+            "resumable": hasattr(engine.train_data, "iter_epoch") or is_stateful(engine.train_data),
+            "state": saved_data_state(engine.train_data),
         },
         "precision": engine.precision,
         "model": {"aliases": aliases, "class": type(engine.model).__name__},

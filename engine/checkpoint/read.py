@@ -17,6 +17,7 @@ import torch
 
 from hookloop.checkpoint.atomic import read_pointer
 from hookloop.checkpoint.capture import decode, tokenizer_ref
+from hookloop.checkpoint.datastate import restore_data
 from hookloop.checkpoint.layout import (
     CHECKPOINTS_DIR,
     FORMAT_VERSION,
@@ -141,6 +142,9 @@ def latest_valid_checkpoint(run_dir: Path, *, journal: Journal | None = None) ->
 def load_checkpoint(engine: Engine, path: Path) -> dict[str, Any]:
     """Restore model, optimizer, counters, RNG, data position and plugin states from `path`.
 
+    Training data with `state_dict()`/`load_state_dict()` gets its saved state back (see
+    `hookloop.checkpoint.datastate`).
+
     Everything is checked before anything is changed, so a refused checkpoint leaves the
     engine as it was.
 
@@ -161,6 +165,7 @@ def load_checkpoint(engine: Engine, path: Path) -> dict[str, Any]:
     optim = _optimizer_state_dict(state["optimizer"], files.get(OPTIMIZER_FILE, {}))
     _check_optimizer(engine.optimizer, optim, path)
 
+    restore_data(engine.train_data, state.get("data", {}), state["counters"], str(path))
     engine.model.load_state_dict(model)
     engine.optimizer.load_state_dict(optim)
     if engine.scaler is not None and state.get("scaler"):

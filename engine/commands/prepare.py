@@ -1,13 +1,20 @@
 """Tokenize text once into a prepared data directory: train.bin and val.bin (flat token ids,
 uint16 when the vocabulary fits, else uint32), tokenizer.json and meta.json.
 
-The vocabulary is built once from all the text and shared by both splits (and, through the
-run directory, by sampling). Point training at the result with `--set data.path=DIR`.
+The text is read and tokenized in bounded pieces (memory does not grow with the corpus)
+from a text file, a directory, JSON lines (`.jsonl`), Parquet or a Hugging Face dataset.
+Documents go whole to the training or the validation split; byte and BPE tokenizers put an
+end-of-text token between documents. The vocabulary is built once from all the text and
+shared by both splits (and, through the run directory, by sampling). Point training at the
+result with `--set data.path=DIR`.
 
 Examples:
     hookloop prepare input.txt --out data/mytext
     hookloop prepare corpus/ --glob "*.md" --tokenizer byte --out data/notes
+    hookloop prepare stories.jsonl --text-field text --tokenizer bpe --out data/stories
+    hookloop prepare --hf-dataset saved/ --split train --tokenizer byte --out data/hf
     hookloop prepare train.txt --val val.txt --tokenizer bpe --bpe-vocab-size 2048 --out data/bpe
+    hookloop prepare more.jsonl --tokenizer-from data/stories --out data/more
 """
 
 from __future__ import annotations
@@ -19,26 +26,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `prepare` options."""
     parser.add_argument(
         "source",
-        metavar="TEXT_FILE_OR_DIR",
-        help="a UTF-8 text file, or a directory of them (read in sorted order)",
+        metavar="PATH",
+        nargs="?",
+        help="a UTF-8 text file, a .jsonl or .parquet file, or a directory of them "
+        "(read in sorted order)",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="directory to create")
     parser.add_argument("--tokenizer", choices=("char", "byte", "bpe"), default="char")
+    parser.add_argument(
+        "--tokenizer-from",
+        metavar="DIR",
+        help="use the tokenizer of this prepared directory instead of building one (so "
+        "several corpora share it, as data.sources needs)",
+    )
     parser.add_argument(
         "--val-fraction",
         type=float,
         default=0.1,
         metavar="F",
-        help="the last fraction F of the text is validation (default: 0.1)",
+        help="fraction F of the documents for validation, chosen with --seed; a single "
+        "text document gives its last F instead (default: 0.1)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the validation documents (default: 0)"
     )
     parser.add_argument(
         "--val",
-        metavar="FILE_OR_DIR",
+        metavar="PATH",
         help="separate validation text (then --val-fraction is not used)",
     )
     parser.add_argument(
         "--glob", default="*", help="file pattern inside directories (default: every file)"
     )
+    parser.add_argument(
+        "--text-field",
+        default="text",
+        metavar="NAME",
+        help="field of JSON lines / column of Parquet and datasets holding the text "
+        "(default: text)",
+    )
+    parser.add_argument(
+        "--hf-dataset",
+        metavar="PATH",
+        help="a Hugging Face dataset saved with save_to_disk, or a directory of data files "
+        "(read locally; needs pip install 'hookloop[datasets]')",
+    )
+    parser.add_argument("--split", default="train", help="dataset split (default: train)")
     parser.add_argument(
         "--bpe-vocab-size",
         type=int,
@@ -46,33 +79,60 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="vocabulary size of a trained BPE (default: 4096)",
     )
+    parser.add_argument(
+        "--piece-bytes",
+        type=int,
+        default=1 << 22,
+        metavar="N",
+        help="bytes of a text file read and tokenized at a time (default: 4 MiB)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Read, split, tokenize and write; print a summary."""
+    import sys
+    from pathlib import Path
+
     from hookloop.errors import ConfigError
-    from hookloop.lm.prepare import prepare_texts, read_text_sources, split_text
+    from hookloop.lm.prepare import prepare_sources
+    from hookloop.lm.sources import open_source
 
     if args.bpe_vocab_size < 257:
         raise ConfigError(f"--bpe-vocab-size must be at least 257, got {args.bpe_vocab_size}")
-    text, files = read_text_sources(args.source, glob=args.glob)
-    if args.val:
-        train, (val, val_files) = text, read_text_sources(args.val, glob=args.glob)
-        files += val_files
-    else:
-        train, val = split_text(text, args.val_fraction)
-    meta = prepare_texts(
-        train,
-        val,
-        args.out,
-        tokenizer=args.tokenizer,
-        bpe_vocab_size=args.bpe_vocab_size,
-        source=files,
-    )
+    if args.piece_bytes < 1:
+        raise ConfigError(f"--piece-bytes must be at least 1, got {args.piece_bytes}")
+    if (args.source is None) == (args.hf_dataset is None):
+        raise ConfigError("give either a PATH to prepare or --hf-dataset PATH (one of them)")
+    tokenizer = args.tokenizer
+    if args.tokenizer_from:
+        from hookloop.lm.tokenizers import load_tokenizer
+
+        tokenizer = load_tokenizer(Path(args.tokenizer_from) / "tokenizer.json")
+    options = {"glob": args.glob, "text_field": args.text_field, "piece_bytes": args.piece_bytes}
+    train = open_source(args.source, hf_dataset=args.hf_dataset, split=args.split, **options)
+    val = open_source(args.val, **options) if args.val else None
+    try:
+        meta = prepare_sources(
+            train,
+            args.out,
+            val=val,
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+            tokenizer=tokenizer,
+            bpe_vocab_size=args.bpe_vocab_size,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"hookloop prepare: interrupted; nothing was written to {args.out} "
+            "(the partial output was removed)",
+            file=sys.stderr,
+        )
+        return 130
     print(
         f"prepared {args.out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} "
-        f"validation tokens, {meta['tokenizer']} vocabulary of {meta['vocab_size']} "
-        f"({meta['dtype']}), from {len(files)} file(s)"
+        f"validation tokens ({meta['train_documents']:,} and {meta['val_documents']:,} "
+        f"documents), {meta['tokenizer']} vocabulary of {meta['vocab_size']} "
+        f"({meta['dtype']}), from {len(meta['source'])} file(s)"
     )
     print(f"train on it: hookloop train --set data.path={args.out}")
     return 0

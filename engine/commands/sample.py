@@ -5,6 +5,9 @@ Examples:
     hookloop sample
     hookloop sample --prompt "def " --max-new-tokens 300 --temperature 0.8 --top-k 40
     hookloop sample --run runs/20260101-120000 --checkpoint step-00001000 --temperature 0
+
+Generation stops early at the tokenizer's end-of-text token (byte and BPE data prepared
+from documents), which marks the end of a document.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         top_p=args.top_p,
         seed=args.seed,
+        stop_id=getattr(tokenizer, "eot_id", None),  # a document ends at end-of-text
     )
     print(tokenizer.decode(out))
     return 0

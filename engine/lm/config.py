@@ -210,6 +210,10 @@ def _hint(name: str, choices: Any, fmt: str) -> str:
 
 
 def _coerce(name: str, key: Key, value: Any, where: str) -> Any:
+    if key.type == "sources":
+        from hookloop.lm.mixture import check_sources
+
+        return check_sources(value, where)
     ok = {
         "int": isinstance(value, int) and not isinstance(value, bool),
         "float": isinstance(value, (int, float)) and not isinstance(value, bool),
@@ -246,6 +250,11 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
             max_steps nor epochs set, or an LR warmup at least as long as the run.
     """
     data, model, training = config["data"], config["model"], config["training"]
+    if data["sources"] and (data["path"] or data["sampling"] != "random"):
+        raise ConfigError(
+            "data.sources mixes random windows of several directories: leave data.path empty "
+            'and data.sampling = "random" with it'
+        )
     if data["seq_len"] > model["max_seq_len"]:
         raise ConfigError(
             f"data.seq_len ({data['seq_len']}) must not exceed model.max_seq_len "
@@ -337,6 +346,8 @@ def _toml_value(value: Any) -> str:
         return _toml_string(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):  # an inline table, e.g. an entry of data.sources
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     if value is None:
         raise ConfigError("a config value is None, which TOML cannot hold; remove the key")
     raise ConfigError(f"cannot write config value {value!r} ({type(value).__name__}) as TOML")

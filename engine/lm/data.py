@@ -149,6 +149,10 @@ class TokenDataset:
         for _ in range(start, self.batches_per_epoch):
             yield self._read(torch.randint(high, shape, generator=g).numpy())
 
+    def windows(self, offsets: np.ndarray) -> Batch:
+        """The `(inputs, targets)` of the windows starting at `offsets` (token indices)."""
+        return self._read(np.asarray(offsets))
+
     def _read(self, offsets: np.ndarray) -> Batch:
         if self._tokens is None:
             self._tokens = np.memmap(self.path, dtype=self.dtype, mode="r")

@@ -173,6 +173,7 @@ class TinyTransformerLM(nn.Module):
         top_k: int | None = None,
         top_p: float | None = None,
         seed: int | None = 0,
+        stop_id: int | None = None,
     ) -> list[int]:
         """Continue a prompt token by token.
 
@@ -186,6 +187,8 @@ class TinyTransformerLM(nn.Module):
                 sum to at least p.
             seed: Seeds a private generator, so a seed gives the same text every time and
                 the global RNG is untouched. None draws from a fresh random seed.
+            stop_id: Stop as soon as this id (e.g. the end-of-text token) is drawn; it is
+                not included in the result.
 
         Returns:
             The prompt's ids followed by the new ones. The context is cropped to the last
@@ -211,9 +214,10 @@ class TinyTransformerLM(nn.Module):
         try:
             for _ in range(max_new_tokens):
                 logits = self(ids[:, -self.max_seq_len :])[0, -1].float()  # (V,)
-                ids = torch.cat(
-                    [ids, _next_token(logits, temperature, top_k, top_p, g).view(1, 1)], 1
-                )
+                token = _next_token(logits, temperature, top_k, top_p, g).view(1, 1)
+                if stop_id is not None and int(token) == stop_id:
+                    break
+                ids = torch.cat([ids, token], 1)
         finally:
             self.train(was_training)
         return ids[0].tolist()

@@ -8,41 +8,32 @@ A prepared directory holds:
 | `tokenizer.json` | the tokenizer, built once from all the text and used for both splits |
 | `meta.json` | source, token counts, dtype, tokenizer kind, vocabulary size, sha256 of each `.bin` |
 
-`hookloop prepare` and the embedded default corpus both write it through `prepare_texts`.
+`hookloop prepare` writes it from files and datasets through `prepare_sources` (streaming,
+see `hookloop.lm.stream`); the embedded default corpus through `prepare_texts`, from text in
+memory.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from hookloop.errors import DataError
-from hookloop.lm.tokenizers import Tokenizer, build_tokenizer
+from hookloop.lm.sources import Source, list_files
+from hookloop.lm.stream import META_FORMAT, prepare_sources, token_dtype
+from hookloop.lm.tokenizers import Tokenizer
 
 __all__ = [
     "META_FORMAT",
+    "prepare_sources",
     "prepare_texts",
     "read_meta",
     "read_text_sources",
     "split_text",
     "token_dtype",
 ]
-
-META_FORMAT = 1
-
-
-def token_dtype(vocab_size: int) -> str:
-    """`uint16` when every id fits in it, else `uint32`."""
-    return "uint16" if vocab_size <= 1 << 16 else "uint32"
 
 
 def read_text_sources(path: str | Path, *, glob: str = "*") -> tuple[str, list[str]]:
@@ -57,19 +48,7 @@ def read_text_sources(path: str | Path, *, glob: str = "*") -> tuple[str, list[s
     Raises:
         DataError: nothing to read, or a file that is not UTF-8 text.
     """
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(
-            p
-            for p in path.rglob(glob)
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-        )
-        if not files:
-            raise DataError(f"no files matching {glob!r} under {path}")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise DataError(f"{path} does not exist; give a text file or a directory of them")
+    files = list_files(path, glob)
     texts = []
     for f in files:
         try:
@@ -108,8 +87,9 @@ def prepare_texts(
 ) -> dict[str, Any]:
     """Build (or use) a tokenizer, tokenize both splits and write a prepared directory.
 
-    The directory is written in a temporary sibling and renamed into place, so a crash
-    never leaves a half-prepared directory behind.
+    Each text is one document; this is `prepare_sources` for text already in memory. The
+    directory is written in a temporary sibling and renamed into place, so a crash never
+    leaves a half-prepared directory behind.
 
     Args:
         train_text: The training text.
@@ -123,54 +103,17 @@ def prepare_texts(
     Returns:
         The metadata written to meta.json.
     """
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(f"{out} already exists and is not empty; choose another --out or remove it")
     if not train_text or not val_text:
         raise DataError("both the training and the validation text must be non-empty")
-    tok = (
-        build_tokenizer(tokenizer, train_text + val_text, vocab_size=bpe_vocab_size)
-        if isinstance(tokenizer, str)
-        else tokenizer
+    names = [source] if isinstance(source, str) else list(source)
+    return prepare_sources(
+        Source([], texts=[train_text]),
+        out,
+        val=Source([], texts=[val_text]),
+        tokenizer=tokenizer,
+        bpe_vocab_size=bpe_vocab_size,
+        source=names,
     )
-    dtype = token_dtype(tok.vocab_size)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        counts, digests = {}, {}
-        for split, text in (("train", train_text), ("val", val_text)):
-            ids = tok.encode(text).astype(np.dtype(dtype).newbyteorder("<"))
-            ids.tofile(tmp / f"{split}.bin")
-            counts[split] = int(ids.size)
-            digests[f"{split}.bin"] = hashlib.sha256(ids.tobytes()).hexdigest()
-        tok.save(tmp / "tokenizer.json")
-        from hookloop import __version__
-
-        meta = {
-            "format": META_FORMAT,
-            "source": [source] if isinstance(source, str) else list(source),
-            "tokenizer": tok.kind,
-            "vocab_size": tok.vocab_size,
-            "dtype": dtype,
-            "train_tokens": counts["train"],
-            "val_tokens": counts["val"],
-            "train_chars": len(train_text),
-            "val_chars": len(val_text),
-            "sha256": digests,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "hookloop_version": __version__,
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp made it private; give it a normal directory's mode
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return meta
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:

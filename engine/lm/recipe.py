@@ -47,6 +47,7 @@ __all__ = [
     "new_run_dir",
     "resolve_device",
     "set_threads",
+    "train_dataset",
     "val_dataset",
 ]
 
@@ -93,11 +94,11 @@ def build_run(
         DataError: the data directory is missing or malformed.
         PluginError: a plugin is unknown or misconfigured.
     """
-    data_cfg, training = config["data"], config["training"]
+    training = config["training"]
     set_threads(training["threads"])
     directory = data_dir(config)
     meta = read_meta(directory)
-    tokenizer = load_tokenizer(directory / "tokenizer.json")
+    tokenizer = load_tokenizer(_tokenizer_file(config, directory))
     torch.manual_seed(training["seed"])
     model = build_model(config, tokenizer.vocab_size)
     if init_weights and config["model"]["init_from"]:
@@ -106,24 +107,14 @@ def build_run(
         load_hf_weights(model, config["model"]["init_from"])
         log.info("model_imported", init_from=config["model"]["init_from"])
     optimizer = build_adamw(model, **config["optimizer"])
-    train = TokenDataset(
-        directory / "train.bin",
-        seq_len=data_cfg["seq_len"],
-        batch_size=data_cfg["batch_size"],
-        dtype=meta["dtype"],
-        vocab_size=model.vocab_size,
-        sampling=data_cfg["sampling"],
-        shuffle=data_cfg["shuffle"],
-        batches_per_epoch=data_cfg["batches_per_epoch"],
-        seed=training["seed"],
-    )
-    plugins = loading.plugins_from_config(config["plugins"])
+    train, val, extra = _datasets(config, directory, meta, model.vocab_size)
+    plugins = [*loading.plugins_from_config(config["plugins"]), *extra]
     run_path = Path(run_dir) if run_dir is not None else None
     engine = Engine(
         model,
         optimizer,
         train,
-        val_data=val_dataset(config, directory, model.vocab_size, meta),
+        val_data=val,
         plugins=plugins,
         accumulate=training["accumulate"],
         device=resolve_device(training["device"]),
@@ -134,7 +125,7 @@ def build_run(
     )
     if run_path is not None and engine.is_main_process:
         write_config(config, run_path / "config.toml")
-        shutil.copyfile(directory / "tokenizer.json", run_path / "tokenizer.json")
+        shutil.copyfile(_tokenizer_file(config, directory), run_path / "tokenizer.json")
     log.info(
         "run_built",
         run_dir=str(run_path),
@@ -153,6 +144,75 @@ def build_run(
         max_steps=training["max_steps"] or None,
         epochs=training["epochs"] or None,
     )
+
+
+def train_dataset(
+    config: dict[str, Any], directory: Path, vocab_size: int, meta: dict[str, Any]
+) -> TokenDataset:
+    """The training split of a prepared directory, sampled as `[data]` says."""
+    data_cfg = config["data"]
+    return _split(
+        config,
+        directory / "train.bin",
+        meta,
+        vocab_size,
+        sampling=data_cfg["sampling"],
+        shuffle=data_cfg["shuffle"],
+        batches_per_epoch=data_cfg["batches_per_epoch"],
+        seed=config["training"]["seed"],
+    )
+
+
+def _split(
+    config: dict[str, Any], path: Path, meta: dict[str, Any], vocab_size: int, **sampling: Any
+) -> TokenDataset:
+    data_cfg = config["data"]
+    return TokenDataset(
+        path,
+        seq_len=data_cfg["seq_len"],
+        batch_size=data_cfg["batch_size"],
+        dtype=meta["dtype"],
+        vocab_size=vocab_size,
+        **sampling,
+    )
+
+
+def _datasets(
+    config: dict[str, Any], directory: Path, meta: dict[str, Any], vocab_size: int
+) -> tuple[Any, Any, list[object]]:
+    """Training data, validation data and extra plugins: one directory, or a mixture of
+    `data.sources` with a `SourceLosses` plugin reporting each source's validation loss."""
+    sources = config["data"]["sources"]
+    if not sources:
+        train = train_dataset(config, directory, vocab_size, meta)
+        return train, val_dataset(config, directory, vocab_size, meta), []
+    from hookloop.lm.mixture import MixtureDataset, RoundRobin, SourceLosses
+
+    trains, vals, weights = {}, {}, {}
+    for entry in sources:
+        path, name = Path(entry["path"]), entry["name"]
+        source_meta = read_meta(path)
+        trains[name] = train_dataset(config, path, vocab_size, source_meta)
+        vals[name] = val_dataset(config, path, vocab_size, source_meta)
+        weights[name] = entry["weight"]
+    train = MixtureDataset(
+        trains,
+        weights,
+        batches_per_epoch=config["data"]["batches_per_epoch"],
+        seed=config["training"]["seed"],
+    )
+    losses = SourceLosses(vals, config["data"]["val_batches"] or None)
+    return train, RoundRobin(vals), [losses]
+
+
+def _tokenizer_file(config: dict[str, Any], directory: Path) -> Path:
+    """The data's `tokenizer.json` (for `data.sources`, the one they all share)."""
+    sources = config["data"]["sources"]
+    if not sources:
+        return directory / "tokenizer.json"
+    from hookloop.lm.mixture import shared_tokenizer
+
+    return shared_tokenizer([Path(entry["path"]) for entry in sources])
 
 
 def build_model(config: dict[str, Any], tokenizer_vocab: int) -> TinyTransformerLM:
@@ -186,25 +246,25 @@ def val_dataset(
 ) -> TokenDataset:
     """The validation split: every sequential window in file order (at most
     `data.val_batches` batches), the last batch kept even when short."""
-    data_cfg = config["data"]
-    meta = meta or read_meta(directory)
-    return TokenDataset(
+    return _split(
+        config,
         directory / "val.bin",
-        seq_len=data_cfg["seq_len"],
-        batch_size=data_cfg["batch_size"],
-        dtype=meta["dtype"],
-        vocab_size=vocab_size,
+        meta or read_meta(directory),
+        vocab_size,
         sampling="sequential",
         shuffle=False,
-        batches_per_epoch=data_cfg["val_batches"],
+        batches_per_epoch=config["data"]["val_batches"],
         drop_last=False,
     )
 
 
 def data_dir(config: dict[str, Any]) -> Path:
-    """The prepared data directory of a config: `data.path`, or the default corpus."""
+    """The prepared data directory of a config: `data.path`, the first of `data.sources`,
+    or the default corpus."""
     if config["data"]["path"]:
         return Path(config["data"]["path"])
+    if config["data"]["sources"]:
+        return Path(config["data"]["sources"][0]["path"])
     from hookloop.lm.corpus import default_corpus
 
     return default_corpus()

@@ -18,7 +18,7 @@ class Key:
     """One config key: its default, its type, the allowed range and what it means."""
 
     default: Any
-    type: str  # "int", "float", "bool", "str", "floats2" (a pair of floats)
+    type: str  # "int", "float", "bool", "str", "floats2" (a pair of floats), "sources"
     help: str
     check: Callable[[Any], bool] | None = None
     allowed: str = ""  # the range or choices, as the error and the docs say it
@@ -45,6 +45,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "str",
             "A directory written by `hookloop prepare`; empty = the embedded "
             "default corpus (the Python standard library's sources, char-level).",
+        ),
+        "sources": _key(
+            [],
+            "sources",
+            'Several prepared directories mixed by weight, `[{path = "DIR", weight = 0.7, '
+            'name = "..."}, ...]` (sharing one tokenizer; instead of `path`; random '
+            "sampling); each reports `val_loss/<name>`.",
         ),
         "seq_len": _key(64, "int", "Tokens per training window (the context length T).", _POS),
         "batch_size": _key(32, "int", "Windows per micro-batch.", _POS),
@@ -184,4 +191,5 @@ _TYPE_NAMES = {
     "bool": "true or false",
     "str": "a string",
     "floats2": "a list of two numbers",
+    "sources": "a list of {path, weight} tables",
 }

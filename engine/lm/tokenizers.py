@@ -5,9 +5,12 @@ Three kinds share one `Tokenizer` protocol:
 - `char`: one id per distinct character of the training text, in code-point order. The
   vocabulary is built once (from all the text being prepared) and saved; it is never
   rebuilt per file, so training, validation and sampling agree on every id.
-- `byte`: the 256 byte values of the UTF-8 encoding. Needs no vocabulary.
+- `byte`: the 256 byte values of the UTF-8 encoding, plus id 256 for the end-of-text token
+  that separates documents (a `byte` tokenizer saved without it has 256 ids).
 - `bpe`: byte-level BPE trained locally with the optional `tokenizers` package
-  (`pip install 'hookloop[bpe]'`).
+  (`pip install 'hookloop[bpe]'`), with the special token `<|endoftext|>` between documents.
+
+`eot_id` is the id of the end-of-text token, or None for a tokenizer without one (`char`).
 
 `save(path)` writes JSON (never pickle); `load_tokenizer(path)` reads any kind back.
 """
@@ -15,6 +18,8 @@ Three kinds share one `Tokenizer` protocol:
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -23,6 +28,7 @@ import numpy as np
 from hookloop.errors import DataError
 
 __all__ = [
+    "EOT_TEXT",
     "TOKENIZER_KINDS",
     "BpeTokenizer",
     "ByteTokenizer",
@@ -30,10 +36,14 @@ __all__ = [
     "Tokenizer",
     "build_tokenizer",
     "load_tokenizer",
+    "cut_pieces",
+    "safe_cut",
 ]
 
 TOKENIZER_KINDS = ("char", "byte", "bpe")
 FORMAT_VERSION = 1
+EOT_TEXT = "<|endoftext|>"
+"""The BPE special token that separates documents."""
 
 
 @runtime_checkable
@@ -41,6 +51,8 @@ class Tokenizer(Protocol):
     """What the recipe needs from a tokenizer."""
 
     kind: str
+    eot_id: int | None
+    """The end-of-text id placed between documents, or None when the tokenizer has none."""
 
     @property
     def vocab_size(self) -> int:
@@ -80,6 +92,7 @@ class CharTokenizer(_JsonSave):
     """
 
     kind = "char"
+    eot_id = None
 
     def __init__(self, chars: str | list[str]) -> None:
         chars = list(chars)
@@ -92,6 +105,10 @@ class CharTokenizer(_JsonSave):
         # code point -> id lookup table; -1 marks characters outside the alphabet
         self._lut = np.full(int(self._codes.max()) + 2, -1, dtype=np.int64)
         self._lut[self._codes] = np.arange(len(chars))
+        # The fast path for ASCII text: a byte translation table (ASCII characters sort
+        # first, so their ids are below 128); 255 marks a character outside the alphabet.
+        ascii_ids = self._lut[:128].tolist() + [-1] * (128 - min(128, len(self._lut)))
+        self._ascii_table = bytes([i if i >= 0 else 255 for i in ascii_ids] + [255] * 128)
 
     @classmethod
     def from_text(cls, text: str) -> CharTokenizer:
@@ -106,8 +123,17 @@ class CharTokenizer(_JsonSave):
 
     def encode(self, text: str) -> np.ndarray:
         """Ids of every character; a character outside the alphabet is a DataError."""
-        codes = _code_points(text)
-        ids = self._lut[np.minimum(codes, len(self._lut) - 1)]
+        if text.isascii():
+            data = text.encode("ascii")
+            mapped = data.translate(self._ascii_table)
+            if 255 not in mapped:
+                return np.frombuffer(mapped, dtype=np.uint8)
+            codes = np.frombuffer(data, dtype=np.uint8)
+            ids = np.frombuffer(mapped, dtype=np.uint8).astype(np.int64)
+            ids[ids == 255] = -1
+        else:
+            codes = _code_points(text)
+            ids = self._lut[np.minimum(codes, len(self._lut) - 1)]
         if ids.size and ids.min() < 0:
             unknown = sorted({chr(c) for c in codes[ids < 0][:1000]})[:10]
             raise DataError(
@@ -130,29 +156,42 @@ class CharTokenizer(_JsonSave):
 
 
 class ByteTokenizer(_JsonSave):
-    """The 256 byte values of the UTF-8 encoding: encodes any text, needs no vocabulary."""
+    """The 256 byte values of the UTF-8 encoding: encodes any text, needs no vocabulary.
+
+    Args:
+        eot: Add id 256, the end-of-text token between documents (257 ids in all).
+    """
 
     kind = "byte"
 
+    def __init__(self, eot: bool = False) -> None:
+        self.eot_id = 256 if eot else None
+
     @property
     def vocab_size(self) -> int:
-        """Always 256."""
-        return 256
+        """256, or 257 with the end-of-text id."""
+        return 256 if self.eot_id is None else 257
 
     def encode(self, text: str) -> np.ndarray:
         """The UTF-8 bytes of `text` as ids."""
         return np.frombuffer(text.encode("utf-8", errors="surrogatepass"), dtype=np.uint8)
 
     def decode(self, ids: Any) -> str:
-        """The text of the bytes; an incomplete UTF-8 sequence decodes as U+FFFD."""
+        """The text of the bytes (end-of-text ids left out); an incomplete UTF-8 sequence
+        decodes as U+FFFD."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        if ids.size and (ids.min() < 0 or ids.max() > 255):
-            raise DataError("byte tokenizer: ids must be in [0, 256) to decode")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            raise DataError(f"byte tokenizer: ids must be in [0, {self.vocab_size}) to decode")
+        if self.eot_id is not None:
+            ids = ids[ids != self.eot_id]
         return ids.astype(np.uint8).tobytes().decode("utf-8", errors="replace")
 
     def to_json(self) -> dict[str, Any]:
-        """`{"kind": "byte"}`."""
-        return {"format": FORMAT_VERSION, "kind": "byte"}
+        """`{"kind": "byte", "eot_id": 256}` (no `eot_id`: 256 ids, no end-of-text)."""
+        data: dict[str, Any] = {"format": FORMAT_VERSION, "kind": "byte"}
+        if self.eot_id is not None:
+            data["eot_id"] = self.eot_id
+        return data
 
 
 class BpeTokenizer(_JsonSave):
@@ -166,10 +205,12 @@ class BpeTokenizer(_JsonSave):
 
     def __init__(self, tokenizer: Any) -> None:
         self._tok = tokenizer
+        self.eot_id: int | None = tokenizer.token_to_id(EOT_TEXT)
 
     @classmethod
-    def train(cls, text: str, vocab_size: int = 4096) -> BpeTokenizer:
-        """Train a byte-level BPE with `vocab_size` ids on `text`, locally."""
+    def train(cls, text: str | Iterable[str], vocab_size: int = 4096) -> BpeTokenizer:
+        """Train a byte-level BPE with `vocab_size` ids, locally, on `text` (one string, or
+        an iterable of pieces cut where `safe_cut` says, read once)."""
         tk = _require_tokenizers()
         tok = tk.Tokenizer(tk.models.BPE())
         tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -177,9 +218,11 @@ class BpeTokenizer(_JsonSave):
         trainer = tk.trainers.BpeTrainer(
             vocab_size=vocab_size,
             initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(),
+            special_tokens=[EOT_TEXT],
             show_progress=False,
         )
-        tok.train_from_iterator(_chunks(text), trainer=trainer)
+        pieces = _chunks(text) if isinstance(text, str) else text
+        tok.train_from_iterator(pieces, trainer=trainer)
         return cls(tok)
 
     @property
@@ -188,9 +231,13 @@ class BpeTokenizer(_JsonSave):
         return int(self._tok.get_vocab_size())
 
     def encode(self, text: str) -> np.ndarray:
-        """The BPE ids of `text` (encoded in chunks of lines, in parallel)."""
-        encodings = self._tok.encode_batch(list(_chunks(text)))
-        return np.fromiter((i for e in encodings for i in e.ids), dtype=np.int64)
+        """The BPE ids of `text` (encoded in pieces cut at safe points, in parallel)."""
+        parts = self.encode_each(list(_chunks(text)))
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+    def encode_each(self, texts: list[str]) -> list[np.ndarray]:
+        """The ids of each text, encoded together with the package's parallel batch encode."""
+        return [np.array(e.ids, dtype=np.uint32) for e in self._tok.encode_batch_fast(texts)]
 
     def decode(self, ids: Any) -> str:
         """The text of `ids`."""
@@ -214,7 +261,7 @@ def build_tokenizer(kind: str, text: str, *, vocab_size: int = 4096) -> Tokenize
     if kind == "char":
         return CharTokenizer.from_text(text)
     if kind == "byte":
-        return ByteTokenizer()
+        return ByteTokenizer(eot=True)
     if kind == "bpe":
         return BpeTokenizer.train(text, vocab_size=vocab_size)
     raise DataError(f"unknown tokenizer {kind!r}; choose one of {', '.join(TOKENIZER_KINDS)}")
@@ -239,7 +286,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     if kind == "char":
         return CharTokenizer(data["chars"])
     if kind == "byte":
-        return ByteTokenizer()
+        return ByteTokenizer(eot=data.get("eot_id") == 256)
     if kind == "bpe":
         tk = _require_tokenizers()
         return BpeTokenizer(tk.Tokenizer.from_str(json.dumps(data["tokenizer"])))
@@ -254,16 +301,53 @@ def _code_points(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype=np.uint32)
 
 
-def _chunks(text: str, size: int = 1 << 16) -> Any:
-    """Pieces of about `size` characters, cut after a newline where there is one."""
-    start = 0
-    while start < len(text):
-        end = min(start + size, len(text))
-        if end < len(text):
-            cut = text.rfind("\n", start, end)
-            end = cut + 1 if cut > start else end
-        yield text[start:end]
-        start = end
+# Cut points where byte-level BPE's pre-tokenizer (GPT-2's pattern) splits the text the same
+# way whether or not it is cut there: after a newline between two non-space characters;
+# before a single space between two non-space characters; between a letter and a symbol
+# (not an apostrophe, which may start a contraction such as 's).
+_SAFE_CUT = re.compile(
+    r"(?<=\S\n)(?=\S)|(?<=\S)(?= \S)|(?<=[^\W\d_])(?=[^\w\s'])|(?<=[^\w\s'])(?=[^\W\d_])"
+)
+_CUT_WINDOW = 1 << 12
+
+
+def safe_cut(text: str, end: int, start: int = 0) -> int | None:
+    """The last position in `text[start+1:end+1]` where cutting the text does not change
+    its BPE tokens, looking back at most 4096 characters from `end`; None if there is none."""
+    cut = None
+    for match in _SAFE_CUT.finditer(text, max(start + 1, end - _CUT_WINDOW), end):
+        cut = match.start()
+    return cut if cut is not None and cut > start else None
+
+
+def cut_pieces(text: str, size: int, *, final: bool = True) -> tuple[list[str], str]:
+    """`text` in pieces of about `size` characters cut only at safe points (`safe_cut`),
+    and the rest. A stretch with no safe point is kept whole up to 64 pieces' worth, then
+    cut hard. With `final` the rest is the last piece; otherwise it is returned to be
+    continued by the text that follows."""
+    pieces, start, longest = [], 0, 64 * size
+    while len(text) - start > size:
+        cut = safe_cut(text, start + size, start)
+        if cut is None:  # look ahead for the next safe point
+            match = _SAFE_CUT.search(text, start + size, start + longest)
+            if match:
+                cut = match.start()
+            elif len(text) - start > longest:
+                cut = start + longest  # no safe point in 64 pieces: cut hard
+            else:
+                break  # the rest is one piece, or waits for the text that follows
+        pieces.append(text[start:cut])
+        start = cut
+    rest = text[start:]
+    if final and rest:
+        pieces.append(rest)
+        rest = ""
+    return pieces, rest
+
+
+def _chunks(text: str, size: int = 1 << 16) -> Iterator[str]:
+    """Pieces of about `size` characters, cut where `safe_cut` says."""
+    return iter(cut_pieces(text, size)[0])
 
 
 def _require_tokenizers() -> Any:
