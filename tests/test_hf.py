@@ -101,7 +101,7 @@ def test_a_bias_free_model_exports_zero_biases(tmp_path):
 def random_gpt2(directory, activation="gelu_new"):
     torch.manual_seed(0)
     config = transformers.GPT2Config(
-        vocab_size=256,
+        vocab_size=257,  # the byte tokenizer: 256 bytes and an end-of-text id
         n_positions=32,
         n_embd=32,
         n_layer=2,
@@ -146,7 +146,7 @@ def test_import_gpt2_equal_logits_then_fine_tune(tmp_path):
         128,
         32,
     )
-    assert m["activation"] == "gelu_tanh" and m["vocab_size"] == 256
+    assert m["activation"] == "gelu_tanh" and m["vocab_size"] == 257
     config["plugins"] = {"disable": ["progress", "console", "eval", "checkpoint"]}
     run = build_run(config, tmp_path / "run")
     model = run.engine.model.eval()
