@@ -11,7 +11,8 @@ tensor telling whether clipping changed anything. Under fp16 the gradients are u
 first (`engine.unscale_gradients()`), so the norm and the threshold are in true units.
 
 Hooks: `on_fit_start` (collects the parameters), `after_backward`. Cost: one pass over
-the gradients for the norm (none when `nan_guard`, which runs first, has measured it this
+the gradients for the norm (under FSDP the norm of the sharded gradients is the true global
+one: each rank's part is reduced over the ranks, as DTensor does) (none when `nan_guard`, which runs first, has measured it this
 step: its `grad_norm` is reused), and a second to rescale them when they are clipped (on an
 accelerator: always, by a factor of at most 1, so that nothing waits for the device); in
 value mode, a max-abs pass and the clamp. No host sync on accelerators.
@@ -62,7 +63,7 @@ class GradClip:
         known = state.metrics.get("grad_norm")
         if known is None:
             norm = torch.nn.utils.get_total_norm(grads)  # before clipping, a tensor on the device
-        else:
+            norm = _full(norm)
             # A plugin that ran earlier this step (nan_guard) already measured these very
             # gradients: reuse its norm instead of reading every gradient a second time.
             norm = torch.as_tensor(known, dtype=torch.float32, device=grads[0].device)
@@ -73,7 +74,15 @@ class GradClip:
             if norm.device.type != "cpu" or bool(clipped):
                 torch.nn.utils.clip_grads_with_norm_(params, self.max_norm, norm)
         else:
-            clipped = torch.nn.utils.get_total_norm(grads, norm_type=float("inf")) > self.max_value
+            peak = _full(torch.nn.utils.get_total_norm(grads, norm_type=float("inf")))
+            clipped = peak > self.max_value
             torch.nn.utils.clip_grad_value_(params, self.max_value)
         state.metrics["grad_norm"] = norm.detach()
         state.metrics["clipped"] = clipped
+
+
+def _full(norm: torch.Tensor) -> torch.Tensor:
+    """A norm computed over sharded (FSDP, DTensor) gradients, reduced to the global value."""
+    from torch.distributed.tensor import DTensor
+
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm
