@@ -30,15 +30,18 @@ __all__ = [
     "BACKENDS",
     "STRATEGIES",
     "Launch",
+    "agree_on_stop",
     "all_reduce_sum",
     "announce",
     "broadcast_object",
+    "global_mean",
     "is_sharded",
     "launch_from_env",
     "on_rank0",
     "process_group",
     "rank_device",
     "shard_model",
+    "no_sync",
     "wrap_model",
 ]
 
@@ -215,6 +218,47 @@ def on_rank0(fn: Callable[[], T]) -> T:
     if isinstance(value, BaseException):
         raise value
     raise RuntimeError(f"rank 0 failed: {value}")
+
+
+def global_mean(value: Any, weight: float) -> Any:
+    """The mean of a scalar tensor over the ranks, each rank's value weighted by `weight`
+    (its tokens); every rank gets the same result."""
+    import torch
+
+    both = torch.stack([value.detach().double() * weight, value.new_tensor(weight).double()])
+    all_reduce_sum(both)
+    return (both[0] / both[1]).to(value.dtype)
+
+
+def no_sync(model: Any, *, last: bool) -> contextlib.AbstractContextManager[Any]:
+    """The context of a micro-batch's backward: gradients are reduced over the ranks only
+    on the `last` micro-batch of a step (DDP's `no_sync`, FSDP's gradient-sync switch)."""
+    if last:
+        return contextlib.nullcontext()
+    if is_sharded(model):
+        return _fsdp_no_sync(model)
+    skip = getattr(model, "no_sync", None)
+    return skip() if skip is not None else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(model: Any) -> Iterator[None]:
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
+def agree_on_stop(state: Any, device: Any) -> None:
+    """All ranks stop together if any rank asked to stop (call on every rank)."""
+    import torch
+    import torch.distributed as dist
+
+    flag = torch.tensor([state.should_stop is not None], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.item() and state.should_stop is None:
+        state.should_stop = "another rank requested a stop"
 
 
 def all_reduce_sum(values: Any) -> Any:

@@ -196,7 +196,6 @@ def rollback(engine: Engine, state: State, *, lr_factor: float, reason: str, by:
         TrainingHalted: the run has no directory or no valid checkpoint to go back to.
     """
     from hookloop.checkpoint import latest_valid_checkpoint, load_checkpoint
-
     from hookloop.distributed import on_rank0
 
     # Rank 0 picks, so every rank reloads the same checkpoint.

@@ -10,9 +10,11 @@ Writes two metrics each step, both as tensors so nothing waits for the device:
 tensor telling whether clipping changed anything. Under fp16 the gradients are unscaled
 first (`engine.unscale_gradients()`), so the norm and the threshold are in true units.
 
+Under FSDP the gradients are sharded (DTensors): their norm is the true global norm, each
+rank's part reduced over the ranks by DTensor, and the same on every rank.
+
 Hooks: `on_fit_start` (collects the parameters), `after_backward`. Cost: one pass over
-the gradients for the norm (under FSDP the norm of the sharded gradients is the true global
-one: each rank's part is reduced over the ranks, as DTensor does) (none when `nan_guard`, which runs first, has measured it this
+the gradients for the norm (none when `nan_guard`, which runs first, has measured it this
 step: its `grad_norm` is reused), and a second to rescale them when they are clipped (on an
 accelerator: always, by a factor of at most 1, so that nothing waits for the device); in
 value mode, a max-abs pass and the clamp. No host sync on accelerators.
@@ -64,6 +66,7 @@ class GradClip:
         if known is None:
             norm = torch.nn.utils.get_total_norm(grads)  # before clipping, a tensor on the device
             norm = _full(norm)
+        else:
             # A plugin that ran earlier this step (nan_guard) already measured these very
             # gradients: reuse its norm instead of reading every gradient a second time.
             norm = torch.as_tensor(known, dtype=torch.float32, device=grads[0].device)

@@ -71,8 +71,7 @@ def snapshot(
     gather = distributed(engine) and not local
     if local and distributed(engine) and _sharded(engine.model):
         raise CheckpointError(
-            "a sharded (FSDP) model can only be saved by every rank together, "
-            "not by one rank alone"
+            "a sharded (FSDP) model can only be saved by every rank together, not by one rank alone"
         )
     model_sd = full_model_state(engine) if gather else engine.model.state_dict()
     model, aliases = _model_tensors(model_sd, copy)

@@ -65,7 +65,9 @@ class Change:
     @property
     def safe(self) -> bool:
         """Whether a resume may apply it without `--force`."""
-        return self.accepted or any(self.key == k or (k.endswith(".") and self.key.startswith(k)) for k in SAFE_KEYS)
+        return self.accepted or any(
+            self.key == k or (k.endswith(".") and self.key.startswith(k)) for k in SAFE_KEYS
+        )
 
     def __str__(self) -> str:
         return f"{self.key}: {self.old!r} -> {self.new!r}"
@@ -139,8 +141,10 @@ def check_global_batch(
     old_b, new_b = saved["data"]["batch_size"], config["data"]["batch_size"]
     before, after = old_b * saved_world, new_b * world
     if before == after:
-        return [Change(c.key, c.old, c.new, accepted=True) if c.key == "data.batch_size" else c
-                for c in changes]
+        return [
+            Change(c.key, c.old, c.new, accepted=True) if c.key == "data.batch_size" else c
+            for c in changes
+        ]
     if not force:
         hint = (
             f"set data.batch_size = {before // world} so it stays {before}"
