@@ -279,8 +279,17 @@ def is_sharded(model: Any) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def shard_model(model: Any, *, reshard_after_forward: bool = True, bf16: bool = False) -> Any:
+def shard_model(
+    model: Any,
+    optimizer: Any = None,
+    *,
+    reshard_after_forward: bool = True,
+    bf16: bool = False,
+) -> Any:
     """Shard `model` in place with FSDP2 and return it.
+
+    `fully_shard` replaces every parameter with a sharded (DTensor) one; an `optimizer`
+    built over the old parameters is pointed at the new ones, parameter by parameter name.
 
     Every module held in an `nn.ModuleList` (the repeated transformer blocks) becomes its
     own FSDP unit, then the root takes the rest (embeddings, final norm, head). With `bf16`,
@@ -296,21 +305,35 @@ def shard_model(model: Any, *, reshard_after_forward: bool = True, bf16: bool = 
         else MixedPrecisionPolicy()
     )
     options = {"reshard_after_forward": reshard_after_forward, "mp_policy": policy}
+    before = {p: name for name, p in model.named_parameters()}
     for module in list(model.modules()):
         if isinstance(module, torch.nn.ModuleList):
             for block in module:
                 fully_shard(block, **options)
     fully_shard(model, **options)
+    if optimizer is not None:
+        if optimizer.state:
+            raise ValueError("shard the model before the optimizer takes its first step")
+        after = dict(model.named_parameters())
+        for group in optimizer.param_groups:
+            group["params"] = [after[before[p]] for p in group["params"]]
     return model
 
 
 def wrap_model(
-    model: Any, device: Any, *, strategy: str, precision: str, reshard_after_forward: bool
+    model: Any,
+    device: Any,
+    *,
+    optimizer: Any = None,
+    strategy: str,
+    precision: str,
+    reshard_after_forward: bool,
 ) -> Any:
     """The module the forward goes through under a process group of several ranks.
 
     `ddp` wraps `model` in DistributedDataParallel (the model itself stays plain); `fsdp`
-    shards `model` in place and returns it.
+    shards `model` in place (and points `optimizer` at the sharded parameters) and returns
+    it.
 
     Raises:
         ConfigError: an unknown strategy, or `fsdp` with fp16 (use bf16).
@@ -322,7 +345,10 @@ def wrap_model(
                 "(its loss scaler is not shard-aware); use 'bf16' or 'fp32'"
             )
         return shard_model(
-            model, reshard_after_forward=reshard_after_forward, bf16=precision == "bf16"
+            model,
+            optimizer,
+            reshard_after_forward=reshard_after_forward,
+            bf16=precision == "bf16",
         )
     if strategy != "ddp":
         raise ConfigError(

@@ -121,6 +121,7 @@ class Engine:
             world_size=self.world_size,
             strategy=strategy,
             reshard_after_forward=reshard_after_forward,
+            optimizer=optimizer,  # FSDP: pointed at the sharded parameters
         )
         self.train_model = execution.train_model
         """What the forward goes through (DDP/compile); `model` is what checkpoints save."""

@@ -45,6 +45,7 @@ def prepare_execution(
     world_size: int,
     strategy: str = "ddp",
     reshard_after_forward: bool = True,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> Execution:
     """Wrap `model` for the run: DDP or FSDP when several processes train (see
     `hookloop.distributed.wrap_model`), then `torch.compile`. Under FSDP, bf16 goes through
@@ -63,6 +64,7 @@ def prepare_execution(
         forward_model = wrap_model(
             model,
             device,
+            optimizer=optimizer,
             strategy=strategy,
             precision=precision,
             reshard_after_forward=reshard_after_forward,

@@ -31,6 +31,9 @@ B = 4  # per-rank batch; the 1-rank reference uses 2 * B
 TINY = [
     *("--set", "model.d_model=32", "--set", "model.n_heads=2", "--set", "model.n_layers=2"),
     *("--set", "model.d_ff=64", "--set", "model.max_seq_len=16", "--set", "data.seq_len=16"),
+    # No biases: a key bias gets no gradient but rounding noise, which AdamW scales up to
+    # full steps, so its value would differ between any two batch layouts.
+    *("--set", "model.bias=false"),
     *("--set", "data.path=data", "--set", "data.val_batches=3", "--set", "plugins.eval.every=10"),
     *("--set", "plugins.eval.max_batches=2", "--set", "plugins.checkpoint.every_steps=5"),
     *("--set", "plugins.checkpoint.keep_last=0", "-p", "no:progress", "-p", "no:schedule"),

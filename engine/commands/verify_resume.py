@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             broadcast_object(None)  # every rank is done with the directory
             if main:
                 shutil.rmtree(tmp, ignore_errors=True)
-    return equal
+    return 0 if equal else 1
 
 
 def _silent(*args: Any, **kwargs: Any) -> None:
