@@ -35,7 +35,7 @@ TINY = [
     # full steps, so its value would differ between any two batch layouts.
     *("--set", "model.bias=false", "--set", "plugins.schedule.warmup_steps=2"),
     *("--set", "data.path=data", "--set", "data.val_batches=3", "--set", "plugins.eval.every=10"),
-    *("--set", "plugins.eval.max_batches=2", "--set", "plugins.checkpoint.every_steps=5"),
+    *("--set", "plugins.eval.max_batches=2", "--set", "plugins.checkpoint.every=5"),
     *("--set", "plugins.checkpoint.keep_last=0", "-p", "no:progress", "-p", "no:schedule"),
 ]
 
