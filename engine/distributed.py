@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import gc
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -156,6 +157,7 @@ def process_group(
         yield launch
         ok = True
     finally:
+        gc.collect()  # DDP wrappers (their reducers) go before the group they use
         if ok:
             dist.barrier()  # no rank tears the group down while another still uses it
         dist.destroy_process_group()
