@@ -100,7 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from hookloop.logs import configure_logging
 
-    configure_logging(args.log_format)
+    # Under torchrun only rank 0 logs progress; every rank still logs warnings and errors.
+    configure_logging(
+        args.log_format, level="info" if os.environ.get("RANK", "0") == "0" else "warning"
+    )
     try:
         return int(args.run(args) or 0)
     except HookloopError as exc:

@@ -8,7 +8,6 @@ fp16 grad scaler, DDP wrapping, evaluation on request and stop requests. Everyth
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from hookloop.batches import count_tokens as default_count_tokens
 from hookloop.batches import epoch_batches, epoch_complete, move_to, step_groups
 from hookloop.dispatch import HookDispatcher
+from hookloop.distributed import agree_on_stop, global_mean, no_sync
 from hookloop.errors import ConfigError, DataError, PluginError
 from hookloop.evaluation import mean_loss
 from hookloop.execution import distributed_rank, model_device, prepare_execution
@@ -64,6 +64,8 @@ class Engine:
         run_dir: The directory plugins write files into (metrics, checkpoints, journal).
         count_tokens: Tokens in a batch; defaults to the element count of its first tensor.
         config: The resolved configuration of the run, kept for plugins and checkpoints.
+        strategy: Under several processes: `ddp` (replicate) or `fsdp` (shard, FSDP2).
+        reshard_after_forward: FSDP: free gathered parameters after each block's forward.
     """
 
     def __init__(
@@ -82,6 +84,8 @@ class Engine:
         run_dir: str | Path | None = None,
         count_tokens: Callable[[Any], int] | None = None,
         config: dict[str, Any] | None = None,
+        strategy: str = "ddp",
+        reshard_after_forward: bool = True,
     ) -> None:
         if not isinstance(accumulate, int) or accumulate < 1:
             raise ConfigError(f"accumulate must be a whole number >= 1, got {accumulate!r}")
@@ -115,6 +119,9 @@ class Engine:
             precision=precision,
             compile=compile,
             world_size=self.world_size,
+            strategy=strategy,
+            reshard_after_forward=reshard_after_forward,
+            optimizer=optimizer,  # FSDP: pointed at the sharded parameters
         )
         self.train_model = execution.train_model
         """What the forward goes through (DDP/compile); `model` is what checkpoints save."""
@@ -268,11 +275,13 @@ class Engine:
         state.skip_step = False
         self.hooks.call("before_step", engine=self, state=state)
 
-        n = len(group)
+        n, tokens_before = len(group), state.tokens_seen
         total = self._forward_backward(group[0], n, last=n == 1)
         for i in range(1, n):
             total = total + self._forward_backward(group[i], n, last=i == n - 1)
         state.loss = total / n if n > 1 else total
+        if self.world_size > 1:  # every rank sees the global loss, token-weighted
+            state.loss = global_mean(state.loss, state.tokens_seen - tokens_before)
         self.hooks.call("after_backward", engine=self, state=state)
 
         if not state.skip_step:
@@ -288,7 +297,7 @@ class Engine:
         state.step += 1
         self.hooks.call("after_step", engine=self, state=state)
         if self.world_size > 1:
-            self._agree_on_stop()
+            agree_on_stop(self.state, self.device)
 
     def _forward_backward(self, batch: Any, n: int, *, last: bool) -> torch.Tensor:
         """Forward and backward of one micro-batch; returns its detached, unscaled loss."""
@@ -299,7 +308,7 @@ class Engine:
         else:
             # DDP all-reduces gradients on every backward unless told not to: only the last
             # micro-batch of a step needs it.
-            with self._no_sync(last=last), self._autocast():
+            with no_sync(self.train_model, last=last), self._autocast():
                 loss = self.loss_fn(self.train_model, batch)
         scaled = loss / n if n > 1 else loss
         if self.scaler is not None:
@@ -311,21 +320,6 @@ class Engine:
         state.epoch_batch += 1
         state.tokens_seen += self.count_tokens(batch) * self.world_size
         return loss.detach()
-
-    def _no_sync(self, *, last: bool) -> contextlib.AbstractContextManager[Any]:
-        no_sync = getattr(self.train_model, "no_sync", None)
-        if last or no_sync is None:
-            return contextlib.nullcontext()
-        return no_sync()
-
-    def _agree_on_stop(self) -> None:
-        """All ranks stop together if any rank asked to stop."""
-        import torch.distributed as dist
-
-        flag = torch.tensor([self.state.should_stop is not None], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() and self.state.should_stop is None:
-            self.state.should_stop = "another rank requested a stop"
 
     def _report_costs(self) -> None:
         costs = self.plugin_costs()

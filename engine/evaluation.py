@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from hookloop.distributed import all_reduce_sum
 from hookloop.errors import DataError
 
 __all__ = ["mean_loss"]
@@ -26,7 +27,10 @@ def mean_loss(
     """The loss of `model` over `batches`, each batch weighted by its token count.
 
     The model is put in eval mode under `torch.no_grad()` and restored afterwards. The sum
-    is kept on the device in float64 and read once at the end (one host sync).
+    is kept on the device in float64 and read once at the end (one host sync). Under
+    several ranks each rank evaluates its share of the batches and the sums are added over
+    the ranks, so every rank returns the global value; a rank whose share of a batch is
+    empty still runs the forward (a sharded model needs every rank), counting nothing.
 
     Raises:
         DataError: there is no batch to evaluate.
@@ -35,6 +39,7 @@ def mean_loss(
     model.eval()
     total: torch.Tensor | None = None
     count = 0
+    seen = 0
     try:
         with torch.no_grad():
             for i, batch in enumerate(batches):
@@ -44,10 +49,17 @@ def mean_loss(
                 with autocast():
                     loss = loss_fn(model, batch).double()
                 tokens = count_tokens(batch)
-                total = loss * tokens if total is None else total + loss * tokens
-                count += tokens
+                seen += 1
+                if tokens:
+                    total = loss * tokens if total is None else total + loss * tokens
+                    count += tokens
     finally:
         model.train(was_training)
+    if seen and total is None:  # this rank's slices were all empty
+        total = torch.zeros((), dtype=torch.float64, device=loss.device)
+    if total is not None:
+        sums = all_reduce_sum(torch.stack([total, total.new_tensor(float(count))]))
+        total, count = sums[0], int(sums[1].item())
     if total is None or count == 0:
         raise DataError("the validation data is empty; give it at least one batch")
     return float(total.item()) / count

@@ -1,8 +1,8 @@
-"""How a micro-batch's forward and backward run: device, precision, DDP and compile.
+"""How a micro-batch's forward and backward run: device, precision, DDP/FSDP and compile.
 
 `prepare_execution` turns the Engine's options into an `Execution`: the module the forward
-goes through (DDP and/or `torch.compile` around the plain model), the autocast context and
-the fp16 grad scaler. The Engine's loop only reads these; nothing here runs per step.
+goes through (DDP and/or `torch.compile` around the plain model, or the model sharded in
+place by FSDP2), the autocast context and the fp16 grad scaler. The Engine's loop only reads these; nothing here runs per step.
 """
 
 from __future__ import annotations
@@ -43,21 +43,34 @@ def prepare_execution(
     precision: str,
     compile: bool,
     world_size: int,
+    strategy: str = "ddp",
+    reshard_after_forward: bool = True,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> Execution:
-    """Wrap `model` for the run: DDP when several processes train, then `torch.compile`.
+    """Wrap `model` for the run: DDP or FSDP when several processes train (see
+    `hookloop.distributed.wrap_model`), then `torch.compile`. Under FSDP, bf16 goes through
+    FSDP's own mixed-precision policy rather than autocast.
 
     Raises:
-        ConfigError: an unknown precision.
+        ConfigError: an unknown precision or strategy, or FSDP with fp16.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     forward_model = model
-    if world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ids = [device.index] if device.type == "cuda" else None
-        forward_model = DistributedDataParallel(model, device_ids=ids)
     dtype = _AUTOCAST_DTYPES.get(precision)
+    if world_size > 1:
+        from hookloop.distributed import wrap_model
+
+        forward_model = wrap_model(
+            model,
+            device,
+            optimizer=optimizer,
+            strategy=strategy,
+            precision=precision,
+            reshard_after_forward=reshard_after_forward,
+        )
+        if strategy == "fsdp":
+            dtype = None  # FSDP's MixedPrecisionPolicy casts instead
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] = (
         (lambda: torch.autocast(device.type, dtype=dtype))
         if dtype is not None

@@ -91,22 +91,36 @@ def step_scalars(engine: Engine, state: State) -> StepScalars:
     norm = state.metrics.get("grad_norm")
     if isinstance(norm, torch.Tensor):  # clip ran first: reuse its pre-clip norm
         values = torch.stack([loss, norm.detach().float().reshape(())])
-    else:
+    sharded = False
+    if not isinstance(norm, torch.Tensor):
         engine.unscale_gradients()
         grads = [p.grad for p in engine.model.parameters() if p.grad is not None]
-        values = (
-            torch.stack([loss, *torch._foreach_norm(grads)]).float() if grads else loss.reshape(1)
-        )
+        sharded = any(_is_dtensor(g) for g in grads)
+        if sharded:  # FSDP: each rank holds a shard; sum the squares of every shard
+            norms = torch._foreach_norm([local_tensor(g) for g in grads])
+            values = torch.stack([loss, torch.stack(norms).float().square().sum()])
+        else:
+            values = (
+                torch.stack([loss, *torch._foreach_norm(grads)]).float()
+                if grads
+                else loss.reshape(1)
+            )
     if engine.world_size > 1:
-        # Every rank must take the same decision: average the loss (the gradients, hence the
-        # norms, are already all-reduced and equal on every rank).
+        # Every rank must take the same decision: average the loss; under DDP the gradients,
+        # hence the norms, are already all-reduced and equal on every rank; under FSDP the
+        # squared norms of the shards add up to the global one.
         import torch.distributed as dist
 
         dist.all_reduce(values)
         values = values / engine.world_size
+        if sharded:
+            values[1] = values[1] * engine.world_size
     host = _to_host(values)
     if isinstance(norm, torch.Tensor):
         total = host[1]
+    elif sharded:
+        total = math.sqrt(host[1])
+        state.metrics["grad_norm"] = total
     else:
         total = math.sqrt(sum(v * v for v in host[1:]))  # overflows to inf, like the norm
         state.metrics["grad_norm"] = total
@@ -120,14 +134,29 @@ def _to_host(values: torch.Tensor) -> list[float]:
     return values.tolist()
 
 
+def _is_dtensor(t: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a sharded (DTensor) tensor; any other tensor as it is."""
+    return t.to_local() if _is_dtensor(t) else t
+
+
 def bad_gradient_names(model: torch.nn.Module, limit: int = 8) -> list[str]:
     """Names of the parameters whose gradient holds a NaN or an infinity; when every element
     is finite (the norm overflowed), the few with the largest gradients, with their size.
     For the failure path only: one sync per parameter."""
-    grads = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
+    grads = [
+        (name, local_tensor(p.grad)) for name, p in model.named_parameters() if p.grad is not None
+    ]
     names = [name for name, g in grads if not bool(torch.isfinite(g).all())]
     if not names and grads:
-        peaks = sorted(((float(g.abs().max()), name) for name, g in grads), reverse=True)
+        peaks = sorted(
+            ((float(g.abs().max()) if g.numel() else 0.0, name) for name, g in grads), reverse=True
+        )
         return [f"{name} (max |grad| {peak:.3g})" for peak, name in peaks[:3]]
     return names if len(names) <= limit else [*names[:limit], f"... {len(names) - limit} more"]
 
@@ -135,18 +164,21 @@ def bad_gradient_names(model: torch.nn.Module, limit: int = 8) -> list[str]:
 def emergency_save(engine: Engine, state: State, reason: str) -> str | None:
     """Save the current (still good) weights to `run_dir/checkpoints/emergency-step-N`.
 
+    Under several ranks every rank calls this together (the guards decide on global values,
+    so all ranks halt at the same step): the tensors are gathered and rank 0 writes.
+
     Returns:
         The checkpoint path as a string, or None when the run has no directory or this
         process is not the main one.
     """
-    if engine.run_dir is None or not engine.is_main_process:
+    if engine.run_dir is None or (engine.world_size == 1 and not engine.is_main_process):
         return None
     from hookloop.checkpoint import CHECKPOINTS_DIR, save_checkpoint
 
     directory = engine.run_dir / CHECKPOINTS_DIR / f"emergency-step-{state.step:08d}"
     path = save_checkpoint(engine, directory, extra={"emergency": reason})
     engine.journal.record("checkpoint_saved", step=state.step, reason=reason, path=str(path))
-    return str(path)
+    return str(path) if engine.is_main_process else None
 
 
 def rollback(engine: Engine, state: State, *, lr_factor: float, reason: str, by: str) -> int:
@@ -165,8 +197,12 @@ def rollback(engine: Engine, state: State, *, lr_factor: float, reason: str, by:
         TrainingHalted: the run has no directory or no valid checkpoint to go back to.
     """
     from hookloop.checkpoint import latest_valid_checkpoint, load_checkpoint
+    from hookloop.distributed import on_rank0
 
-    path = latest_valid_checkpoint(engine.run_dir) if engine.run_dir is not None else None
+    # Rank 0 picks, so every rank reloads the same checkpoint.
+    path = on_rank0(
+        lambda: latest_valid_checkpoint(engine.run_dir) if engine.run_dir is not None else None
+    )
     if path is None:
         raise TrainingHalted(
             f"{by}: {reason}; cannot roll back: no valid checkpoint in "

@@ -2,8 +2,9 @@
 
 Checkpoints go to `run_dir/checkpoints/step-<N>/` in the format of `hookloop.checkpoint`
 (atomic: a crash at any instant leaves the previous checkpoint loadable); `latest` names the
-newest, `best` the one with the best watched metric. Only rank 0 writes. An engine without a
-`run_dir` saves nothing.
+newest, `best` the one with the best watched metric. Only rank 0 writes; under several
+ranks every rank takes part in each save (the tensors are gathered to rank 0 as whole,
+unsharded tensors) at the same step. An engine without a `run_dir` saves nothing.
 
     [plugins.checkpoint]
     every = 1000              # save every N optimizer steps (0: never on a step count)
@@ -36,6 +37,7 @@ import torch
 
 from hookloop import checkpoint as ckpt
 from hookloop.checkpoint.atomic import remove_dir
+from hookloop.distributed import broadcast_object, is_sharded
 from hookloop.hookspecs import hookimpl
 from hookloop.options import check_choice, check_int, check_number
 
@@ -107,9 +109,10 @@ class Checkpoint:
         self._boundary_counters = state.counters()
         if self._thread is not None and not self._thread.is_alive():
             self._collect_background_save(engine)
-        due = self.every and state.step % self.every == 0
+        due = bool(self.every and state.step % self.every == 0)
         if not due and self.every_minutes:
             due = time.monotonic() - self._last_save_time >= 60.0 * self.every_minutes
+            due = broadcast_object(due)  # rank 0's clock decides for every rank
         if due or self._best_due(state):
             self.save(engine, reason="periodic" if due else "best")
 
@@ -143,6 +146,10 @@ class Checkpoint:
             return
         if getattr(error, "checkpoint", None):
             return  # the plugin that raised has saved the right state already (nan_guard)
+        if engine.world_size > 1 and is_sharded(engine.model):
+            # The other ranks may be anywhere: no gathering now. The last save stands.
+            log.warning("checkpoint_skipped", reason="sharded model, ranks not in step")
+            return
         if not all(bool(torch.isfinite(p).all()) for p in engine.model.parameters()):
             log.warning("checkpoint_skipped", reason="parameters are not finite", step=state.step)
             return
@@ -156,6 +163,7 @@ class Checkpoint:
             reason=f"exception: {type(error).__name__}",
             counters=self._boundary_counters if mid_step else None,
             wait=True,
+            local=True,
         )
 
     @hookimpl
@@ -178,6 +186,7 @@ class Checkpoint:
         reason: str,
         counters: dict[str, int] | None = None,
         wait: bool = False,
+        local: bool = False,
     ) -> Path | None:
         """Save a checkpoint of the current state now, unless this state is already saved.
 
@@ -186,12 +195,15 @@ class Checkpoint:
             reason: Why, for the journal (`periodic`, `best`, `end`, `preempted`, ...).
             counters: Counters to record instead of the state's (see `snapshot`).
             wait: Return only once the checkpoint is on disk, even in background mode.
+            local: Rank 0 saves alone, with no collective call (after an error, when the
+                other ranks may be anywhere); otherwise every rank must call this together.
 
         Returns:
             The checkpoint directory, or None on a non-zero rank or without a run_dir.
         """
         state = engine.state
-        if not engine.is_main_process or engine.run_dir is None:
+        main = engine.is_main_process
+        if engine.run_dir is None or not (main or (engine.world_size > 1 and not local)):
             return None
         directory = (
             engine.run_dir
@@ -200,7 +212,7 @@ class Checkpoint:
         )
         key = tuple((counters or state.counters()).values())
         if key == self._last_saved_counters and not self._best_due(state):
-            return directory
+            return directory if main else None
         self.wait(engine)
         is_best = self._best_due(state)
         if is_best:
@@ -212,8 +224,15 @@ class Checkpoint:
         self._last_save_time = time.monotonic()
         start = time.perf_counter()
         snap = ckpt.snapshot(
-            engine, extra={"reason": reason}, counters=counters, copy=self.background and not wait
+            engine,
+            extra={"reason": reason},
+            counters=counters,
+            copy=self.background and not wait,
+            local=local,
         )
+        if not main:  # rank 0 writes what every rank helped gather
+            self._last_saved_counters = key
+            return None
         info = {"reason": reason, "best": is_best, "step": key[0]}
         if self.background and not wait:
             self._last_saved_counters = key  # in flight; forgotten again if the write fails

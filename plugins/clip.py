@@ -10,6 +10,9 @@ Writes two metrics each step, both as tensors so nothing waits for the device:
 tensor telling whether clipping changed anything. Under fp16 the gradients are unscaled
 first (`engine.unscale_gradients()`), so the norm and the threshold are in true units.
 
+Under FSDP the gradients are sharded (DTensors): their norm is the true global norm, each
+rank's part reduced over the ranks by DTensor, and the same on every rank.
+
 Hooks: `on_fit_start` (collects the parameters), `after_backward`. Cost: one pass over
 the gradients for the norm (none when `nan_guard`, which runs first, has measured it this
 step: its `grad_norm` is reused), and a second to rescale them when they are clipped (on an
@@ -62,6 +65,7 @@ class GradClip:
         known = state.metrics.get("grad_norm")
         if known is None:
             norm = torch.nn.utils.get_total_norm(grads)  # before clipping, a tensor on the device
+            norm = _full(norm)
         else:
             # A plugin that ran earlier this step (nan_guard) already measured these very
             # gradients: reuse its norm instead of reading every gradient a second time.
@@ -73,7 +77,15 @@ class GradClip:
             if norm.device.type != "cpu" or bool(clipped):
                 torch.nn.utils.clip_grads_with_norm_(params, self.max_norm, norm)
         else:
-            clipped = torch.nn.utils.get_total_norm(grads, norm_type=float("inf")) > self.max_value
+            peak = _full(torch.nn.utils.get_total_norm(grads, norm_type=float("inf")))
+            clipped = peak > self.max_value
             torch.nn.utils.clip_grad_value_(params, self.max_value)
         state.metrics["grad_norm"] = norm.detach()
         state.metrics["clipped"] = clipped
+
+
+def _full(norm: torch.Tensor) -> torch.Tensor:
+    """A norm computed over sharded (FSDP, DTensor) gradients, reduced to the global value."""
+    from torch.distributed.tensor import DTensor
+
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm

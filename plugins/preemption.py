@@ -1,6 +1,8 @@
-"""Stop cleanly on SIGTERM / SIGINT: finish the step, save a checkpoint, say how to resume.
+"""Stop cleanly on SIGTERM / SIGINT / SIGUSR1: finish the step, save a checkpoint, say how to
+resume, and on SLURM requeue the job.
 
-Cluster schedulers send SIGTERM before they kill a job; Ctrl-C sends SIGINT. On the first
+Cluster schedulers send SIGTERM before they kill a job (SLURM sends the signal of
+`#SBATCH --signal=USR1@120` that long before the time limit); Ctrl-C sends SIGINT. On the first
 signal the run finishes the optimizer step in progress, stops (`state.request_stop`), saves a
 checkpoint and logs the command that resumes it. A second signal exits at once with status
 128 + the signal number, without saving; the checkpoints already on disk stay valid because
@@ -11,8 +13,15 @@ pointers and pruning, and no second copy of its end-of-fit save), else straight 
 `hookloop.checkpoint.save_checkpoint`, so preemption works with `-p no:checkpoint` too.
 An engine without a `run_dir` stops without saving.
 
+Under torchrun a signal may reach one rank or all: the rank that gets it asks to stop, the
+ranks agree at the end of that step, and every rank takes part in the one checkpoint rank 0
+writes. With `requeue = true`, inside a SLURM job (`SLURM_JOB_ID` set), rank 0 then runs
+`scontrol requeue $SLURM_JOB_ID`; the requeued job's `hookloop train --resume auto
+--run-dir DIR` continues from that checkpoint.
+
     [plugins.preemption]
-    signals = "SIGTERM,SIGINT"   # the signals handled (a comma-separated string or a list)
+    signals = "SIGTERM,SIGINT,SIGUSR1"   # the signals handled (a comma-separated string or a list)
+    requeue = false                      # inside SLURM: requeue the job after the save
 
 Hooks: `on_fit_start` installs the handlers (only in the main thread; never at import),
 `on_fit_end` / `on_exception` restore the previous ones; `on_fit_end` saves after a signal.
@@ -23,6 +32,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,7 +60,9 @@ class Preemption:
         "checkpoint",
     )  # our on_fit_end save (reason "preempted") comes first; its is then a no-op
 
-    def __init__(self, *, signals: str | list[str] = "SIGTERM,SIGINT") -> None:
+    def __init__(
+        self, *, signals: str | list[str] = "SIGTERM,SIGINT,SIGUSR1", requeue: bool = False
+    ) -> None:
         if isinstance(signals, str):
             signals = [s.strip() for s in signals.split(",") if s.strip()]
         known = {s.name for s in signal.Signals}
@@ -60,6 +72,9 @@ class Preemption:
                     f"preemption: option signals has {name!r}, not a catchable signal"
                 )
         self.signals = [signal.Signals[name] for name in signals]
+        if not isinstance(requeue, bool):
+            raise PluginError(f"preemption: option requeue must be true or false, got {requeue!r}")
+        self.requeue = requeue
         self.received: str | None = None
         self._previous: dict[signal.Signals, Any] = {}
 
@@ -89,6 +104,8 @@ class Preemption:
 
     @hookimpl
     def on_fit_end(self, engine: Engine, state: State) -> None:
+        if engine.world_size > 1:  # the ranks that got no signal save with the one that did
+            self.received = _any_rank(self.received)
         if self.received is None:
             self._restore()
             return
@@ -105,6 +122,8 @@ class Preemption:
         )
         if not engine.is_main_process:
             return
+        if self.requeue:
+            _requeue(engine, state)
         if path is None:
             log.warning(
                 "preempted",
@@ -132,7 +151,7 @@ class Preemption:
             and hasattr(loaded.plugin, "save")
         ):
             return loaded.plugin.save(engine, reason=f"preempted by {self.received}", wait=True)
-        if engine.run_dir is None or not engine.is_main_process:
+        if engine.run_dir is None:
             return None
         directory = engine.run_dir / ckpt.CHECKPOINTS_DIR / ckpt.checkpoint_name(engine.state.step)
         return ckpt.save_checkpoint(
@@ -143,3 +162,32 @@ class Preemption:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()
+
+
+def _any_rank(received: str | None) -> str | None:
+    """The signal any rank received (the first in rank order), the same on every rank."""
+    import torch.distributed as dist
+
+    names: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(names, received)
+    return next((name for name in names if name is not None), None)
+
+
+def _requeue(engine: Engine, state: State) -> None:
+    """`scontrol requeue $SLURM_JOB_ID`, when inside a SLURM job."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        log.warning("requeue_skipped", reason="not inside a SLURM job (no SLURM_JOB_ID)")
+        return
+    try:
+        done = subprocess.run(
+            ["scontrol", "requeue", job], capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("requeue_failed", job=job, error=str(exc))
+        return
+    if done.returncode != 0:
+        log.warning("requeue_failed", job=job, error=done.stderr.strip() or done.returncode)
+        return
+    engine.journal.record("requeued", step=state.step, reason=f"scontrol requeue {job}", job=job)
+    log.warning("requeued", job=job, step=state.step)

@@ -103,3 +103,33 @@ def test_bad_files_are_data_errors(tmp_path):
         TokenDataset(short, seq_len=4, batch_size=1)
     with pytest.raises(DataError, match="lower data.batch_size"):
         TokenDataset(short, seq_len=1, batch_size=8, sampling="sequential")
+
+
+@pytest.mark.parametrize(
+    ("sampling", "shuffle", "drop_last"),
+    [("random", True, True), ("sequential", True, True), ("sequential", False, False)],
+)
+def test_ranks_read_slices_of_the_one_rank_batch(tmp_path, sampling, shuffle, drop_last):
+    """2 ranks x B read, batch for batch and in rank order, the windows 1 rank x 2B reads;
+    also from a resumed position, and for the short last batch of a validation pass."""
+    path = token_file(tmp_path, np.arange(1000) % 50)
+    common = dict(seq_len=8, sampling=sampling, shuffle=shuffle, drop_last=drop_last, seed=3)
+    one = TokenDataset(path, batch_size=6, **common)
+    ranks = [TokenDataset(path, batch_size=3, rank=r, world_size=2, **common) for r in (0, 1)]
+    assert len(one) == len(ranks[0]) == len(ranks[1])
+    for epoch, start in ((0, 0), (1, 2)):
+        whole = list(one.iter_epoch(epoch, start))
+        parts = [list(d.iter_epoch(epoch, start)) for d in ranks]
+        assert len(whole) == len(parts[0]) == len(parts[1]) > 0
+        for (x, y), (x0, y0), (x1, y1) in zip(whole, *parts, strict=True):
+            assert torch.equal(x, torch.cat([x0, x1])) and torch.equal(y, torch.cat([y0, y1]))
+    if not drop_last:  # 124 windows: the last batch of 6 has 4, so rank 1 gets 1
+        *_, (x0, _) = ranks[0].iter_epoch(0)
+        *_, (x1, _) = ranks[1].iter_epoch(0)
+        assert len(x0) == 3 and len(x1) == 1
+
+
+def test_a_rank_outside_the_world_is_a_data_error(tmp_path):
+    path = token_file(tmp_path, np.arange(100) % 50)
+    with pytest.raises(DataError, match="rank 2 is outside world_size 2"):
+        TokenDataset(path, seq_len=4, batch_size=2, rank=2, world_size=2)

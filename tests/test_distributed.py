@@ -39,3 +39,40 @@ def test_ddp_keeps_ranks_in_step_and_stops_them_together(run_ddp):
     assert rank0[2] == 2 * 2 * 12 * 2  # steps x micro-batches x tokens x ranks
     assert rank0[3] == rank1[3]  # gradients were all-reduced, so the weights agree
     assert rank0[4] is True and rank1[4] is False
+
+
+# --- hookloop.distributed: the launch, without starting processes ---------------------------
+
+
+def test_launch_is_read_from_torchrun_variables_only():
+    from hookloop.distributed import launch_from_env
+    from hookloop.errors import ConfigError
+
+    assert launch_from_env({}) is None
+    assert launch_from_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == (1, 4, 1)
+    with pytest.raises(ConfigError, match="not whole numbers"):
+        launch_from_env({"RANK": "x", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+    with pytest.raises(ConfigError, match="out of range: RANK=2, WORLD_SIZE=2"):
+        launch_from_env({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+
+
+def test_a_single_process_gets_no_process_group_and_bad_settings_are_config_errors(monkeypatch):
+    import torch
+
+    from hookloop.distributed import _choose_backend, on_rank0, process_group
+    from hookloop.errors import ConfigError
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    with process_group() as launch:
+        assert launch is None and not torch.distributed.is_initialized()
+        assert on_rank0(lambda: 7) == 7  # no group: a plain call
+    bad = process_group(strategy="zero")
+    with pytest.raises(ConfigError, match="distributed.strategy must be one of ddp, fsdp"):
+        bad.__enter__()
+    assert _choose_backend("auto", "cpu") == "gloo" and _choose_backend("gloo", "cuda") == "gloo"
+    with pytest.raises(ConfigError, match="distributed.backend must be one of"):
+        _choose_backend("mpi", "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="'nccl' needs CUDA GPUs"):
+            _choose_backend("nccl", "cpu")

@@ -161,3 +161,26 @@ def test_verify_resume_finds_the_first_differing_step(
     out = capsys.readouterr().out
     assert code == 1, out
     assert "loss trace: DIFFERENT from step 3" in out and "result: DIFFERENT" in out
+
+
+def test_a_batch_size_change_that_keeps_the_global_batch_is_accepted():
+    """2 ranks x 16 resumed on 1 rank x 32 reads the same windows: safe; a changed global
+    batch (also through the number of ranks alone) is refused with the batch that fits."""
+    from hookloop.errors import ConfigError
+    from hookloop.lm.config import default_config
+    from hookloop.lm.resume import check_changes, check_global_batch, config_changes
+
+    saved, new = default_config(), default_config()
+    saved["data"]["batch_size"], new["data"]["batch_size"] = 16, 32
+    changes = check_global_batch(
+        config_changes(saved, new), saved, new, saved_world=2, world=1, force=False
+    )
+    assert check_changes(changes, force=False) == ["  data.batch_size: 16 -> 32  (applied)"]
+    with pytest.raises(
+        ConfigError, match=r"from 32 windows \(16 x 2 ranks\) to 64.*batch_size = 8 so it stays 32"
+    ):
+        check_global_batch(config_changes(saved, saved), saved, saved, saved_world=2, world=4,
+                           force=False)  # fmt: skip
+    with pytest.raises(ConfigError, match="run on a number of ranks that divides 32"):
+        check_global_batch([], saved, saved, saved_world=2, world=3, force=False)
+    assert check_global_batch([], saved, saved, saved_world=2, world=3, force=True) == []

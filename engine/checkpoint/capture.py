@@ -14,6 +14,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from hookloop.checkpoint.datastate import is_stateful, saved_data_state
+from hookloop.checkpoint.gather import (
+    distributed,
+    full_model_state,
+    full_optimizer_state,
+    rank_rng_states,
+)
 from hookloop.checkpoint.layout import FORMAT_VERSION
 from hookloop.checkpoint.rng import rng_state
 from hookloop.errors import CheckpointError
@@ -45,8 +51,13 @@ def snapshot(
     extra: dict[str, Any] | None = None,
     counters: dict[str, int] | None = None,
     copy: bool = False,
+    local: bool = False,
 ) -> Snapshot:
     """Capture the engine's state for a checkpoint.
+
+    Under several ranks this is collective (every rank calls it at the same point): the
+    full tensors are gathered onto rank 0, whose snapshot is the one to write; the other
+    ranks' snapshots hold no tensors. Every rank's RNG state is recorded.
 
     Args:
         engine: The engine to capture.
@@ -54,9 +65,20 @@ def snapshot(
         counters: Counters to record instead of `engine.state.counters()` (an emergency
             save taken mid-step records the last completed step); marks it not exact.
         copy: Clone every tensor, so training can go on while another thread writes.
+        local: Capture only what this rank holds, with no collective call (for a save on
+            one rank while the others may be elsewhere, e.g. after an error). Under DDP the
+            rank's replica is the whole model; a sharded (FSDP) model cannot be saved so.
     """
-    model, aliases = _model_tensors(engine.model, copy)
-    optimizer, opt_json = _optimizer_tensors(engine.optimizer, copy)
+    gather = distributed(engine) and not local
+    if local and distributed(engine) and _sharded(engine.model):
+        raise CheckpointError(
+            "a sharded (FSDP) model can only be saved by every rank together, not by one rank alone"
+        )
+    model_sd = full_model_state(engine) if gather else engine.model.state_dict()
+    model, aliases = _model_tensors(model_sd, copy)
+    optim_sd = full_optimizer_state(engine) if gather else engine.optimizer.state_dict()
+    optimizer, opt_json = _optimizer_tensors(optim_sd, type(engine.optimizer).__name__, copy)
+    rngs = rank_rng_states(engine) if gather else None
     state = engine.state
     meta = {
         "format_version": FORMAT_VERSION,
@@ -77,6 +99,8 @@ def snapshot(
         "optimizer": opt_json,
         "scaler": engine.scaler.state_dict() if engine.scaler is not None else None,
         "rng": rng_state(),
+        "world_size": engine.world_size,
+        "rng_ranks": rngs,
         "plugins": engine.plugin_states(),
         "plugin_versions": {name: p.origin for name, p in engine.plugins.items()},
         "config": engine.config,
@@ -87,12 +111,20 @@ def snapshot(
     return Snapshot(model=model, optimizer=optimizer, state=meta)
 
 
-def _model_tensors(model: torch.nn.Module, copy: bool) -> tuple[dict[str, torch.Tensor], dict]:
+def _sharded(model: torch.nn.Module) -> bool:
+    from hookloop.distributed import is_sharded
+
+    return is_sharded(model)
+
+
+def _model_tensors(
+    model_sd: dict[str, torch.Tensor], copy: bool
+) -> tuple[dict[str, torch.Tensor], dict]:
     tensors: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     seen: dict[tuple, str] = {}
     storages: set[int] = set()
-    for name, t in model.state_dict().items():
+    for name, t in model_sd.items():
         t = t.detach()
         key = (
             t.untyped_storage().data_ptr(),
@@ -113,18 +145,17 @@ def _model_tensors(model: torch.nn.Module, copy: bool) -> tuple[dict[str, torch.
     return tensors, aliases
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer, copy: bool) -> tuple[dict, dict]:
-    sd = optimizer.state_dict()
+def _optimizer_tensors(sd: dict[str, Any], class_name: str, copy: bool) -> tuple[dict, dict]:
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
-    for index, param_state in sd["state"].items():
+    for index, param_state in sd.get("state", {}).items():
         for name, value in param_state.items():
             if isinstance(value, torch.Tensor):
                 tensors[f"state.{index}.{name}"] = _cpu(value.detach(), copy)
             else:
                 scalars.setdefault(str(index), {})[name] = encode(value)
-    groups = [{k: encode(v) for k, v in g.items()} for g in sd["param_groups"]]
-    return tensors, {"class": type(optimizer).__name__, "param_groups": groups, "scalars": scalars}
+    groups = [{k: encode(v) for k, v in g.items()} for g in sd.get("param_groups", [])]
+    return tensors, {"class": class_name, "param_groups": groups, "scalars": scalars}
 
 
 def _cpu(t: torch.Tensor, copy: bool) -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch
 from hookloop.checkpoint.atomic import read_pointer
 from hookloop.checkpoint.capture import decode, tokenizer_ref
 from hookloop.checkpoint.datastate import restore_data
+from hookloop.checkpoint.gather import load_model_state, load_optimizer_state
 from hookloop.checkpoint.layout import (
     CHECKPOINTS_DIR,
     FORMAT_VERSION,
@@ -166,12 +167,12 @@ def load_checkpoint(engine: Engine, path: Path) -> dict[str, Any]:
     _check_optimizer(engine.optimizer, optim, path)
 
     restore_data(engine.train_data, state.get("data", {}), state["counters"], str(path))
-    engine.model.load_state_dict(model)
-    engine.optimizer.load_state_dict(optim)
+    load_model_state(engine, model)  # every rank: re-sharded under FSDP
+    load_optimizer_state(engine, optim)
     if engine.scaler is not None and state.get("scaler"):
         engine.scaler.load_state_dict(state["scaler"])
     engine.state.load_counters(state["counters"])
-    set_rng_state(state["rng"])
+    set_rng_state(_rank_rng(state, engine.rank))
     engine.load_plugin_states(state.get("plugins", {}))
     engine.journal.record(
         "checkpoint_loaded",
@@ -181,6 +182,13 @@ def load_checkpoint(engine: Engine, path: Path) -> dict[str, Any]:
         exact=state.get("exact", True),
     )
     return state
+
+
+def _rank_rng(state: dict[str, Any], rank: int) -> dict[str, Any]:
+    """This rank's saved generator states: its own when the checkpoint has them (same or
+    larger world size), else rank 0's."""
+    ranks = state.get("rng_ranks") or []
+    return ranks[rank] if rank < len(ranks) else state["rng"]
 
 
 def _check_model(model: torch.nn.Module, saved: dict[str, torch.Tensor], path: Path) -> None:

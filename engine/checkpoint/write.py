@@ -44,6 +44,9 @@ def save_checkpoint(
         extra: JSON values stored under `extra` in state.json.
         update_latest: Point `latest` in the parent directory at the new checkpoint.
 
+    Under several ranks every rank calls this: the tensors are gathered, rank 0 writes, and
+    every rank returns once the checkpoint is on disk (or raises rank 0's error).
+
     Returns:
         The checkpoint directory.
 
@@ -51,7 +54,12 @@ def save_checkpoint(
         CheckpointError: the checkpoint could not be written (e.g. the disk is full); the
             previous checkpoint and the `latest` pointer are left as they were.
     """
-    return write_snapshot(snapshot(engine, extra=extra), directory, update_latest=update_latest)
+    snap = snapshot(engine, extra=extra)  # collective under several ranks
+    if engine.world_size == 1:
+        return write_snapshot(snap, directory, update_latest=update_latest)
+    from hookloop.distributed import on_rank0
+
+    return on_rank0(lambda: write_snapshot(snap, directory, update_latest=update_latest))
 
 
 def write_snapshot(snap: Snapshot, directory: Path, *, update_latest: bool = True) -> Path:

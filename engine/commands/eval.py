@@ -1,5 +1,5 @@
 """Evaluate a trained run's checkpoint on the validation split: mean loss in nats per
-token and perplexity.
+token and perplexity. Under torchrun the ranks share the validation batches.
 
 Examples:
     hookloop eval
@@ -30,11 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the validation loss and perplexity of the checkpoint."""
+    from hookloop.distributed import announce
     from hookloop.engine import Engine
     from hookloop.errors import CheckpointError, ConfigError
     from hookloop.lm.recipe import (
         data_dir,
         latest_run_dir,
+        launched,
         load_trained,
         resolve_device,
         set_threads,
@@ -51,17 +53,21 @@ def run(args: argparse.Namespace) -> int:
     if args.data:
         config["data"]["path"] = args.data
     directory = data_dir(config)
-    val = val_dataset(config, directory, model.vocab_size)
-    engine = Engine(
-        model,
-        _no_optimizer(model),
-        [],
-        val_data=val,
-        device=resolve_device(config["training"]["device"]),
-    )
-    metrics = engine.evaluate(max_batches=args.max_batches)
-    print(f"checkpoint {path}")
-    print(f"val_loss {metrics['val_loss']:.4f}  val_ppl {metrics['val_ppl']:.3f}")
+    with launched(config) as launch:  # under torchrun the ranks share the batches
+        announce(launch, "ddp")
+        val = val_dataset(config, directory, model.vocab_size)
+        engine = Engine(
+            model,
+            _no_optimizer(model),
+            [],
+            val_data=val,
+            device=resolve_device(config["training"]["device"]),
+        )
+        metrics = engine.evaluate(max_batches=args.max_batches)
+        del engine  # the DDP wrapper goes before the process group
+    if launch is None or launch.rank == 0:
+        print(f"checkpoint {path}")
+        print(f"val_loss {metrics['val_loss']:.4f}  val_ppl {metrics['val_ppl']:.3f}")
     return 0
 
 

@@ -9,6 +9,10 @@ Examples:
 
 The run goes to runs/<timestamp>/ (resolved config.toml, tokenizer.json, metrics,
 checkpoints); the last lines printed say where it is and how to sample from it.
+
+Under torchrun (`torchrun --nproc_per_node 2 -m hookloop train ...`) every rank trains its
+slice of each global batch (`data.batch_size` is per rank) and all ranks share one run
+directory, chosen by rank 0; see the guide's "Scaling out" page.
 """
 
 from __future__ import annotations
@@ -51,15 +55,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build the configured run, train it, evaluate it once more and say where it is."""
     from hookloop.lm.config import config_from_args
-    from hookloop.lm.recipe import build_run, new_run_dir
+    from hookloop.lm.recipe import launched
 
-    checkpoint = None
-    if args.resume:
-        run_dir, checkpoint, config = _resume(args)
-    else:
-        run_dir, config = None, config_from_args(args)
-        _refuse_a_run_with_checkpoints(args.run_dir)
-    run_dir = run_dir or (Path(args.run_dir) if args.run_dir else new_run_dir(args.runs))
+    with launched(config_from_args(args)) as launch:
+        return _train(args, launch)
+
+
+def _train(args: argparse.Namespace, launch: Any) -> int:
+    from hookloop.distributed import announce, on_rank0
+    from hookloop.lm.recipe import build_run
+
+    say = print if launch is None or launch.rank == 0 else _silent
+    # Rank 0 chooses the run directory, checkpoint and config; every rank gets the same.
+    run_dir, checkpoint, config = on_rank0(lambda: _where(args, launch))
+    announce(launch, config["distributed"]["strategy"])
     # build_run rewrites these two; a resume that is then refused must leave the run as it was
     kept = {
         name: (run_dir / name).read_bytes()
@@ -73,15 +82,16 @@ def run(args: argparse.Namespace) -> int:
 
             load_checkpoint(built.engine, checkpoint)
     except BaseException:
-        for name, data in kept.items():
-            (run_dir / name).write_bytes(data)
-        if run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()  # leave no empty run behind for `sample` to trip over
+        if launch is None or launch.rank == 0:
+            for name, data in kept.items():
+                (run_dir / name).write_bytes(data)
+            if run_dir.is_dir() and not any(run_dir.iterdir()):
+                run_dir.rmdir()  # leave no empty run behind for `sample` to trip over
         raise
     engine = built.engine
     limits = [f"{built.max_steps} steps"] if built.max_steps else []
     limits += [f"{built.epochs} epochs"] if built.epochs else []
-    print(
+    say(
         f"training {engine.model.num_parameters():,} parameters on {built.data_dir} "
         f"({built.tokenizer.kind} tokens, vocabulary {built.tokenizer.vocab_size}) for "
         f"{' or '.join(limits)} on {engine.device}; run directory {built.run_dir}",
@@ -94,20 +104,41 @@ def run(args: argparse.Namespace) -> int:
     # The eval plugin's periodic evaluations may use a subset; the last word is the full split.
     metrics = engine.evaluate(max_batches=config["data"]["val_batches"] or None)
     stopped = f" (stopped: {state.should_stop})" if state.should_stop else ""
-    print(
+    say(
         f"done: {state.step} steps, {tokens:,} tokens in {seconds:.1f}s "
         f"({tokens / max(seconds, 1e-9):,.0f} tokens/s){stopped}"
     )
     val = engine.val_data
-    print(
+    say(
         f"validation loss {metrics['val_loss']:.4f} nats/token (perplexity "
         f"{metrics['val_ppl']:.2f}) on {min(len(val), config['data']['val_batches'] or len(val))} "
         f"batches of the validation split"
     )
+    if launch is not None and launch.rank != 0:
+        return 0
     print(f"run directory: {built.run_dir}")
     _plot(built.run_dir)
     print(f"sample from it: hookloop sample --run {built.run_dir}")
     return 0
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    """print() on the ranks other than 0: they say nothing."""
+
+
+def _where(args: argparse.Namespace, launch: Any) -> tuple[Path, Path | None, dict[str, Any]]:
+    """The run directory, the checkpoint to resume (or None) and the config (rank 0)."""
+    from hookloop.lm.config import config_from_args
+    from hookloop.lm.recipe import new_run_dir
+
+    checkpoint = None
+    if args.resume:
+        run_dir, checkpoint, config = _resume(args, 1 if launch is None else launch.world_size)
+    else:
+        run_dir, config = None, config_from_args(args)
+        _refuse_a_run_with_checkpoints(args.run_dir)
+    run_dir = run_dir or (Path(args.run_dir) if args.run_dir else new_run_dir(args.runs))
+    return run_dir, checkpoint, config
 
 
 def _plot(run_dir: Path) -> None:
@@ -123,7 +154,9 @@ def _plot(run_dir: Path) -> None:
         print(f"loss curves: hookloop plot {run_dir} ({exc})")
 
 
-def _resume(args: argparse.Namespace) -> tuple[Path | None, Path | None, dict[str, Any]]:
+def _resume(
+    args: argparse.Namespace, world_size: int
+) -> tuple[Path | None, Path | None, dict[str, Any]]:
     """The run directory, checkpoint and config of `--resume`, after checking the changes.
 
     The config is the run's own config.toml with this command line's `--set` and `-p`
@@ -132,7 +165,7 @@ def _resume(args: argparse.Namespace) -> tuple[Path | None, Path | None, dict[st
     """
     from hookloop.checkpoint import verify_checkpoint
     from hookloop.lm.config import config_from_args
-    from hookloop.lm.resume import check_changes, config_changes, find_resume
+    from hookloop.lm.resume import check_changes, check_global_batch, config_changes, find_resume
 
     run_dir, checkpoint = find_resume(
         args.resume, Path(args.run_dir) if args.run_dir else None, Path(args.runs)
@@ -144,7 +177,15 @@ def _resume(args: argparse.Namespace) -> tuple[Path | None, Path | None, dict[st
         args.config = str(run_dir / "config.toml")
     config = config_from_args(args)
     saved = verify_checkpoint(checkpoint)
-    lines = check_changes(config_changes(saved["config"], config), force=args.force)
+    changes = check_global_batch(
+        config_changes(saved["config"], config),
+        saved["config"],
+        config,
+        saved_world=saved.get("world_size", 1),
+        world=world_size,
+        force=args.force,
+    )
+    lines = check_changes(changes, force=args.force)
     print(
         f"resuming {run_dir} from {checkpoint.name} (step {saved['counters']['step']}); "
         + ("config changes:" if lines else "config unchanged"),

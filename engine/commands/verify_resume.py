@@ -15,6 +15,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -84,50 +85,76 @@ def _scramble_random_state() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train straight, then stopped and resumed; compare; 0 when equal, 1 when different."""
-    import torch
+    """Train straight, then stopped and resumed; compare; 0 when equal, 1 when different.
 
-    from hookloop.checkpoint import checkpoint_name, save_checkpoint
+    Under torchrun every rank takes part (rank 0 prints and compares): the check then covers
+    the gathered checkpoint and its restore on every rank as well."""
     from hookloop.errors import ConfigError
     from hookloop.lm.config import config_from_args
+    from hookloop.lm.recipe import launched
 
     if args.steps < 2:
         raise ConfigError(f"--steps must be at least 2, got {args.steps}")
     config = config_from_args(args)
     config["training"]["max_steps"], config["training"]["epochs"] = args.steps, 0
-    n, half = args.steps, args.steps // 2
-    print(f"verify-resume: {n} steps straight vs {half} + checkpoint + new engine + {n - half}")
-    with tempfile.TemporaryDirectory(prefix="hookloop-verify-") as tmp:
-        straight, trace_a = _train(config, Path(tmp) / "straight", n)
-        first, trace_b = _train(config, Path(tmp) / "resumed", n, stop_at=half)
-        path = save_checkpoint(first, Path(tmp) / "verify" / checkpoint_name(half))
-        del first
-        _scramble_random_state()
-        resumed, trace_c = _train(config, Path(tmp) / "resumed", n, resume_from=path)
+    with launched(config) as launch:
+        from hookloop.distributed import announce, broadcast_object, on_rank0
 
-        losses = {**trace_b.losses, **trace_c.losses}
-        differ = [s for s in sorted(trace_a.losses) if losses.get(s) != trace_a.losses[s]]
-        if differ:
-            s = differ[0]
-            print(
-                f"  loss trace: DIFFERENT from step {s}: {trace_a.losses[s]!r} straight, "
-                f"{losses.get(s)!r} resumed"
-            )
-        else:
-            print(f"  loss trace: equal at all {len(trace_a.losses)} steps")
-        a = straight.model.state_dict()
-        b = resumed.model.state_dict()
-        bad = [k for k in a if not torch.equal(a[k], b[k])]
-        if bad:
-            worst = max((a[k].float() - b[k].float()).abs().max().item() for k in bad)
-            print(
-                f"  parameters: DIFFERENT in {len(bad)} of {len(a)} tensors (first {bad[0]}, "
-                f"largest difference {worst:.3g})"
-            )
-        else:
-            print(f"  parameters: bitwise equal ({len(a)} tensors)")
+        announce(launch, config["distributed"]["strategy"])
+        main = launch is None or launch.rank == 0
+        tmp = Path(on_rank0(lambda: tempfile.mkdtemp(prefix="hookloop-verify-")))
+        try:
+            equal = _compare(config, args.steps, tmp, say=print if main else _silent)
+        finally:
+            broadcast_object(None)  # every rank is done with the directory
+            if main:
+                shutil.rmtree(tmp, ignore_errors=True)
+    return 0 if equal else 1
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    """print() on the ranks other than 0."""
+
+
+def _compare(config: dict[str, Any], n: int, tmp: Path, *, say: Any) -> bool:
+    import torch
+
+    from hookloop.checkpoint import checkpoint_name, save_checkpoint
+    from hookloop.checkpoint.gather import full_model_state
+    from hookloop.distributed import broadcast_object
+
+    half = n // 2
+    say(f"verify-resume: {n} steps straight vs {half} + checkpoint + new engine + {n - half}")
+    straight, trace_a = _train(config, Path(tmp) / "straight", n)
+    first, trace_b = _train(config, Path(tmp) / "resumed", n, stop_at=half)
+    path = save_checkpoint(first, Path(tmp) / "verify" / checkpoint_name(half))
+    del first
+    _scramble_random_state()
+    resumed, trace_c = _train(config, Path(tmp) / "resumed", n, resume_from=path)
+
+    losses = {**trace_b.losses, **trace_c.losses}
+    differ = [s for s in sorted(trace_a.losses) if losses.get(s) != trace_a.losses[s]]
+    if differ:
+        s = differ[0]
+        say(
+            f"  loss trace: DIFFERENT from step {s}: {trace_a.losses[s]!r} straight, "
+            f"{losses.get(s)!r} resumed"
+        )
+    else:
+        say(f"  loss trace: equal at all {len(trace_a.losses)} steps")
+    a = full_model_state(straight)  # whole tensors on rank 0, gathered under FSDP
+    b = full_model_state(resumed)
+    bad = broadcast_object([k for k in a if not torch.equal(a[k], b[k])])
+    if bad:
+        worst = max((a[k].float() - b[k].float()).abs().max().item() for k in bad) if a else 0
+        say(
+            f"  parameters: DIFFERENT in {len(bad)} of {len(a)} tensors (first {bad[0]}, "
+            f"largest difference {worst:.3g})"
+        )
+    else:
+        say(f"  parameters: bitwise equal ({len(a)} tensors)")
     equal = not differ and not bad
-    print(
+    say(
         "result: "
         + (
             "EQUAL: a resumed run is identical to an uninterrupted one"
@@ -135,4 +162,4 @@ def run(args: argparse.Namespace) -> int:
             else "DIFFERENT: stopping and resuming changes this run"
         )
     )
-    return 0 if equal else 1
+    return equal

@@ -13,6 +13,11 @@ Two ways to choose windows:
 
 Every epoch's batches are a pure function of `(seed, epoch)`: `iter_epoch(epoch, start)`
 rebuilds them from batch `start`, which is how the engine resumes mid-epoch exactly.
+
+Under several processes (`world_size > 1`) `batch_size` is per rank: each batch is first
+chosen globally, `world_size * batch_size` windows as one process with that batch size
+would choose them, and rank `r` takes windows `[r*B, (r+1)*B)` of it. So 2 ranks with
+batch B read exactly the windows 1 rank with batch 2B reads, batch for batch.
 Memory stays flat however large the file is: the file is mapped once with `np.memmap`, and
 the pages under each window are released right after it is copied, so they never
 accumulate in the process (on Linux one window can fault in a 2 MiB page-cache folio).
@@ -50,10 +55,12 @@ class TokenDataset:
             so a bad id is a clear error rather than an index error deep in the model.
         sampling: `"random"` or `"sequential"`.
         shuffle: Sequential mode: a new seeded window order each epoch.
-        batches_per_epoch: Batches per epoch; 0 = `((N-1)//T) // B`, one pass's worth.
+        batches_per_epoch: Batches per epoch; 0 = `((N-1)//T) // (B*world_size)`, one pass.
             Sequential mode caps it at that number.
         drop_last: Sequential mode: leave out a final batch with fewer than B windows.
         seed: Seed of the window order; with the epoch it determines every batch.
+        rank: This process's rank; it reads its slice of each global batch.
+        world_size: Processes sharing each global batch of `world_size * batch_size`.
 
     Raises:
         DataError: the file is missing, its size is not a whole number of ids, it is too
@@ -73,6 +80,8 @@ class TokenDataset:
         batches_per_epoch: int = 0,
         drop_last: bool = True,
         seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if sampling not in SAMPLING_MODES:
             raise DataError(
@@ -93,7 +102,12 @@ class TokenDataset:
                 f"{self.dtype.name} ids; is the dtype in meta.json right?"
             )
         self.num_tokens = size // self.dtype.itemsize
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise DataError(f"rank {rank} is outside world_size {world_size}")
         self.seq_len, self.batch_size = seq_len, batch_size
+        self.rank, self.world_size = rank, world_size
+        self.global_batch_size = batch_size * world_size
+        """Windows in one batch over every rank together."""
         self.num_windows = (self.num_tokens - 1) // seq_len
         if self.num_windows < 1:
             raise DataError(
@@ -101,9 +115,10 @@ class TokenDataset:
                 f"one window of seq_len+1 = {seq_len + 1}; lower data.seq_len"
             )
         self.sampling, self.shuffle, self.drop_last, self.seed = sampling, shuffle, drop_last, seed
-        full = self.num_windows // batch_size
+        G = self.global_batch_size
+        full = self.num_windows // G
         if sampling == "sequential":
-            self._window_batches = full if drop_last else -(-self.num_windows // batch_size)
+            self._window_batches = full if drop_last else -(-self.num_windows // G)
             cap = self._window_batches
             self.batches_per_epoch = min(batches_per_epoch, cap) if batches_per_epoch else cap
         else:
@@ -111,7 +126,8 @@ class TokenDataset:
         if self.batches_per_epoch < 1:
             raise DataError(
                 f"token file {self.path} has {self.num_windows} windows of "
-                f"{seq_len}, fewer than batch_size={batch_size}; lower data.batch_size"
+                f"{seq_len}, fewer than batch_size={batch_size} x {world_size} ranks; "
+                "lower data.batch_size"
             )
         if vocab_size is not None:
             check_token_range(self.path, self.dtype, vocab_size)
@@ -136,18 +152,24 @@ class TokenDataset:
             order = torch.randperm(self.num_windows, generator=epoch_generator(self.seed, epoch))
         else:
             order = torch.arange(self.num_windows)
-        B = self.batch_size
+        G = self.global_batch_size
         for b in range(start, self.batches_per_epoch):
-            yield self._read((order[b * B : (b + 1) * B] * self.seq_len).numpy())
+            yield self._read(self._mine(order[b * G : (b + 1) * G]) * self.seq_len)
 
     def _random_batches(self, epoch: int, start: int) -> Iterator[Batch]:
         g = epoch_generator(self.seed, epoch)
         high = self.num_tokens - self.seq_len  # offsets 0 .. N-T-1 leave room for the target
-        shape = (self.batch_size,)
+        shape = (self.global_batch_size,)
         for _ in range(start):  # replay the draws of the batches already consumed
             torch.randint(high, shape, generator=g)
         for _ in range(start, self.batches_per_epoch):
-            yield self._read(torch.randint(high, shape, generator=g).numpy())
+            yield self._read(self._mine(torch.randint(high, shape, generator=g)))
+
+    def _mine(self, chosen: torch.Tensor) -> np.ndarray:
+        """This rank's slice of a global batch's windows (the whole batch on one rank)."""
+        if self.world_size > 1:
+            chosen = chosen[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        return chosen.numpy()
 
     def windows(self, offsets: np.ndarray) -> Batch:
         """The `(inputs, targets)` of the windows starting at `offsets` (token indices)."""
@@ -157,7 +179,7 @@ class TokenDataset:
         if self._tokens is None:
             self._tokens = np.memmap(self.path, dtype=self.dtype, mode="r")
         tokens, span, size = self._tokens, self.seq_len + 1, self.dtype.itemsize
-        windows = np.empty((len(offsets), span), dtype=np.int64)
+        windows = np.empty((len(offsets), span), dtype=np.int64)  # 0 rows: a rank past the end
         for row, o in enumerate(offsets.tolist()):
             windows[row] = tokens[o : o + span]
             # The kernel may map a whole large page-cache folio (up to 2 MiB) for one

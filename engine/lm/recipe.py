@@ -14,6 +14,7 @@ sample` and `hookloop eval` need nothing but the run directory.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import shutil
@@ -43,8 +44,10 @@ __all__ = [
     "checkpoint_dir",
     "data_dir",
     "latest_run_dir",
+    "launched",
     "load_trained",
     "new_run_dir",
+    "ranks",
     "resolve_device",
     "set_threads",
     "train_dataset",
@@ -96,6 +99,7 @@ def build_run(
     """
     training = config["training"]
     set_threads(training["threads"])
+    rank, world = ranks()
     directory = data_dir(config)
     meta = read_meta(directory)
     tokenizer = load_tokenizer(_tokenizer_file(config, directory))
@@ -122,6 +126,8 @@ def build_run(
         compile=training["compile"],
         run_dir=run_path,
         config=config,
+        strategy=config["distributed"]["strategy"],
+        reshard_after_forward=config["distributed"]["reshard_after_forward"],
     )
     if run_path is not None and engine.is_main_process:
         write_config(config, run_path / "config.toml")
@@ -167,12 +173,15 @@ def _split(
     config: dict[str, Any], path: Path, meta: dict[str, Any], vocab_size: int, **sampling: Any
 ) -> TokenDataset:
     data_cfg = config["data"]
+    rank, world = ranks()  # each rank reads its slice of every global batch
     return TokenDataset(
         path,
         seq_len=data_cfg["seq_len"],
         batch_size=data_cfg["batch_size"],
         dtype=meta["dtype"],
         vocab_size=vocab_size,
+        rank=rank,
+        world_size=world,
         **sampling,
     )
 
@@ -245,7 +254,8 @@ def val_dataset(
     config: dict[str, Any], directory: Path, vocab_size: int, meta: dict[str, Any] | None = None
 ) -> TokenDataset:
     """The validation split: every sequential window in file order (at most
-    `data.val_batches` batches), the last batch kept even when short."""
+    `data.val_batches` batches), the last batch kept even when short. Under several ranks
+    each rank reads its slice of every batch, so the ranks share the evaluation."""
     return _split(
         config,
         directory / "val.bin",
@@ -271,10 +281,39 @@ def data_dir(config: dict[str, Any]) -> Path:
 
 
 def resolve_device(device: str) -> str:
-    """`auto` becomes `cuda` when a GPU is available, else `cpu`; other names pass through."""
+    """`auto` becomes `cuda` when a GPU is available, else `cpu`; other names pass through.
+    Under torchrun, `cuda` is the rank's own GPU, `cuda:LOCAL_RANK`."""
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and torch.distributed.is_initialized():
+        from hookloop.distributed import launch_from_env
+
+        found = launch_from_env()
+        if found is not None:
+            return f"cuda:{found[2]}"
     return device
+
+
+def ranks() -> tuple[int, int]:
+    """`(rank, world_size)` of this process: `(0, 1)` outside a process group."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def launched(config: dict[str, Any]) -> contextlib.AbstractContextManager[Any]:
+    """The process group of a torchrun launch for a command, from the `[distributed]`
+    section (see `hookloop.distributed.process_group`); yields None in a single process."""
+    from hookloop.distributed import process_group
+
+    dist_cfg = config["distributed"]
+    return process_group(
+        backend=dist_cfg["backend"],
+        strategy=dist_cfg["strategy"],
+        device=config["training"]["device"],
+    )
 
 
 def set_threads(threads: int) -> int:

@@ -6,8 +6,13 @@ from `-c FILE` when one is given. The differences from the checkpoint's recorded
 printed; only the safe ones are accepted unless `--force`:
 
 - safe: `training.max_steps`, `training.epochs`, `training.device`, `training.compile`,
-  `training.threads`, `data.val_batches`, and every `plugins.*` key (logging, evaluation and
+  `training.threads`, `data.val_batches`, every `distributed.*` key (checkpoints hold whole
+  tensors whatever the strategy) and every `plugins.*` key (logging, evaluation and
   checkpoint cadence, schedule, enabling or disabling a plugin);
+- a changed `data.batch_size` is safe when the global batch (`batch_size` times the number
+  of ranks) stays the same, e.g. 2 ranks with 16 resumed on 1 with 32: every step then
+  reads the very windows it would have read; a changed global batch is refused (the data
+  position would not match);
 - refused: everything else: the model's shape, the data (`data.path`, `seq_len`,
   `batch_size`, `sampling`, `shuffle`, `batches_per_epoch`), `training.accumulate`,
   `training.precision`, `training.seed` and `optimizer.*` (the optimizer's hyper-parameters
@@ -24,7 +29,14 @@ from typing import Any
 
 from hookloop.errors import CheckpointError, ConfigError
 
-__all__ = ["SAFE_KEYS", "Change", "check_changes", "config_changes", "find_resume"]
+__all__ = [
+    "SAFE_KEYS",
+    "Change",
+    "check_changes",
+    "check_global_batch",
+    "config_changes",
+    "find_resume",
+]
 
 SAFE_KEYS = (
     "training.max_steps",
@@ -33,6 +45,7 @@ SAFE_KEYS = (
     "training.compile",
     "training.threads",
     "data.val_batches",
+    "distributed.",
     "plugins.",
 )
 """Config keys (a trailing dot: every key below it) that a resume may change."""
@@ -45,11 +58,16 @@ class Change:
     key: str
     old: Any
     new: Any
+    accepted: bool = False
+    """Safe in this resume although its key is not always (a batch size that keeps the
+    global batch)."""
 
     @property
     def safe(self) -> bool:
         """Whether a resume may apply it without `--force`."""
-        return any(self.key == k or (k.endswith(".") and self.key.startswith(k)) for k in SAFE_KEYS)
+        return self.accepted or any(
+            self.key == k or (k.endswith(".") and self.key.startswith(k)) for k in SAFE_KEYS
+        )
 
     def __str__(self) -> str:
         return f"{self.key}: {self.old!r} -> {self.new!r}"
@@ -111,6 +129,47 @@ def check_changes(changes: list[Change], *, force: bool) -> list[str]:
             "trained with other values); undo the change, or pass --force to resume anyway"
         )
     return lines
+
+
+def check_global_batch(
+    changes: list[Change],
+    saved: dict[str, Any],
+    config: dict[str, Any],
+    *,
+    saved_world: int,
+    world: int,
+    force: bool,
+) -> list[Change]:
+    """Accept a `data.batch_size` change that keeps the global batch; refuse a global batch
+    that changes (also through the number of ranks alone) unless `force`.
+
+    Args:
+        changes: `config_changes(saved, config)`.
+        saved: The checkpoint's config; `config` the new one.
+        saved_world: Ranks the checkpoint was trained on; `world` the ranks now.
+
+    Raises:
+        ConfigError: the global batch changes and `force` is not set.
+    """
+    old_b, new_b = saved["data"]["batch_size"], config["data"]["batch_size"]
+    before, after = old_b * saved_world, new_b * world
+    if before == after:
+        return [
+            Change(c.key, c.old, c.new, accepted=True) if c.key == "data.batch_size" else c
+            for c in changes
+        ]
+    if not force:
+        hint = (
+            f"set data.batch_size = {before // world} so it stays {before}"
+            if before % world == 0
+            else f"run on a number of ranks that divides {before}"
+        )
+        raise ConfigError(
+            f"resuming changes the global batch from {before} windows ({old_b} x "
+            f"{saved_world} ranks) to {after} ({new_b} x {world}): the data position would "
+            f"not match; {hint}, or pass --force"
+        )
+    return changes
 
 
 def find_resume(resume: str, run_dir: Path | None, runs: Path) -> tuple[Path | None, Path | None]:

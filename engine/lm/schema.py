@@ -54,7 +54,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "sampling); each reports `val_loss/<name>`.",
         ),
         "seq_len": _key(64, "int", "Tokens per training window (the context length T).", _POS),
-        "batch_size": _key(32, "int", "Windows per micro-batch.", _POS),
+        "batch_size": _key(
+            32, "int", "Windows per micro-batch on each rank (torchrun: times world size).", _POS
+        ),
         "sampling": _key(
             "random",
             "str",
@@ -72,7 +74,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
             0,
             "int",
             "Micro-batches per epoch; 0 = as many as "
-            "sequential windows fill, (N-1)//seq_len//batch_size.",
+            "sequential windows fill, (N-1)//seq_len//(batch_size*world_size).",
             _NONNEG,
         ),
         "val_batches": _key(
@@ -172,6 +174,27 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "CPU threads for torch; 0 = automatic (1 on hosts with "
             "2 or fewer cores, where a second thread slows training down).",
             _NONNEG,
+        ),
+    },
+    "distributed": {
+        "strategy": _key(
+            "ddp",
+            "str",
+            "Under torchrun: `ddp` replicates the model on every rank and all-reduces the "
+            "gradients; `fsdp` shards parameters, gradients and optimizer state (FSDP2).",
+            (lambda v: v in ("ddp", "fsdp"), "one of ddp, fsdp"),
+        ),
+        "backend": _key(
+            "auto",
+            "str",
+            "Process-group backend: `auto` (nccl on CUDA, gloo on CPU), `nccl` or `gloo`.",
+            (lambda v: v in ("auto", "nccl", "gloo"), "one of auto, nccl, gloo"),
+        ),
+        "reshard_after_forward": _key(
+            True,
+            "bool",
+            "FSDP only: free the gathered parameters after the forward and gather them again "
+            "for the backward (less memory, one more all-gather per block).",
         ),
     },
 }

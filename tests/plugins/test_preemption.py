@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 
@@ -58,13 +59,13 @@ def test_a_second_signal_aborts_at_once(ckpt_worker, tmp_path):
 
 
 class SignalAt:
-    def __init__(self, step):
-        self.step = step
+    def __init__(self, step, sig=signal.SIGTERM):
+        self.step, self.sig = step, sig
 
     @hookimpl
     def after_step(self, state):
         if state.step == self.step:
-            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(self.sig)
 
 
 def test_saves_without_the_checkpoint_plugin_and_restores_handlers(make_engine, tmp_path):
@@ -92,3 +93,33 @@ def test_handlers_are_restored_when_the_loop_raises(make_engine):
 def test_unknown_signal_is_refused():
     with pytest.raises(PluginError, match="preemption: option signals has 'SIGNOPE'"):
         Preemption(signals=["SIGNOPE"])
+
+
+def test_sigusr1_saves_and_requeues_the_slurm_job(make_engine, tmp_path, monkeypatch):
+    """SLURM's warning signal stops like SIGTERM; with requeue the job goes back in the
+    queue through `scontrol requeue $SLURM_JOB_ID` (a stand-in scontrol records its call)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "called"}\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    run = tmp_path / "run"
+    plugins = [SignalAt(2, signal.SIGUSR1), Preemption(requeue=True)]
+    state = make_engine(batches=20, run_dir=run, plugins=plugins).fit(max_steps=10)
+    assert state.step == 2 and state.should_stop == "received SIGUSR1"
+    assert ckpt.latest_valid_checkpoint(run).name == ckpt.checkpoint_name(2)
+    assert (tmp_path / "called").read_text().split() == ["requeue", "4242"]
+    journal = (run / "journal.jsonl").read_text()
+    assert '"event": "requeued"' in journal
+
+
+def test_requeue_outside_slurm_only_warns(make_engine, tmp_path, monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    plugins = [SignalAt(1, signal.SIGUSR1), Preemption(requeue=True)]
+    state = make_engine(batches=20, run_dir=tmp_path, plugins=plugins).fit(max_steps=10)
+    assert state.step == 1
+    assert ckpt.latest_valid_checkpoint(tmp_path).name == ckpt.checkpoint_name(1)
+    with pytest.raises(PluginError, match="requeue must be true or false"):
+        Preemption(requeue="yes")

@@ -1,0 +1,247 @@
+"""`hookloop train` under real `torchrun` (python -m torch.distributed.run): 2 CPU ranks, gloo.
+
+Every launch runs in its own session with a timeout; on a timeout the whole process group
+is killed and the workers' output shown. The 1-rank runs with twice the batch are the
+reference: under torchrun `data.batch_size` is per rank, so 2 ranks x B read exactly the
+windows 1 rank x 2B reads, and the losses and weights must agree.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hookloop.checkpoint import latest_valid_checkpoint, read_pointer, verify_checkpoint
+from hookloop.cli import main
+
+pytestmark = pytest.mark.slow
+
+B = 4  # per-rank batch; the 1-rank reference uses 2 * B
+TINY = [
+    *("--set", "model.d_model=32", "--set", "model.n_heads=2", "--set", "model.n_layers=2"),
+    *("--set", "model.d_ff=64", "--set", "model.max_seq_len=16", "--set", "data.seq_len=16"),
+    # No biases: a key bias gets no gradient but rounding noise, which AdamW scales up to
+    # full steps, so its value would differ between any two batch layouts.
+    *("--set", "model.bias=false", "--set", "plugins.schedule.warmup_steps=2"),
+    *("--set", "data.path=data", "--set", "data.val_batches=3", "--set", "plugins.eval.every=10"),
+    *("--set", "plugins.eval.max_batches=2", "--set", "plugins.checkpoint.every=5"),
+    *("--set", "plugins.checkpoint.keep_last=0", "-p", "no:progress", "-p", "no:schedule"),
+]
+
+
+def torchrun(*args: str, cwd: Path, timeout: float = 120, nproc: int = 2, module: bool = True):
+    """Run `torchrun --standalone --nproc_per_node N [-m hookloop] ARGS`; kill the whole
+    process group (agent and workers) if it outlives `timeout`."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd += ["--nproc_per_node", str(nproc), *(["-m", "hookloop"] if module else []), *args]
+    env = {**os.environ, "HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, text=True, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"torchrun {' '.join(args)} hung past {timeout}s\n{out}\n{err}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """Prepared char data, and the 1-rank reference run (batch 2B, 20 steps)."""
+    root = tmp_path_factory.mktemp("torchrun")
+    text = "".join(f"line {i % 17}: the cat sat on the mat {i % 5}.\n" for i in range(600))
+    (root / "input.txt").write_text(text)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        assert main(["prepare", "input.txt", "--out", "data"]) == 0
+        args = ["train", *TINY, "--set", f"data.batch_size={2 * B}"]
+        assert main([*args, "--set", "training.max_steps=20", "--run-dir", "ref"]) == 0
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+def losses(run: Path) -> dict[int, float]:
+    with open(run / "metrics.csv") as f:
+        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f) if r["loss"]}
+
+
+def val_losses(run: Path) -> dict[int, float]:
+    with open(run / "metrics.csv") as f:
+        return {int(r["step"]): float(r["val_loss"]) for r in csv.DictReader(f) if r["val_loss"]}
+
+
+def weights(run: Path, step: int) -> dict[str, torch.Tensor]:
+    return load_file(run / "checkpoints" / f"step-{step:08d}" / "model.safetensors")
+
+
+def assert_close(run: Path, ref: Path, *, steps: range, rel: float = 1e-5) -> None:
+    mine, theirs = losses(run), losses(ref)
+    for s in steps:
+        assert abs(mine[s] - theirs[s]) <= rel * abs(theirs[s]), (s, mine[s], theirs[s])
+    a, b = weights(run, steps[-1]), weights(ref, steps[-1])
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_ranks_train_one_run_equal_to_one_rank_with_twice_the_batch(workdir, strategy):
+    out = ok(
+        torchrun(
+            "train", *TINY, "--set", f"data.batch_size={B}", "--set", "training.max_steps=20",
+            "--set", f"distributed.strategy={strategy}", "--runs", f"runs-{strategy}",
+            cwd=workdir,
+        )
+    )  # fmt: skip
+    assert out.count(f"world size 2, backend gloo, strategy {strategy}") == 1
+    assert out.count("run directory: ") == 1
+    (run,) = (workdir / f"runs-{strategy}").iterdir()  # one run directory for both ranks
+    assert [p.name for p in run.glob("metrics*.csv")] == ["metrics.csv"]
+    state = verify_checkpoint(run / "checkpoints" / "step-00000020")
+    assert state["world_size"] == 2 and len(state["rng_ranks"]) == 2
+    assert_close(run, workdir / "ref", steps=range(1, 21))
+    # Validation is sharded over the ranks and summed: the same value as on one rank.
+    val, ref_val = val_losses(run), val_losses(workdir / "ref")
+    assert val.keys() == ref_val.keys() == {10, 20}
+    assert all(abs(val[s] - ref_val[s]) <= 1e-5 * ref_val[s] for s in val), (val, ref_val)
+
+
+def test_killed_rank_ends_the_job_and_resumes_bitwise_on_two_and_close_on_one(workdir):
+    """A rank SIGKILLed mid-run: torchrun exits non-zero, the last checkpoint verifies;
+    resumed on 2 ranks it ends bitwise where a straight 2-rank run ends; resumed on 1 rank
+    with batch 2B, within 1e-5 of it."""
+    args = ["train", *TINY, "--set", f"data.batch_size={B}", "--run-dir", "killed"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    env = {**os.environ, "HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [*cmd, "2", "-m", "hookloop", *args, "--set", "training.max_steps=100000"],
+        cwd=workdir, env=env, text=True, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while read_pointer(workdir / "killed" / "checkpoints", "latest") is None:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        os.kill(_worker_pid(proc.pid, rank=1), signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0, out + err
+    last = latest_valid_checkpoint(workdir / "killed")
+    assert last is not None and verify_checkpoint(last)["world_size"] == 2
+
+    # The straight reference: the same run to step 20 on 2 ranks, then resume the killed
+    # one to step 20, on 2 ranks, from wherever it got to (the lr is constant: no schedule).
+    ok(torchrun(*args[:-1], "straight", "--set", "training.max_steps=20", cwd=workdir))
+    shutil.copytree(workdir / "killed", workdir / "killed-1")
+    resume = ["--resume", "auto", "--set", "training.max_steps=20"]
+    ok(torchrun(*args, *resume, cwd=workdir))
+    straight, resumed = weights(workdir / "straight", 20), weights(workdir / "killed", 20)
+    for k in straight:
+        assert torch.equal(straight[k], resumed[k]), k
+    assert losses(workdir / "killed")[20] == losses(workdir / "straight")[20]
+
+    # On 1 rank with twice the batch: the same windows per step, within float rounding.
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        single = ["train", *TINY, "--set", f"data.batch_size={2 * B}", "--run-dir", "killed-1"]
+        assert main([*single, *resume]) == 0
+    finally:
+        os.chdir(cwd)
+    assert_close(workdir / "killed-1", workdir / "straight", steps=range(last_step(last) + 1, 21))
+
+
+def last_step(path: Path) -> int:
+    return json.loads((path / "state.json").read_text())["counters"]["step"]
+
+
+def _worker_pid(agent: int, *, rank: int) -> int:
+    """The pid of torchrun worker `rank` under the agent process `agent` (from /proc)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == agent and f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    raise AssertionError(f"no worker of rank {rank} under torchrun pid {agent}")
+
+
+NAN_SCRIPT = '''
+import sys
+from hookloop.cli import main
+from hookloop.lm import recipe
+
+
+_build = recipe.build_run
+
+
+def build_run(config, run_dir=None):
+    """The recipe's run, whose loss is NaN on rank 1 only in the third step."""
+    run = _build(config, run_dir)
+    loss_fn = run.engine.loss_fn
+
+    def poisoned(model, batch):
+        loss = loss_fn(model, batch)
+        if run.engine.rank == 1 and run.engine.state.step == 2:
+            return loss * float("nan")
+        return loss
+
+    run.engine.loss_fn = poisoned
+    return run
+
+
+recipe.build_run = build_run
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+@pytest.mark.parametrize("strategy", ["fsdp"])
+def test_nan_on_one_rank_stops_every_rank_at_the_same_step(workdir, strategy):
+    (workdir / "nan.py").write_text(NAN_SCRIPT)
+    result = torchrun(
+        "nan.py", "train", *TINY, "--set", f"data.batch_size={B}",
+        "--set", "training.max_steps=20", "--set", f"distributed.strategy={strategy}",
+        "--run-dir", "nan", cwd=workdir, module=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    # Both ranks stop at step 2 (the third) with the guard's message, none hangs.
+    assert result.stderr.count("nan_guard: step 2: loss is nan") == 2, result.stderr
+    assert (workdir / "nan" / "checkpoints" / "emergency-step-00000002").is_dir()
+
+
+def test_verify_resume_under_two_ranks(workdir):
+    out = ok(
+        torchrun(
+            "verify-resume", *TINY, "--set", f"data.batch_size={B}", "--steps", "6",
+            "--set", "distributed.strategy=fsdp", cwd=workdir,
+        )
+    )  # fmt: skip
+    assert "result: EQUAL" in out and out.count("result:") == 1
