@@ -30,7 +30,7 @@ from hookloop.checkpoint import CHECKPOINTS_DIR, MODEL_FILE
 from hookloop.engine import Engine
 from hookloop.errors import ConfigError
 from hookloop.lm.config import write_config
-from hookloop.lm.data import TokenDataset
+from hookloop.lm.datasets import datasets, ranks, tokenizer_file, train_dataset, val_dataset
 from hookloop.lm.model import TinyTransformerLM
 from hookloop.lm.optim import build_adamw
 from hookloop.lm.prepare import read_meta
@@ -99,10 +99,9 @@ def build_run(
     """
     training = config["training"]
     set_threads(training["threads"])
-    rank, world = ranks()
     directory = data_dir(config)
     meta = read_meta(directory)
-    tokenizer = load_tokenizer(_tokenizer_file(config, directory))
+    tokenizer = load_tokenizer(tokenizer_file(config, directory))
     torch.manual_seed(training["seed"])
     model = build_model(config, tokenizer.vocab_size)
     if init_weights and config["model"]["init_from"]:
@@ -111,7 +110,7 @@ def build_run(
         load_hf_weights(model, config["model"]["init_from"])
         log.info("model_imported", init_from=config["model"]["init_from"])
     optimizer = build_adamw(model, **config["optimizer"])
-    train, val, extra = _datasets(config, directory, meta, model.vocab_size)
+    train, val, extra = datasets(config, directory, meta, model.vocab_size)
     plugins = [*loading.plugins_from_config(config["plugins"]), *extra]
     run_path = Path(run_dir) if run_dir is not None else None
     engine = Engine(
@@ -131,7 +130,7 @@ def build_run(
     )
     if run_path is not None and engine.is_main_process:
         write_config(config, run_path / "config.toml")
-        shutil.copyfile(_tokenizer_file(config, directory), run_path / "tokenizer.json")
+        shutil.copyfile(tokenizer_file(config, directory), run_path / "tokenizer.json")
     log.info(
         "run_built",
         run_dir=str(run_path),
@@ -150,78 +149,6 @@ def build_run(
         max_steps=training["max_steps"] or None,
         epochs=training["epochs"] or None,
     )
-
-
-def train_dataset(
-    config: dict[str, Any], directory: Path, vocab_size: int, meta: dict[str, Any]
-) -> TokenDataset:
-    """The training split of a prepared directory, sampled as `[data]` says."""
-    data_cfg = config["data"]
-    return _split(
-        config,
-        directory / "train.bin",
-        meta,
-        vocab_size,
-        sampling=data_cfg["sampling"],
-        shuffle=data_cfg["shuffle"],
-        batches_per_epoch=data_cfg["batches_per_epoch"],
-        seed=config["training"]["seed"],
-    )
-
-
-def _split(
-    config: dict[str, Any], path: Path, meta: dict[str, Any], vocab_size: int, **sampling: Any
-) -> TokenDataset:
-    data_cfg = config["data"]
-    rank, world = ranks()  # each rank reads its slice of every global batch
-    return TokenDataset(
-        path,
-        seq_len=data_cfg["seq_len"],
-        batch_size=data_cfg["batch_size"],
-        dtype=meta["dtype"],
-        vocab_size=vocab_size,
-        rank=rank,
-        world_size=world,
-        **sampling,
-    )
-
-
-def _datasets(
-    config: dict[str, Any], directory: Path, meta: dict[str, Any], vocab_size: int
-) -> tuple[Any, Any, list[object]]:
-    """Training data, validation data and extra plugins: one directory, or a mixture of
-    `data.sources` with a `SourceLosses` plugin reporting each source's validation loss."""
-    sources = config["data"]["sources"]
-    if not sources:
-        train = train_dataset(config, directory, vocab_size, meta)
-        return train, val_dataset(config, directory, vocab_size, meta), []
-    from hookloop.lm.mixture import MixtureDataset, RoundRobin, SourceLosses
-
-    trains, vals, weights = {}, {}, {}
-    for entry in sources:
-        path, name = Path(entry["path"]), entry["name"]
-        source_meta = read_meta(path)
-        trains[name] = train_dataset(config, path, vocab_size, source_meta)
-        vals[name] = val_dataset(config, path, vocab_size, source_meta)
-        weights[name] = entry["weight"]
-    train = MixtureDataset(
-        trains,
-        weights,
-        batches_per_epoch=config["data"]["batches_per_epoch"],
-        seed=config["training"]["seed"],
-    )
-    losses = SourceLosses(vals, config["data"]["val_batches"] or None)
-    return train, RoundRobin(vals), [losses]
-
-
-def _tokenizer_file(config: dict[str, Any], directory: Path) -> Path:
-    """The data's `tokenizer.json` (for `data.sources`, the one they all share)."""
-    sources = config["data"]["sources"]
-    if not sources:
-        return directory / "tokenizer.json"
-    from hookloop.lm.mixture import shared_tokenizer
-
-    return shared_tokenizer([Path(entry["path"]) for entry in sources])
 
 
 def build_model(config: dict[str, Any], tokenizer_vocab: int) -> TinyTransformerLM:
@@ -250,24 +177,6 @@ def build_model(config: dict[str, Any], tokenizer_vocab: int) -> TinyTransformer
     )
 
 
-def val_dataset(
-    config: dict[str, Any], directory: Path, vocab_size: int, meta: dict[str, Any] | None = None
-) -> TokenDataset:
-    """The validation split: every sequential window in file order (at most
-    `data.val_batches` batches), the last batch kept even when short. Under several ranks
-    each rank reads its slice of every batch, so the ranks share the evaluation."""
-    return _split(
-        config,
-        directory / "val.bin",
-        meta or read_meta(directory),
-        vocab_size,
-        sampling="sequential",
-        shuffle=False,
-        batches_per_epoch=config["data"]["val_batches"],
-        drop_last=False,
-    )
-
-
 def data_dir(config: dict[str, Any]) -> Path:
     """The prepared data directory of a config: `data.path`, the first of `data.sources`,
     or the default corpus."""
@@ -292,15 +201,6 @@ def resolve_device(device: str) -> str:
         if found is not None:
             return f"cuda:{found[2]}"
     return device
-
-
-def ranks() -> tuple[int, int]:
-    """`(rank, world_size)` of this process: `(0, 1)` outside a process group."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def launched(config: dict[str, Any]) -> contextlib.AbstractContextManager[Any]:
