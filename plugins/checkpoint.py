@@ -3,7 +3,7 @@
 Checkpoints go to `run_dir/checkpoints/step-<N>/` in the format of `hookloop.checkpoint`
 (atomic: a crash at any instant leaves the previous checkpoint loadable); `latest` names the
 newest, `best` the one with the best watched metric. Only rank 0 writes. An engine without a
-`run_dir` saves nothing.
+`run_dir` saves nothing (a `checkpoint_off` warning says so once).
 
     [plugins.checkpoint]
     every_steps = 1000        # save every N optimizer steps (0: never on a step count)
@@ -79,15 +79,21 @@ class Checkpoint:
         self._last_key: tuple[int, ...] | None = None  # counters of the last save
         self._consistent: dict[str, int] = {}  # counters at the last step boundary
         self._last_time = time.monotonic()
+        self._said_off = False  # the no-run_dir warning is given once
         self._thread: threading.Thread | None = None
         self._thread_result: tuple[Engine, Path, dict, float] | BaseException | None = None
 
     # --- hooks -----------------------------------------------------------------------
 
     @hookimpl
-    def on_fit_start(self, state: State) -> None:
+    def on_fit_start(self, engine: Engine, state: State) -> None:
         self._last_time = time.monotonic()
         self._consistent = state.counters()
+        if engine.run_dir is None and engine.is_main_process and not self._said_off:
+            self._said_off = True
+            log.warning(
+                "checkpoint_off", reason="the engine has no run_dir; no checkpoint is written"
+            )
 
     @hookimpl(trylast=True)  # after every other plugin has updated the state it saves
     def after_step(self, engine: Engine, state: State) -> None:
@@ -130,6 +136,8 @@ class Checkpoint:
             return
         if getattr(error, "checkpoint", None):
             return  # the plugin that raised has saved the right state already (nan_guard)
+        if state.step == 0:
+            return  # nothing trained yet (e.g. a plugin refused its options at fit start)
         if not all(bool(torch.isfinite(p).all()) for p in engine.model.parameters()):
             log.warning("checkpoint_skipped", reason="parameters are not finite", step=state.step)
             return

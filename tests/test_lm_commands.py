@@ -79,7 +79,8 @@ def test_prepare_then_train_then_sample_then_eval(tmp_path, monkeypatch, capsys)
     assert out.returncode == 0, out.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert f"run directory: runs/{run_dir.name}" in out.stdout
-    assert f"sample from it: hookloop sample --run runs/{run_dir.name}" in out.stdout
+    # the closing command works as printed (here: python -m hookloop, as it was started)
+    assert f"-m hookloop sample --run runs/{run_dir.name}\n" in out.stdout
     assert "validation loss" in out.stdout
     assert (run_dir / "config.toml").is_file() and (run_dir / "tokenizer.json").is_file()
     assert f"loss curves: runs/{run_dir.name}/metrics.png" in out.stdout

@@ -9,6 +9,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from hookloop.commands.sample import add_run_arguments
 
@@ -30,8 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the validation loss and perplexity of the checkpoint."""
+    from hookloop.commands._progress import evaluate_with_progress
     from hookloop.engine import Engine
-    from hookloop.errors import CheckpointError, ConfigError
+    from hookloop.errors import CheckpointError, ConfigError, DataError
     from hookloop.lm.recipe import (
         data_dir,
         latest_run_dir,
@@ -49,9 +51,15 @@ def run(args: argparse.Namespace) -> int:
     model, _, config, path = load_trained(run_dir, args.checkpoint)
     set_threads(config["training"]["threads"])
     if args.data:
-        config["data"]["path"] = args.data
-    directory = data_dir(config)
-    val = val_dataset(config, directory, model.vocab_size)
+        config["data"]["path"] = str(Path(args.data).resolve())
+    try:
+        directory = data_dir(config)
+        val = val_dataset(config, directory, model.vocab_size)
+    except DataError as exc:
+        raise DataError(
+            f"{exc}; the run {run_dir} was trained on {config['data']['path'] or 'the default corpus'}"
+            " - pass the prepared data directory with --data DIR"
+        ) from None
     engine = Engine(
         model,
         _no_optimizer(model),
@@ -59,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
         val_data=val,
         device=resolve_device(config["training"]["device"]),
     )
-    metrics = engine.evaluate(max_batches=args.max_batches)
     print(f"checkpoint {path}")
+    metrics = evaluate_with_progress(engine, max_batches=args.max_batches)
     print(f"val_loss {metrics['val_loss']:.4f}  val_ppl {metrics['val_ppl']:.3f}")
     return 0
 

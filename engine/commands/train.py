@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hookloop.cli import add_config_arguments
+from hookloop.cli import add_config_arguments, command_line
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from hookloop.lm.config import config_from_args
     from hookloop.lm.recipe import build_run, new_run_dir
 
+    base_existed = Path(args.runs).exists()
     checkpoint = None
     if args.resume:
         run_dir, checkpoint, config = _resume(args)
@@ -75,8 +76,9 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         for name, data in kept.items():
             (run_dir / name).write_bytes(data)
-        if run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()  # leave no empty run behind for `sample` to trip over
+        _remove_if_empty(run_dir)  # leave no empty run behind for `sample` to trip over
+        if not base_existed:
+            _remove_if_empty(Path(args.runs))
         raise
     engine = built.engine
     limits = [f"{built.max_steps} steps"] if built.max_steps else []
@@ -91,23 +93,39 @@ def run(args: argparse.Namespace) -> int:
     state = built.fit()
     seconds = time.perf_counter() - start
     tokens = state.tokens_seen - tokens_before
-    # The eval plugin's periodic evaluations may use a subset; the last word is the full split.
-    metrics = engine.evaluate(max_batches=config["data"]["val_batches"] or None)
     stopped = f" (stopped: {state.should_stop})" if state.should_stop else ""
     print(
         f"done: {state.step} steps, {tokens:,} tokens in {seconds:.1f}s "
-        f"({tokens / max(seconds, 1e-9):,.0f} tokens/s){stopped}"
+        f"({tokens / max(seconds, 1e-9):,.0f} tokens/s){stopped}",
+        flush=True,
     )
-    val = engine.val_data
-    print(
-        f"validation loss {metrics['val_loss']:.4f} nats/token (perplexity "
-        f"{metrics['val_ppl']:.2f}) on {min(len(val), config['data']['val_batches'] or len(val))} "
-        f"batches of the validation split"
-    )
+    _final_eval(engine, config["data"]["val_batches"] or None)
     print(f"run directory: {built.run_dir}")
     _plot(built.run_dir)
-    print(f"sample from it: hookloop sample --run {built.run_dir}")
+    print(f"sample from it: {command_line('sample', '--run', built.run_dir)}")
     return 0
+
+
+def _final_eval(engine: Any, max_batches: int | None) -> None:
+    """The last word on the run: the validation split (the eval plugin's periodic passes may
+    use a subset). Ctrl-C skips it; the run is saved already."""
+    from hookloop.commands._progress import evaluate_with_progress
+
+    try:
+        metrics = evaluate_with_progress(engine, max_batches=max_batches)
+    except KeyboardInterrupt:
+        print(f"evaluation skipped (interrupted); run it later with {command_line('eval')}")
+        return
+    batches = min(len(engine.val_data), max_batches or len(engine.val_data))
+    print(
+        f"validation loss {metrics['val_loss']:.4f} nats/token (perplexity "
+        f"{metrics['val_ppl']:.2f}) on {batches} batches of the validation split"
+    )
+
+
+def _remove_if_empty(directory: Path) -> None:
+    if directory.is_dir() and not any(directory.iterdir()):
+        directory.rmdir()
 
 
 def _plot(run_dir: Path) -> None:
@@ -120,7 +138,7 @@ def _plot(run_dir: Path) -> None:
     try:
         print(f"loss curves: {plot_run(run_dir, run_dir / 'metrics.png')}")
     except HookloopError as exc:  # no matplotlib: say how to get the picture
-        print(f"loss curves: hookloop plot {run_dir} ({exc})")
+        print(f"loss curves: {command_line('plot', run_dir)} ({exc})")
 
 
 def _resume(args: argparse.Namespace) -> tuple[Path | None, Path | None, dict[str, Any]]:
@@ -163,5 +181,6 @@ def _refuse_a_run_with_checkpoints(run_dir: str | None) -> None:
     if run_dir and list_checkpoints(Path(run_dir) / CHECKPOINTS_DIR):
         raise ConfigError(
             f"run directory {run_dir} already holds checkpoints; continue it with "
-            f"--resume auto --run-dir {run_dir}, or train into another directory"
+            f"{command_line('train', '--resume', 'auto', '--run-dir', run_dir)}, "
+            "or train into another directory"
         )

@@ -90,14 +90,16 @@ def run(args: argparse.Namespace) -> int:
 
     from hookloop.checkpoint import checkpoint_name, save_checkpoint
     from hookloop.errors import ConfigError
-    from hookloop.lm.config import config_from_args
+    from hookloop.lm.config import config_from_args, shorten_run
 
     if args.steps < 2:
         raise ConfigError(f"--steps must be at least 2, got {args.steps}")
     config = config_from_args(args)
-    config["training"]["max_steps"], config["training"]["epochs"] = args.steps, 0
+    changed = shorten_run(config, args.steps)  # the warmup follows the run that happens
     n, half = args.steps, args.steps // 2
     print(f"verify-resume: {n} steps straight vs {half} + checkpoint + new engine + {n - half}")
+    if changed:
+        print(f"  {changed}")
     with tempfile.TemporaryDirectory(prefix="hookloop-verify-") as tmp:
         straight, trace_a = _train(config, Path(tmp) / "straight", n)
         first, trace_b = _train(config, Path(tmp) / "resumed", n, stop_at=half)

@@ -191,12 +191,17 @@ def val_dataset(
 
 
 def data_dir(config: dict[str, Any]) -> Path:
-    """The prepared data directory of a config: `data.path`, or the default corpus."""
-    if config["data"]["path"]:
-        return Path(config["data"]["path"])
-    from hookloop.lm.corpus import default_corpus
+    """The prepared data directory of a config: `data.path`, or the default corpus.
 
-    return default_corpus()
+    A `data.path` naming raw text (a file, or a directory of text files that is not a
+    prepared directory) is prepared once into a cache (see `hookloop.lm.corpus.prepared_text`).
+    """
+    from hookloop.lm.corpus import default_corpus, is_raw_text, prepared_text
+
+    if not config["data"]["path"]:
+        return default_corpus()
+    path = Path(config["data"]["path"])
+    return prepared_text(path) if is_raw_text(path) else path
 
 
 def resolve_device(device: str) -> str:
@@ -262,6 +267,14 @@ def checkpoint_dir(run_dir: str | Path, checkpoint: str | None = None) -> Path:
             )
         return found
     path = Path(checkpoint) if Path(checkpoint).is_dir() else checkpoints / checkpoint
+    if not path.is_dir():
+        from hookloop.checkpoint import list_checkpoints
+
+        names = [p.name for p in list_checkpoints(checkpoints)]
+        raise CheckpointError(
+            f"run {run_dir} has no checkpoint {checkpoint}; "
+            + (f"it has: {', '.join(names)}" if names else "it has none yet")
+        )
     if not (path / "model.safetensors").is_file():
         raise CheckpointError(f"checkpoint {path} has no model.safetensors")
     return path
