@@ -57,6 +57,9 @@ PAGES = sorted(
 SHELL = {"bash", "console", "sh", "shell"}
 TRAINS = {"train", "verify-resume", "doctor"}
 SLOW_PAGES = {"docs/guide/tutorial.md"}
+SHOW_ALL = ("plugins.eval.every=2", "plugins.console.every=1")
+"""With TINY_RUN's four steps: periodic eval and console lines appear, as on a page's long run."""
+TREE = re.compile(r"^(?:[│ ]*)(?:├── |└── )(\S+)")
 MARKER = re.compile(r"<!--\s*docs-test:\s*(\S+)(.*?)-->", re.S)
 FENCE = re.compile(r"^(\s*)(`{3,})(\w*)[^\n]*$")
 RUN_NAME = re.compile(r"runs/(\d{8}-\d{6}(?:-\d+)?|x|<run>)")
@@ -75,6 +78,7 @@ class Block:
     line: int
     marker: tuple[str, str] | None = None
     setup: list[str] = field(default_factory=list)
+    follows: bool = False  # nothing but blank lines and markers since the block before
 
     @property
     def where(self) -> str:
@@ -89,6 +93,7 @@ def parse(page: Path) -> tuple[list[Block], str | None]:
     blocks: list[Block] = []
     pending: tuple[str, str] | None = None
     setup: list[str] = []
+    follows = False
     i = 0
     while i < len(lines):
         line = lines[i]
@@ -111,13 +116,13 @@ def parse(page: Path) -> tuple[list[Block], str | None]:
             while j < len(lines) and not lines[j].strip().startswith(ticks):
                 body.append(lines[j][len(indent) :] if lines[j].startswith(indent) else lines[j])
                 j += 1
-            blocks.append(Block(lang, "\n".join(body), i + 1, pending, setup if lang else []))
+            blocks.append(Block(lang, "\n".join(body), i + 1, pending, setup, follows))
             if lang == "python":
                 setup = []
-            pending, i = None, j + 1
+            pending, follows, i = None, True, j + 1
             continue
         if line.strip():
-            pending = None  # a marker applies to the block right after it
+            pending, follows = None, False  # a marker applies to the block right after it
         i += 1
     return blocks, skip_page
 
@@ -199,7 +204,8 @@ class Page:
         for block in blocks:
             where = f"{self.name} {block.where}"
             skipped = block.marker and block.marker[0] == "skip"
-            if block.lang == "text" and self.last is not None and not _is_prompt(block):
+            output = block.follows and self.last is not None and not _is_prompt(block)
+            if block.lang == "text" and output:
                 if not skipped:
                     exact = bool(block.marker and block.marker[0] == "exact")
                     check_output(
@@ -210,6 +216,8 @@ class Page:
             self.last = None
             if skipped:
                 continue
+            if block.lang == "text" and RUN_NAME.match(block.text):
+                self.tree(block.text, where)
             if block.lang in SHELL or _is_prompt(block):
                 for words, shown in commands(block):
                     self.command(words, shown, block, where)
@@ -223,7 +231,7 @@ class Page:
         argv = [sys.executable, "-m", "hookloop", *words]
         sub = next((w for w in words if not w.startswith("-")), "")
         if sub in TRAINS and "--help" not in words:
-            argv += [arg for item in TINY_RUN for arg in ("--set", item)]
+            argv += [arg for item in (*TINY_RUN, *SHOW_ALL) for arg in ("--set", item)]
         result = subprocess.run(
             argv,
             cwd=self.cwd,
@@ -245,6 +253,26 @@ class Page:
             exact = bool(block.marker and block.marker[0] == "exact")
             check_output(shown, output, self.cwd, exact=exact, where=where)
         self.last = (words, output, result.returncode)
+
+    def tree(self, text: str, where: str) -> None:
+        """A run directory's tree: each entry shown exists in the newest run (any step-N
+        checkpoint stands for a documented one)."""
+        runs = sorted((self.cwd / "runs").glob("*/config.toml"), key=lambda p: p.stat().st_mtime)
+        assert runs, f"{where}: a run directory tree, but no run was made before it"
+        run, stack = runs[-1].parent, []
+        for line in text.splitlines()[1:]:
+            m = TREE.match(line)
+            if not m:
+                continue
+            depth = line.index(m[1]) // 4 - 1
+            name = m[1].rstrip("/")
+            stack[depth:] = [name]
+            parent = run.joinpath(*stack[:-1])
+            if STEP_NAME.fullmatch(name):
+                assert list(parent.glob("step-*")), f"{where}: no checkpoint in {parent}"
+                stack[-1] = next(iter(sorted(parent.glob("step-*")))).name
+            else:
+                assert (parent / name).exists(), f"{where}: the run has no {name} in {parent}"
 
     def substitute(self, word: str) -> str:
         """Documented run and checkpoint names become this page's newest ones."""

@@ -185,3 +185,26 @@ def test_default_train_runs_on_the_stdlib_corpus(tmp_path):
     (prepared,) = (tmp_path / "cache").iterdir()
     meta = json.loads((prepared / "meta.json").read_text())
     assert meta["vocab_size"] < 128 and meta["train_tokens"] > 1_000_000
+
+
+def test_a_failed_train_leaves_no_empty_runs_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("hookloop.logs.configure_logging", lambda *a, **k: None)
+    assert main(["train", "--set", "data.path=nowhere"]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "runs").mkdir()  # a runs/ the user had stays
+    assert main(["train", "--set", "data.path=nowhere"]) == 2
+    assert (tmp_path / "runs").is_dir() and not list((tmp_path / "runs").iterdir())
+
+
+def test_the_final_evaluation_announces_itself(make_engine, capsys):
+    from hookloop.commands._progress import evaluate_with_progress
+
+    engine = make_engine()
+    metrics = evaluate_with_progress(engine)
+    assert capsys.readouterr().out == "evaluating on the full validation split (2 batches)...\n"
+    assert metrics == engine.evaluate()
+    evaluate_with_progress(engine, max_batches=1)
+    assert capsys.readouterr().out == "evaluating on the validation split (1 batch)...\n"
+    assert isinstance(engine.val_data, list)  # put back as it was

@@ -38,7 +38,8 @@ def evaluate_with_progress(engine: Any, *, max_batches: int | None = None) -> di
     val = engine.val_data
     total = min(len(val), max_batches) if max_batches else len(val)
     what = "the full validation split" if total == len(val) else "the validation split"
-    print(f"evaluating on {what} ({total} batches)...", flush=True)
+    batches = f"{total} batch" if total == 1 else f"{total} batches"
+    print(f"evaluating on {what} ({batches})...", flush=True)
     engine.val_data = _Counted(val, total)
     try:
         return engine.evaluate(max_batches=max_batches)

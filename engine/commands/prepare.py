@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 
+from hookloop.cli import command_line
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `prepare` options."""
@@ -74,5 +76,5 @@ def run(args: argparse.Namespace) -> int:
         f"validation tokens, {meta['tokenizer']} vocabulary of {meta['vocab_size']} "
         f"({meta['dtype']}), from {len(files)} file(s)"
     )
-    print(f"train on it: hookloop train --set data.path={args.out}")
+    print(f"train on it: {command_line('train', '--set', f'data.path={args.out}')}")
     return 0
