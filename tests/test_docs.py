@@ -28,6 +28,8 @@ Markers, as HTML comments (invisible on the rendered page):
 * `<!-- docs-test: exact -->` right before an output block: compare it exactly.
 * `<!-- docs-test: setup` ... `-->`: Python run before the page's next Python block, e.g. to
   give names that the prose says come from elsewhere (`model`, `batches`).
+* `<!-- docs-test: run hookloop train -->`: a command run at that point (shortened like the
+  others, output unchecked), e.g. to make the run a later command reads.
 
 The working directory starts with `input.txt` (a small text), `train.txt`/`val.txt`, a
 `notes/` directory of `.md` files and an empty `run.toml`, standing in for the reader's files.
@@ -59,6 +61,7 @@ TRAINS = {"train", "verify-resume", "doctor"}
 SLOW_PAGES = {"docs/guide/tutorial.md"}
 SHOW_ALL = ("plugins.eval.every=2", "plugins.console.every=1")
 """With TINY_RUN's four steps: periodic eval and console lines appear, as on a page's long run."""
+KEEP_FOR_DOCTOR = ("training.max_steps", "plugins.schedule.warmup_steps")
 TREE = re.compile(r"^(?:[│ ]*)(?:├── |└── )(\S+)")
 MARKER = re.compile(r"<!--\s*docs-test:\s*(\S+)(.*?)-->", re.S)
 FENCE = re.compile(r"^(\s*)(`{3,})(\w*)[^\n]*$")
@@ -105,6 +108,8 @@ def parse(page: Path) -> tuple[list[Block], str | None]:
             found = MARKER.search(comment)
             if found and found[1] == "setup":
                 setup.append(found[2])
+            elif found and found[1] == "run":
+                blocks.append(Block("run", found[2].strip(), i + 1))
             elif found and found[1] != "skip-page":
                 pending = (found[1], found[2].strip())
             i = end + 1
@@ -218,6 +223,10 @@ class Page:
                 continue
             if block.lang == "text" and RUN_NAME.match(block.text):
                 self.tree(block.text, where)
+            if block.lang == "run":  # a hidden set-up command, its output unchecked
+                for words, _ in commands(Block("bash", block.text, block.line)):
+                    self.command(words, [], block, where)
+                continue
             if block.lang in SHELL or _is_prompt(block):
                 for words, shown in commands(block):
                     self.command(words, shown, block, where)
@@ -231,7 +240,10 @@ class Page:
         argv = [sys.executable, "-m", "hookloop", *words]
         sub = next((w for w in words if not w.startswith("-")), "")
         if sub in TRAINS and "--help" not in words:
-            argv += [arg for item in (*TINY_RUN, *SHOW_ALL) for arg in ("--set", item)]
+            shorten = [*TINY_RUN, *SHOW_ALL]
+            if sub == "doctor":  # trains nothing itself: keep the run's length and schedule
+                shorten = [o for o in shorten if not o.startswith(KEEP_FOR_DOCTOR)]
+            argv += [arg for item in shorten for arg in ("--set", item)]
         result = subprocess.run(
             argv,
             cwd=self.cwd,
@@ -370,7 +382,7 @@ def test_page_runs_as_written(page: Path, tmp_path: Path, docs_home: Path) -> No
 
 def test_markers_are_understood() -> None:
     """A misspelt marker would silently run (or skip) the wrong thing."""
-    known = {"skip", "skip-page", "exact", "setup"}
+    known = {"skip", "skip-page", "exact", "setup", "run"}
     for page in PAGES:
         for m in MARKER.finditer(page.read_text(encoding="utf-8")):
             where = f"{page.relative_to(REPO)}: docs-test marker {m[1]!r}"
@@ -387,3 +399,26 @@ def test_the_docs_build_command_prints_no_banner() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+HELP_ORDER = ("prepare", "train", "sample", "eval", "plot", "schedule", "doctor", "verify-resume")
+
+
+@pytest.mark.slow
+def test_every_help_example_runs(tmp_path: Path, docs_home: Path) -> None:
+    """The `Examples:` of each command's --help, in the order a user meets them (prepare,
+    train, sample, ...), shortened like the pages' commands."""
+    import ast
+
+    from hookloop.cli import COMMANDS
+
+    blocks = []
+    for name in HELP_ORDER:
+        module = COMMANDS[name][0].replace("hookloop.commands.", "")
+        source = (REPO / "engine" / "commands" / f"{module}.py").read_text(encoding="utf-8")
+        doc = ast.get_docstring(ast.parse(source)) or ""
+        examples = doc.split("Examples:")[1].split("\n\n")[0] if "Examples:" in doc else ""
+        blocks.append(Block("bash", examples, 0))
+    env = {**os.environ, "HOME": str(docs_home), "HOOKLOOP_CACHE": str(docs_home / "cache")}
+    fixture_files(tmp_path)
+    Page(REPO / "engine" / "commands" / "__init__.py", tmp_path, env).run(blocks)

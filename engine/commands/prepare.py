@@ -6,7 +6,7 @@ run directory, by sampling). Point training at the result with `--set data.path=
 
 Examples:
     hookloop prepare input.txt --out data/mytext
-    hookloop prepare corpus/ --glob "*.md" --tokenizer byte --out data/notes
+    hookloop prepare notes/ --glob "*.md" --tokenizer byte --out data/notes
     hookloop prepare train.txt --val val.txt --tokenizer bpe --bpe-vocab-size 2048 --out data/bpe
 """
 

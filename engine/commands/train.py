@@ -3,7 +3,7 @@ Python standard library's own sources, in a few minutes on two CPU cores.
 
 Examples:
     hookloop train
-    hookloop train --set data.path=data/shakespeare --set training.max_steps=2000
+    hookloop train --set data.path=data/mytext --set training.max_steps=2000
     hookloop train -c run.toml -p no:progress
     hookloop train --resume auto --run-dir runs/20250101-120000
 
