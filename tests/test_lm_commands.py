@@ -53,7 +53,7 @@ def test_prepare_then_train_then_sample_then_eval(tmp_path, monkeypatch, capsys)
     (tmp_path / "input.txt").write_text(text)
     out = hookloop("prepare", "input.txt", "--out", "data", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "train on it: hookloop train --set data.path=data" in out.stdout
+    assert "-m hookloop train --set data.path=data\n" in out.stdout  # works as printed
     meta = json.loads((tmp_path / "data" / "meta.json").read_text())
     assert meta["dtype"] == "uint16" and meta["tokenizer"] == "char"
 
@@ -181,7 +181,7 @@ def test_default_train_runs_on_the_stdlib_corpus(tmp_path):
         timeout=60,
     )
     assert out.returncode == 0, out.stderr
-    assert "char tokens" in out.stdout and "sample from it: hookloop sample" in out.stdout
+    assert "char tokens" in out.stdout and "-m hookloop sample --run runs/" in out.stdout
     (prepared,) = (tmp_path / "cache").iterdir()
     meta = json.loads((prepared / "meta.json").read_text())
     assert meta["vocab_size"] < 128 and meta["train_tokens"] > 1_000_000
