@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -119,7 +123,7 @@ def build(run_dir, *, every=2, keep=2, accumulate=2, background=False, misbehave
     plugins = load_plugins(
         # A fixed schedule length: runs stopped early by fit(max_steps=k) must follow the
         # same lr curve as the uninterrupted run they are compared with.
-        {"checkpoint": {"every_steps": every, "keep_last": keep, "background": background},
+        {"checkpoint": {"every": every, "keep_last": keep, "background": background},
          "schedule": {"total_steps": 64}},
         disable=disable,
     )
@@ -195,6 +199,109 @@ def ckpt_worker(tmp_path_factory: pytest.TempPathFactory) -> CkptWorker:
     return CkptWorker(path)
 
 
+# --- the command line as a subprocess ---------------------------------------------------------
+
+
+def _run_hookloop(
+    *args: str,
+    cwd: Any = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    autoload: bool = False,
+) -> subprocess.CompletedProcess:
+    environ = {**os.environ, **(env or {})}
+    if not autoload:  # only the built-ins and what a config names, not every installed plugin
+        environ["HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    return subprocess.run(
+        [sys.executable, "-m", "hookloop", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=environ,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def hookloop_cli() -> Callable[..., subprocess.CompletedProcess]:
+    """Run `python -m hookloop ARGS` and return the completed process (text output).
+
+    Keywords: `cwd`, `env` (added to the environment), `timeout` (120 s), `autoload` (False:
+    third-party plugins load only when a config names them).
+    """
+    return _run_hookloop
+
+
+@pytest.fixture
+def one_line_error() -> Callable[[subprocess.CompletedProcess, str], None]:
+    """Assert that a command failed with exit status 2 and one line naming `text`."""
+
+    def check(out: subprocess.CompletedProcess, text: str) -> None:
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert "Traceback" not in out.stderr and out.stderr.strip().count("\n") == 0, out.stderr
+        assert text in out.stderr, out.stderr
+
+    return check
+
+
+# --- two CPU processes under torch.distributed (gloo) -------------------------------------
+
+DDP_SCRIPT = """
+import gc, json, sys
+import torch, torch.distributed as dist, torch.multiprocessing as mp
+import torch.nn.functional as F
+from hookloop import Engine, hookimpl
+
+{body}
+
+def _worker(rank, world, init_file, out_dir):
+    dist.init_process_group("gloo", init_method="file://" + init_file, rank=rank,
+                            world_size=world)
+    engine, result = run(rank)
+    with open(f"{{out_dir}}/rank{{rank}}.json", "w") as f:
+        json.dump(result, f)
+    # Free the DDP wrapper (its reducer) before the process group goes: torch aborts at
+    # exit now and then otherwise.
+    del engine
+    gc.collect()
+    dist.barrier()  # no rank tears gloo down while another still talks to it
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mp.spawn(_worker, args=(2, sys.argv[1] + "/init", sys.argv[1]), nprocs=2, join=True)
+"""
+
+
+@pytest.fixture
+def run_ddp(tmp_path: Any) -> Callable[[str], list[Any]]:
+    """Run `body` on two gloo ranks in a fresh process; return each rank's result.
+
+    `body` is the source of a script (torch, `F`, `Engine` and `hookimpl` are imported)
+    that defines `run(rank) -> (engine, result)`; `result` must be JSON. The harness
+    starts the process group, writes each rank's result, and frees the engine's DDP
+    wrapper before the group is destroyed. Spawned workers re-import their module, so the
+    program runs as a script of its own.
+    """
+    import json
+    import subprocess
+    import sys
+
+    def run(body: str) -> list[Any]:
+        script = tmp_path / "ddp.py"
+        script.write_text(DDP_SCRIPT.format(body=body))
+        out = subprocess.run(
+            [sys.executable, str(script), str(tmp_path)],
+            timeout=120,
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+    return run
+
+
 # --- language-model recipe ------------------------------------------------------------------
 
 LM_TEXT = "".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(400))
@@ -219,3 +326,120 @@ def lm_data(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def tiny_lm_overrides(lm_data: Any) -> list[str]:
     """`--set` overrides for a tiny model trained on `lm_data`."""
     return [*TINY_LM, f"data.path={lm_data}"]
+
+
+@pytest.fixture
+def tiny_lm_args() -> list[str]:
+    """`--set KEY=VALUE` arguments for a tiny model on the default data; later `--set`
+    arguments override these."""
+    return _set_args(TINY_LM)
+
+
+@pytest.fixture
+def tiny_lm_data_args(tiny_lm_overrides: list[str]) -> list[str]:
+    """`--set KEY=VALUE` arguments for a tiny model trained on `lm_data`."""
+    return _set_args(tiny_lm_overrides)
+
+
+def _set_args(overrides: list[str]) -> list[str]:
+    return [arg for override in overrides for arg in ("--set", override)]
+
+
+# --- tracker tests: a run killed with SIGKILL right after a step reached the tracker --------
+
+TRACKER_RUN = r"""
+import os, signal, sys, time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from hookloop import Engine, hookimpl
+from hookloop.checkpoint import latest_valid_checkpoint, load_checkpoint
+from hookloop.plugins.checkpoint import Checkpoint
+
+tracker_name, run_dir, kill_at = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+
+
+def logged_steps(tracker):
+    run_id = tracker._worker.run_id
+    if not run_id:
+        return []
+    if tracker_name == "mlflow":
+        from mlflow import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+        return [m.step for m in client.get_metric_history(run_id, "loss")]
+    from hookloop.plugins._wandbfile import history_steps, offline_run_files
+
+    files = offline_run_files(run_dir / "wandb", run_id)
+    return history_steps(files[-1]) if files else []
+
+
+class KillOnceLogged:
+    # kill -9 once step `kill_at` is in the tracker, before the checkpoint that covers it
+    name = "killer"
+    after = (tracker_name,)
+
+    @hookimpl
+    def after_step(self, engine, state):
+        if state.step != kill_at:
+            return
+        tracker = engine.plugins[tracker_name].plugin
+        # W&B writes a step's row once a later step arrives: the step before is on disk
+        wait_for = kill_at if tracker_name == "mlflow" else kill_at - 1
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if wait_for in logged_steps(tracker):
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(0.05)
+        sys.exit("the step never reached the tracker")
+
+
+if tracker_name == "mlflow":
+    from hookloop.plugins.mlflow import MLflow as Tracker
+else:
+    from hookloop.plugins.wandb import WandB as Tracker
+torch.manual_seed(0)
+model = torch.nn.Linear(4, 4)
+g = torch.Generator().manual_seed(0)
+data = [(torch.randn(2, 4, generator=g), torch.randn(2, 4, generator=g)) for _ in range(12)]
+plugins = [Tracker(flush_every=1), Checkpoint(every_steps=4, save_on_exception=False)]
+if kill_at:
+    plugins.append(KillOnceLogged())
+engine = Engine(
+    model,
+    torch.optim.SGD(model.parameters(), lr=0.1),
+    data,
+    loss_fn=lambda m, b: F.mse_loss(m(b[0]), b[1]),
+    plugins=plugins,
+    run_dir=run_dir,
+)
+if not kill_at:
+    load_checkpoint(engine, latest_valid_checkpoint(run_dir))
+engine.fit(max_steps=10)
+"""
+
+
+@pytest.fixture
+def tracker_run(tmp_path: Any) -> Callable[..., Any]:
+    """Run 10 steps of a tiny model with a tracker (`mlflow` or `wandb`) and checkpoints every
+    4 steps in a subprocess: `run(tracker, run_dir, kill_at)` kills it with SIGKILL in step
+    `kill_at`, before its checkpoint, once the step (W&B: the step before) is in the tracker;
+    `kill_at=0` resumes from the latest checkpoint."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "tracker_run.py"
+    script.write_text(TRACKER_RUN)
+
+    def run(tracker: str, run_dir: Any, kill_at: int) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(script), tracker, str(run_dir), str(kill_at)],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env={**__import__("os").environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"},
+        )
+
+    return run

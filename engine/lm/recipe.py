@@ -25,6 +25,7 @@ import structlog
 import torch
 
 from hookloop import loading
+from hookloop.checkpoint import CHECKPOINTS_DIR, MODEL_FILE
 from hookloop.engine import Engine
 from hookloop.errors import ConfigError
 from hookloop.lm.config import write_config
@@ -76,12 +77,16 @@ class Run:
         return self.engine.fit(max_steps=self.max_steps, epochs=self.epochs)
 
 
-def build_run(config: dict[str, Any], run_dir: str | Path | None = None) -> Run:
+def build_run(
+    config: dict[str, Any], run_dir: str | Path | None = None, *, init_weights: bool = True
+) -> Run:
     """Build the run a resolved config describes (see `hookloop.lm.config.load_config`).
 
     Args:
         config: The resolved config.
         run_dir: The run directory; created, and given `config.toml` and `tokenizer.json`.
+        init_weights: Load `model.init_from`'s weights (False when a checkpoint will
+            replace them anyway, on resume).
 
     Raises:
         ConfigError: the data and the model disagree (e.g. a too small model.vocab_size).
@@ -95,6 +100,11 @@ def build_run(config: dict[str, Any], run_dir: str | Path | None = None) -> Run:
     tokenizer = load_tokenizer(directory / "tokenizer.json")
     torch.manual_seed(training["seed"])
     model = build_model(config, tokenizer.vocab_size)
+    if init_weights and config["model"]["init_from"]:
+        from hookloop.lm.hf import load_hf_weights
+
+        load_hf_weights(model, config["model"]["init_from"])
+        log.info("model_imported", init_from=config["model"]["init_from"])
     optimizer = build_adamw(model, **config["optimizer"])
     train = TokenDataset(
         directory / "train.bin",
@@ -167,6 +177,7 @@ def build_model(config: dict[str, Any], tokenizer_vocab: int) -> TinyTransformer
         m["max_seq_len"],
         m["dropout"],
         bias=m["bias"],
+        activation=m["activation"],
     )
 
 
@@ -257,7 +268,7 @@ def checkpoint_dir(run_dir: str | Path, checkpoint: str | None = None) -> Path:
     from hookloop.checkpoint import latest_valid_checkpoint
     from hookloop.errors import CheckpointError
 
-    checkpoints = Path(run_dir) / "checkpoints"
+    checkpoints = Path(run_dir) / CHECKPOINTS_DIR
     if checkpoint is None:
         found = latest_valid_checkpoint(Path(run_dir))
         if found is None:
@@ -275,8 +286,8 @@ def checkpoint_dir(run_dir: str | Path, checkpoint: str | None = None) -> Path:
             f"run {run_dir} has no checkpoint {checkpoint}; "
             + (f"it has: {', '.join(names)}" if names else "it has none yet")
         )
-    if not (path / "model.safetensors").is_file():
-        raise CheckpointError(f"checkpoint {path} has no model.safetensors")
+    if not (path / MODEL_FILE).is_file():
+        raise CheckpointError(f"checkpoint {path} has no {MODEL_FILE}")
     return path
 
 
@@ -308,12 +319,11 @@ def load_trained(
     path = checkpoint_dir(run_dir, checkpoint)
     model = build_model(config, tokenizer.vocab_size)
     try:
-        model.load_state_dict(load_file(path / "model.safetensors"))
+        model.load_state_dict(load_file(path / MODEL_FILE))
     except (RuntimeError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"{path / 'model.safetensors'} does not fit the model of "
-            f"{run_dir / 'config.toml'}: {first}"
+            f"{path / MODEL_FILE} does not fit the model of {run_dir / 'config.toml'}: {first}"
         ) from exc
     model.eval()
     return model, tokenizer, config, path
