@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shlex
+import shutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from hookloop.errors import HookloopError
 
-__all__ = ["add_config_arguments", "build_parser", "main"]
+__all__ = ["add_config_arguments", "build_parser", "command_line", "main"]
 
 # name -> (module, one-line help). Modules are imported to build the parser, so they must
 # not import torch at module level.
@@ -65,6 +68,23 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def command_line(*words: str | os.PathLike[str]) -> str:
+    """A `hookloop ...` command line that works when pasted into the shell it ran from.
+
+    `hookloop` itself when that name finds this installation on PATH; else the path it was
+    started by (`.venv/bin/hookloop` before the venv is activated) or `python -m hookloop`.
+    Each word is quoted for the shell.
+    """
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    if Path(argv0).name == "__main__.py" or not argv0:
+        prefix = [sys.executable, "-m", "hookloop"]
+    elif (found := shutil.which("hookloop")) and Path(found).resolve() == Path(argv0).resolve():
+        prefix = ["hookloop"]
+    else:
+        prefix = [argv0 if os.sep in argv0 else "hookloop"]
+    return shlex.join([*prefix, *(os.fspath(w) for w in words)])
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -76,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("console", "json"),
         default="console",
         help="log lines as human key=value text (default) or JSON lines",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="the lowest level of log line shown (default: info; debug adds each "
+        "plugin's cost per step)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
@@ -101,9 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hookloop.logs import configure_logging
 
     # Under torchrun only rank 0 logs progress; every rank still logs warnings and errors.
-    configure_logging(
-        args.log_format, level="info" if os.environ.get("RANK", "0") == "0" else "warning"
-    )
+    level = args.log_level if os.environ.get("RANK", "0") == "0" else "warning"
+    configure_logging(args.log_format, level=level)
     try:
         return int(args.run(args) or 0)
     except HookloopError as exc:

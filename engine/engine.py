@@ -324,7 +324,7 @@ class Engine:
     def _report_costs(self) -> None:
         costs = self.plugin_costs()
         if costs and self.is_main_process:
-            log.info(
+            log.debug(  # for plugin authors: `hookloop --log-level debug ...`
                 "plugin_cost_ms_per_step",
                 **{name: round(ms, 4) for name, ms in sorted(costs.items(), key=lambda kv: -kv[1])},
             )

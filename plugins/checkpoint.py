@@ -4,7 +4,8 @@ Checkpoints go to `run_dir/checkpoints/step-<N>/` in the format of `hookloop.che
 (atomic: a crash at any instant leaves the previous checkpoint loadable); `latest` names the
 newest, `best` the one with the best watched metric. Only rank 0 writes; under several
 ranks every rank takes part in each save (the tensors are gathered to rank 0 as whole,
-unsharded tensors) at the same step. An engine without a `run_dir` saves nothing.
+unsharded tensors) at the same step. An engine without a
+`run_dir` saves nothing (a `checkpoint_off` warning says so once).
 
     [plugins.checkpoint]
     every = 1000              # save every N optimizer steps (0: never on a step count)
@@ -94,15 +95,21 @@ class Checkpoint:
         self._last_saved_counters: tuple[int, ...] | None = None  # of the last save
         self._boundary_counters: dict[str, int] = {}  # at the last step boundary
         self._last_save_time = time.monotonic()
+        self._said_off = False  # the no-run_dir warning is given once
         self._thread: threading.Thread | None = None
         self._thread_result: tuple[Engine, Path, dict, float] | BaseException | None = None
 
     # --- hooks -----------------------------------------------------------------------
 
     @hookimpl
-    def on_fit_start(self, state: State) -> None:
+    def on_fit_start(self, engine: Engine, state: State) -> None:
         self._last_save_time = time.monotonic()
         self._boundary_counters = state.counters()
+        if engine.run_dir is None and engine.is_main_process and not self._said_off:
+            self._said_off = True
+            log.warning(
+                "checkpoint_off", reason="the engine has no run_dir; no checkpoint is written"
+            )
 
     @hookimpl(trylast=True)  # after every other plugin has updated the state it saves
     def after_step(self, engine: Engine, state: State) -> None:
@@ -146,6 +153,8 @@ class Checkpoint:
             return
         if getattr(error, "checkpoint", None):
             return  # the plugin that raised has saved the right state already (nan_guard)
+        if state.step == 0:
+            return  # nothing trained yet (e.g. a plugin refused its options at fit start)
         if engine.world_size > 1 and is_sharded(engine.model):
             # The other ranks may be anywhere: no gathering now. The last save stands.
             log.warning("checkpoint_skipped", reason="sharded model, ranks not in step")

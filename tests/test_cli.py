@@ -82,3 +82,22 @@ def test_bad_plugin_option_from_config_names_plugin_and_option(hookloop_cli, tmp
 def test_no_command_prints_help(hookloop_cli):
     out = hookloop_cli()
     assert out.returncode == 0 and "COMMAND" in out.stdout
+
+
+def test_printed_commands_work_as_printed(monkeypatch, tmp_path):
+    """`hookloop` when that name finds this installation; else the path it was run by, or
+    `python -m hookloop`; words quoted for the shell."""
+    from hookloop.cli import command_line
+
+    bin_dir = tmp_path / "venv bin"
+    bin_dir.mkdir()
+    script = bin_dir / "hookloop"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(sys, "argv", [str(script), "train"])
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # before `source .venv/bin/activate`
+    assert command_line("sample", "--run", "runs/a b") == f"'{script}' sample --run 'runs/a b'"
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")  # activated
+    assert command_line("sample") == "hookloop sample"
+    monkeypatch.setattr(sys, "argv", ["/x/hookloop/__main__.py"])
+    assert command_line("eval") == f"{sys.executable} -m hookloop eval"

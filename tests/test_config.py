@@ -190,3 +190,33 @@ def test_configuration_page_lists_every_key_with_its_default():
         for option, value in options.items():
             assert f"`{_toml_value(value)}`" in rows[f"`plugins.{plugin}.{option}`"]
     assert "`plugins.schedule.warmup_steps`" in rows and "`plugins.schedule.min_lr`" in rows
+
+
+def test_shorten_run_derives_the_warmup_from_the_run_that_happens():
+    from hookloop.lm.config import shorten_run
+
+    config = load_config()  # 800 steps: warmup derived as 80
+    assert config["plugins"]["schedule"]["warmup_steps"] == 80
+    note = shorten_run(config, 20)
+    assert config["training"]["max_steps"] == 20 and config["training"]["epochs"] == 0
+    assert config["plugins"]["schedule"]["warmup_steps"] == 2  # the same share: a tenth
+    assert "80 -> 2" in note
+    # an explicit warmup and total keep their share too; a run without warmup keeps none
+    config = load_config(
+        None,
+        ["plugins.schedule.warmup_steps=500", "plugins.schedule.total_steps=2000"],
+    )
+    shorten_run(config, 40)
+    assert config["plugins"]["schedule"]["warmup_steps"] == 10
+    assert config["plugins"]["schedule"]["total_steps"] == 40
+    config = load_config(None, ["plugins.schedule.warmup_steps=0"])
+    assert shorten_run(config, 5) is None and config["plugins"]["schedule"]["warmup_steps"] == 0
+
+
+def test_a_relative_data_path_is_stored_absolute(tmp_path, monkeypatch):
+    from hookloop.lm.config import config_from_args
+
+    monkeypatch.chdir(tmp_path)
+    config = config_from_args(argparse.Namespace(overrides=["data.path=data/x"]))
+    assert config["data"]["path"] == str(tmp_path / "data" / "x")
+    assert config_from_args(argparse.Namespace(overrides=[]))["data"]["path"] == ""

@@ -17,7 +17,7 @@ def test_prepare_then_train_then_sample_then_eval(
     (tmp_path / "input.txt").write_text(text)
     out = hookloop_cli("prepare", "input.txt", "--out", "data", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "train on it: hookloop train --set data.path=data" in out.stdout
+    assert "-m hookloop train --set data.path=data\n" in out.stdout  # works as printed
     meta = json.loads((tmp_path / "data" / "meta.json").read_text())
     assert meta["dtype"] == "uint16" and meta["tokenizer"] == "char"
 
@@ -26,7 +26,8 @@ def test_prepare_then_train_then_sample_then_eval(
     assert out.returncode == 0, out.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert f"run directory: runs/{run_dir.name}" in out.stdout
-    assert f"sample from it: hookloop sample --run runs/{run_dir.name}" in out.stdout
+    # the closing command works as printed (here: python -m hookloop, as it was started)
+    assert f"-m hookloop sample --run runs/{run_dir.name}\n" in out.stdout
     assert "validation loss" in out.stdout
     assert (run_dir / "config.toml").is_file() and (run_dir / "tokenizer.json").is_file()
     assert f"loss curves: runs/{run_dir.name}/metrics.png" in out.stdout
@@ -138,7 +139,30 @@ def test_default_train_runs_on_the_stdlib_corpus(hookloop_cli, tmp_path):
         timeout=300,  # a loaded 2-core machine: the corpus is prepared first
     )
     assert out.returncode == 0, out.stderr
-    assert "char tokens" in out.stdout and "sample from it: hookloop sample" in out.stdout
+    assert "char tokens" in out.stdout and "-m hookloop sample --run runs/" in out.stdout
     (prepared,) = (tmp_path / "cache").iterdir()
     meta = json.loads((prepared / "meta.json").read_text())
     assert meta["vocab_size"] < 128 and meta["train_tokens"] > 1_000_000
+
+
+def test_a_failed_train_leaves_no_empty_runs_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("hookloop.logs.configure_logging", lambda *a, **k: None)
+    assert main(["train", "--set", "data.path=nowhere"]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "runs").mkdir()  # a runs/ the user had stays
+    assert main(["train", "--set", "data.path=nowhere"]) == 2
+    assert (tmp_path / "runs").is_dir() and not list((tmp_path / "runs").iterdir())
+
+
+def test_the_final_evaluation_announces_itself(make_engine, capsys):
+    from hookloop.commands._progress import evaluate_with_progress
+
+    engine = make_engine()
+    metrics = evaluate_with_progress(engine)
+    assert capsys.readouterr().out == "evaluating on the full validation split (2 batches)...\n"
+    assert metrics == engine.evaluate()
+    evaluate_with_progress(engine, max_batches=1)
+    assert capsys.readouterr().out == "evaluating on the validation split (1 batch)...\n"
+    assert isinstance(engine.val_data, list)  # put back as it was

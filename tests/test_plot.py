@@ -40,3 +40,16 @@ def test_plot_without_metrics_is_a_one_line_error(hookloop_cli, tmp_path):
         "hookloop plot: error: nowhere/metrics.csv does not exist; "
         "is this a run directory written with the csv plugin?"
     ]
+
+
+def test_plot_defaults_to_the_latest_run(hookloop_cli, make_engine, tmp_path):
+    pytest.importorskip("matplotlib")
+    for name in ("20250101-000000", "20250101-000001"):
+        engine = make_engine(run_dir=tmp_path / "runs" / name, plugins=[CSVLogger()])
+        engine.fit(max_steps=2)
+        (tmp_path / "runs" / name / "config.toml").write_text("")  # what marks a run
+    out = hookloop_cli("plot", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "runs/20250101-000001/metrics.png"
+    out = hookloop_cli("plot", cwd=tmp_path / "runs")
+    assert out.returncode == 2 and "no runs under runs/; pass RUN_DIR" in out.stderr

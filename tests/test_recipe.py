@@ -15,6 +15,8 @@ from hookloop.lm.config import load_config
 from hookloop.lm.prepare import prepare_texts, read_meta
 from hookloop.lm.recipe import (
     build_run,
+    checkpoint_dir,
+    data_dir,
     latest_run_dir,
     load_trained,
     new_run_dir,
@@ -101,7 +103,7 @@ def test_load_trained_reads_the_latest_checkpoint(tmp_path, tiny_lm_overrides):
     assert path == ckpt and not model.training
     ids = torch.tensor([tokenizer.encode("def f1(x)").tolist()])
     torch.testing.assert_close(model(ids), run.engine.model.eval()(ids))
-    with pytest.raises(CheckpointError, match="has no model.safetensors"):
+    with pytest.raises(CheckpointError, match="has no checkpoint step-00000009; it has: step-"):
         load_trained(tmp_path / "run", "step-00000009")
     # bare weights in the agreed layout load by name, and must fit the configured shape
     bare = tmp_path / "run" / "checkpoints" / "bare"
@@ -154,3 +156,29 @@ def test_device_and_threads():
         assert set_threads(1) == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_raw_text_as_data_path_is_prepared_once_into_a_cache(tmp_path, monkeypatch):
+    from hookloop.lm.corpus import is_raw_text
+
+    monkeypatch.setenv("HOOKLOOP_CACHE", str(tmp_path / "cache"))
+    text = tmp_path / "input.txt"
+    text.write_text("to be or not to be\n" * 100)
+    assert is_raw_text(text) and not is_raw_text(tmp_path / "missing")
+    first = data_dir({"data": {"path": str(text)}})
+    assert read_meta(first)["tokenizer"] == "char" and first.parent == tmp_path / "cache"
+    assert data_dir({"data": {"path": str(text)}}) == first  # reused
+    text.write_text("something else entirely\n" * 100)
+    assert data_dir({"data": {"path": str(text)}}) != first  # keyed by the content
+    prepared = tmp_path / "prepared"
+    prepare_texts("abc\n" * 50, "abc\n" * 5, prepared, source="test")
+    assert not is_raw_text(prepared) and data_dir({"data": {"path": str(prepared)}}) == prepared
+
+
+def test_a_missing_checkpoint_name_lists_the_ones_there_are(tmp_path):
+    (tmp_path / "checkpoints" / "step-00000004").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "step-00000008").mkdir()
+    with pytest.raises(CheckpointError, match="no checkpoint step-9; it has: step-00000004, step"):
+        checkpoint_dir(tmp_path, "step-9")
+    with pytest.raises(CheckpointError, match="it has none yet"):
+        checkpoint_dir(tmp_path / "checkpoints" / "step-00000004", "x")

@@ -9,6 +9,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from hookloop.commands.sample import add_run_arguments
 
@@ -30,9 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the validation loss and perplexity of the checkpoint."""
+    from hookloop.commands._progress import evaluate_with_progress
     from hookloop.distributed import announce
     from hookloop.engine import Engine
-    from hookloop.errors import CheckpointError, ConfigError
+    from hookloop.errors import CheckpointError, ConfigError, DataError
     from hookloop.lm.recipe import (
         data_dir,
         latest_run_dir,
@@ -51,10 +53,18 @@ def run(args: argparse.Namespace) -> int:
     model, _, config, path = load_trained(run_dir, args.checkpoint)
     set_threads(config["training"]["threads"])
     if args.data:
-        config["data"]["path"] = args.data
-    directory = data_dir(config)
+        config["data"]["path"] = str(Path(args.data).resolve())
+    try:
+        directory = data_dir(config)
+        val_dataset(config, directory, model.vocab_size)  # fail early, with the fix, if missing
+    except DataError as exc:
+        raise DataError(
+            f"{exc}; the run {run_dir} was trained on {config['data']['path'] or 'the default corpus'}"
+            " - pass the prepared data directory with --data DIR"
+        ) from None
     with launched(config) as launch:  # under torchrun the ranks share the batches
         announce(launch, "ddp")
+        main = launch is None or launch.rank == 0
         val = val_dataset(config, directory, model.vocab_size)
         engine = Engine(
             model,
@@ -63,10 +73,11 @@ def run(args: argparse.Namespace) -> int:
             val_data=val,
             device=resolve_device(config["training"]["device"]),
         )
-        metrics = engine.evaluate(max_batches=args.max_batches)
+        if main:
+            print(f"checkpoint {path}")
+        metrics = evaluate_with_progress(engine, max_batches=args.max_batches)
         del engine  # the DDP wrapper goes before the process group
-    if launch is None or launch.rank == 0:
-        print(f"checkpoint {path}")
+    if main:
         print(f"val_loss {metrics['val_loss']:.4f}  val_ppl {metrics['val_ppl']:.3f}")
     return 0
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 
+from hookloop.cli import command_line
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `prepare` options."""
@@ -134,5 +136,5 @@ def run(args: argparse.Namespace) -> int:
         f"documents), {meta['tokenizer']} vocabulary of {meta['vocab_size']} "
         f"({meta['dtype']}), from {len(meta['source'])} file(s)"
     )
-    print(f"train on it: hookloop train --set data.path={args.out}")
+    print(f"train on it: {command_line('train', '--set', f'data.path={args.out}')}")
     return 0

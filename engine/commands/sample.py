@@ -23,13 +23,18 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="run directory (default: the latest under --runs)",
     )
-    parser.add_argument(
-        "--runs", metavar="BASE", default="runs", help="where runs live (default: runs)"
-    )
+    add_runs_argument(parser)
     parser.add_argument(
         "--checkpoint",
         metavar="NAME",
         help="checkpoint directory name or path (default: the run's latest)",
+    )
+
+
+def add_runs_argument(parser: argparse.ArgumentParser) -> None:
+    """`--runs BASE`: where a command looks for the latest run."""
+    parser.add_argument(
+        "--runs", metavar="BASE", default="runs", help="where runs live (default: runs)"
     )
 
 

@@ -3,7 +3,7 @@ Python standard library's own sources, in a few minutes on two CPU cores.
 
 Examples:
     hookloop train
-    hookloop train --set data.path=data/shakespeare --set training.max_steps=2000
+    hookloop train --set data.path=data/mytext --set training.max_steps=2000
     hookloop train -c run.toml -p no:progress
     hookloop train --resume auto --run-dir runs/20250101-120000
 
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hookloop.cli import add_config_arguments
+from hookloop.cli import add_config_arguments, command_line
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +66,7 @@ def _train(args: argparse.Namespace, launch: Any) -> int:
     from hookloop.lm.recipe import build_run
 
     say = print if launch is None or launch.rank == 0 else _silent
+    base_existed = Path(args.runs).exists()
     # Rank 0 chooses the run directory, checkpoint and config; every rank gets the same.
     run_dir, checkpoint, config = on_rank0(lambda: _where(args, launch))
     announce(launch, config["distributed"]["strategy"])
@@ -85,8 +86,9 @@ def _train(args: argparse.Namespace, launch: Any) -> int:
         if launch is None or launch.rank == 0:
             for name, data in kept.items():
                 (run_dir / name).write_bytes(data)
-            if run_dir.is_dir() and not any(run_dir.iterdir()):
-                run_dir.rmdir()  # leave no empty run behind for `sample` to trip over
+            _remove_if_empty(run_dir)  # leave no empty run behind for `sample` to trip over
+            if not base_existed:
+                _remove_if_empty(Path(args.runs))
         raise
     engine = built.engine
     limits = [f"{built.max_steps} steps"] if built.max_steps else []
@@ -101,24 +103,18 @@ def _train(args: argparse.Namespace, launch: Any) -> int:
     state = built.fit()
     seconds = time.perf_counter() - start
     tokens = state.tokens_seen - tokens_before
-    # The eval plugin's periodic evaluations may use a subset; the last word is the full split.
-    metrics = engine.evaluate(max_batches=config["data"]["val_batches"] or None)
     stopped = f" (stopped: {state.should_stop})" if state.should_stop else ""
     say(
         f"done: {state.step} steps, {tokens:,} tokens in {seconds:.1f}s "
-        f"({tokens / max(seconds, 1e-9):,.0f} tokens/s){stopped}"
+        f"({tokens / max(seconds, 1e-9):,.0f} tokens/s){stopped}",
+        flush=True,
     )
-    val = engine.val_data
-    say(
-        f"validation loss {metrics['val_loss']:.4f} nats/token (perplexity "
-        f"{metrics['val_ppl']:.2f}) on {min(len(val), config['data']['val_batches'] or len(val))} "
-        f"batches of the validation split"
-    )
+    _final_eval(engine, config["data"]["val_batches"] or None, say)
     if launch is not None and launch.rank != 0:
         return 0
     print(f"run directory: {built.run_dir}")
     _plot(built.run_dir)
-    print(f"sample from it: hookloop sample --run {built.run_dir}")
+    print(f"sample from it: {command_line('sample', '--run', built.run_dir)}")
     return 0
 
 
@@ -141,6 +137,28 @@ def _where(args: argparse.Namespace, launch: Any) -> tuple[Path, Path | None, di
     return run_dir, checkpoint, config
 
 
+def _final_eval(engine: Any, max_batches: int | None, say: Any = print) -> None:
+    """The last word on the run: the validation split (the eval plugin's periodic passes may
+    use a subset). Ctrl-C skips it; the run is saved already."""
+    from hookloop.commands._progress import evaluate_with_progress
+
+    try:
+        metrics = evaluate_with_progress(engine, max_batches=max_batches)
+    except KeyboardInterrupt:
+        say(f"evaluation skipped (interrupted); run it later with {command_line('eval')}")
+        return
+    batches = min(len(engine.val_data), max_batches or len(engine.val_data))
+    say(
+        f"validation loss {metrics['val_loss']:.4f} nats/token (perplexity "
+        f"{metrics['val_ppl']:.2f}) on {batches} batches of the validation split"
+    )
+
+
+def _remove_if_empty(directory: Path) -> None:
+    if directory.is_dir() and not any(directory.iterdir()):
+        directory.rmdir()
+
+
 def _plot(run_dir: Path) -> None:
     """Draw the run's curves into run_dir/metrics.png when matplotlib is there."""
     from hookloop.commands.plot import plot_run
@@ -151,7 +169,7 @@ def _plot(run_dir: Path) -> None:
     try:
         print(f"loss curves: {plot_run(run_dir, run_dir / 'metrics.png')}")
     except HookloopError as exc:  # no matplotlib: say how to get the picture
-        print(f"loss curves: hookloop plot {run_dir} ({exc})")
+        print(f"loss curves: {command_line('plot', run_dir)} ({exc})")
 
 
 def _resume(
@@ -204,5 +222,6 @@ def _refuse_a_run_with_checkpoints(run_dir: str | None) -> None:
     if run_dir and list_checkpoints(Path(run_dir) / CHECKPOINTS_DIR):
         raise ConfigError(
             f"run directory {run_dir} already holds checkpoints; continue it with "
-            f"--resume auto --run-dir {run_dir}, or train into another directory"
+            f"{command_line('train', '--resume', 'auto', '--run-dir', run_dir)}, "
+            "or train into another directory"
         )

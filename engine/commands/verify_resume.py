@@ -90,13 +90,13 @@ def run(args: argparse.Namespace) -> int:
     Under torchrun every rank takes part (rank 0 prints and compares): the check then covers
     the gathered checkpoint and its restore on every rank as well."""
     from hookloop.errors import ConfigError
-    from hookloop.lm.config import config_from_args
+    from hookloop.lm.config import config_from_args, shorten_run
     from hookloop.lm.recipe import launched
 
     if args.steps < 2:
         raise ConfigError(f"--steps must be at least 2, got {args.steps}")
     config = config_from_args(args)
-    config["training"]["max_steps"], config["training"]["epochs"] = args.steps, 0
+    changed = shorten_run(config, args.steps)  # the warmup follows the run that happens
     with launched(config) as launch:
         from hookloop.distributed import announce, broadcast_object, on_rank0
 
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         main = launch is None or launch.rank == 0
         tmp = Path(on_rank0(lambda: tempfile.mkdtemp(prefix="hookloop-verify-")))
         try:
-            equal = _compare(config, args.steps, tmp, say=print if main else _silent)
+            equal = _compare(config, args.steps, tmp, say=print if main else _silent, note=changed)
         finally:
             broadcast_object(None)  # every rank is done with the directory
             if main:
@@ -116,7 +116,9 @@ def _silent(*args: Any, **kwargs: Any) -> None:
     """print() on the ranks other than 0."""
 
 
-def _compare(config: dict[str, Any], n: int, tmp: Path, *, say: Any) -> bool:
+def _compare(
+    config: dict[str, Any], n: int, tmp: Path, *, say: Any, note: str | None = None
+) -> bool:
     import torch
 
     from hookloop.checkpoint import checkpoint_name, save_checkpoint
@@ -125,6 +127,8 @@ def _compare(config: dict[str, Any], n: int, tmp: Path, *, say: Any) -> bool:
 
     half = n // 2
     say(f"verify-resume: {n} steps straight vs {half} + checkpoint + new engine + {n - half}")
+    if note:
+        say(f"  {note}")
     straight, trace_a = _train(config, Path(tmp) / "straight", n)
     first, trace_b = _train(config, Path(tmp) / "resumed", n, stop_at=half)
     path = save_checkpoint(first, Path(tmp) / "verify" / checkpoint_name(half))

@@ -45,6 +45,8 @@ __all__ = [
     "dumps_toml",
     "load_config",
     "parse_override",
+    "resolve_data_path",
+    "shorten_run",
     "validate",
     "write_config",
 ]
@@ -119,7 +121,50 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
     config["plugins"] = apply_plugin_flags(
         config["plugins"], getattr(args, "plugin_flags", None) or []
     )
+    resolve_data_path(config)
     return validate(config)
+
+
+def resolve_data_path(config: dict[str, Any], base: str | Path | None = None) -> dict[str, Any]:
+    """Make a relative `data.path` absolute (against `base`, default the working directory),
+    so the run directory's config.toml names the data from wherever it is read."""
+    path = config["data"]["path"]
+    if path and not Path(path).expanduser().is_absolute():
+        config["data"]["path"] = str((Path(base or Path.cwd()) / path).resolve())
+    elif path:
+        config["data"]["path"] = str(Path(path).expanduser())
+    return config
+
+
+def shorten_run(config: dict[str, Any], steps: int) -> str | None:
+    """Make `config` a run of exactly `steps` optimizer steps (no epoch limit), deriving again
+    what depends on the run's length: the schedule's `warmup_steps` keeps its share of the
+    run, and a set `total_steps` becomes `steps`.
+
+    Returns:
+        A line saying how the schedule changed, or None when it did not.
+    """
+    training = config["training"]
+    before = training["max_steps"] or None
+    training["max_steps"], training["epochs"] = steps, 0
+    schedule = config["plugins"].get("schedule")
+    if not isinstance(schedule, dict):
+        validate(config)
+        return None
+    total = schedule.get("total_steps") or before
+    if schedule.get("total_steps"):
+        schedule["total_steps"] = steps
+    warmup = schedule.get("warmup_steps", 0)
+    if isinstance(warmup, int) and warmup > 0:
+        share = warmup * steps // total if isinstance(total, int) and total else steps // 10
+        schedule["warmup_steps"] = min(warmup, share, steps - 1)
+    validate(config)
+    if schedule.get("warmup_steps", 0) != warmup:
+        return (
+            f"schedule: warmup_steps {warmup} -> {schedule['warmup_steps']}, "
+            f"the same share of this {steps}-step run"
+        )
+    return None
 
 
 def apply_plugin_flags(table: Mapping[str, Any], flags: list[str]) -> dict[str, Any]:

@@ -22,7 +22,15 @@ import structlog
 
 from hookloop.errors import DataError
 
-__all__ = ["DEFAULT_BUDGET", "cache_dir", "default_corpus", "stdlib_files", "stdlib_texts"]
+__all__ = [
+    "DEFAULT_BUDGET",
+    "cache_dir",
+    "default_corpus",
+    "is_raw_text",
+    "prepared_text",
+    "stdlib_files",
+    "stdlib_texts",
+]
 
 log = structlog.get_logger("hookloop")
 
@@ -93,6 +101,46 @@ def default_corpus(budget: int = DEFAULT_BUDGET) -> Path:
     train, val, used = stdlib_texts(budget)
     try:
         prepare_texts(train, val, directory, tokenizer="char", source=[stdlib, *used[:3], "..."])
+    except DataError:
+        if not (directory / "meta.json").is_file():  # not a concurrent preparer that won
+            raise
+    return directory
+
+
+def is_raw_text(path: Path) -> bool:
+    """Whether `data.path` names text to prepare rather than a prepared directory: a file,
+    or a directory with neither meta.json nor train.bin."""
+    if path.is_file():
+        return True
+    return (
+        path.is_dir()
+        and not (path / "meta.json").exists()
+        and not (path / "train.bin").exists()
+        and any(p.is_file() for p in path.iterdir())
+    )
+
+
+def prepared_text(path: Path, *, val_fraction: float = 0.1) -> Path:
+    """A raw text file (or directory of them) prepared char-level into the cache, keyed by
+    the text's hash: prepared on first use with `hookloop prepare`'s defaults (the last
+    `val_fraction` held out), reused while the text is unchanged."""
+    from hookloop.lm.prepare import prepare_texts, read_text_sources, split_text
+
+    text, files = read_text_sources(path)
+    key = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+    directory = cache_dir() / f"text-{path.stem or 'data'}-{key}"
+    if (directory / "meta.json").is_file():
+        return directory
+    log.info(
+        "preparing_text",
+        source=str(path),
+        into=str(directory),
+        note="raw text as data.path: prepared once (char tokens, last 10% validation), "
+        "reused while it is unchanged",
+    )
+    train, val = split_text(text, val_fraction)
+    try:
+        prepare_texts(train, val, directory, tokenizer="char", source=files)
     except DataError:
         if not (directory / "meta.json").is_file():  # not a concurrent preparer that won
             raise

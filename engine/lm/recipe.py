@@ -179,13 +179,18 @@ def build_model(config: dict[str, Any], tokenizer_vocab: int) -> TinyTransformer
 
 def data_dir(config: dict[str, Any]) -> Path:
     """The prepared data directory of a config: `data.path`, the first of `data.sources`,
-    or the default corpus."""
+    or the default corpus.
+
+    A `data.path` naming raw text (a file, or a directory of text files that is not a
+    prepared directory) is prepared once into a cache (see `hookloop.lm.corpus.prepared_text`).
+    """
+    from hookloop.lm.corpus import default_corpus, is_raw_text, prepared_text
+
     if config["data"]["path"]:
-        return Path(config["data"]["path"])
+        path = Path(config["data"]["path"])
+        return prepared_text(path) if is_raw_text(path) else path
     if config["data"]["sources"]:
         return Path(config["data"]["sources"][0]["path"])
-    from hookloop.lm.corpus import default_corpus
-
     return default_corpus()
 
 
@@ -272,6 +277,14 @@ def checkpoint_dir(run_dir: str | Path, checkpoint: str | None = None) -> Path:
             )
         return found
     path = Path(checkpoint) if Path(checkpoint).is_dir() else checkpoints / checkpoint
+    if not path.is_dir():
+        from hookloop.checkpoint import list_checkpoints
+
+        names = [p.name for p in list_checkpoints(checkpoints)]
+        raise CheckpointError(
+            f"run {run_dir} has no checkpoint {checkpoint}; "
+            + (f"it has: {', '.join(names)}" if names else "it has none yet")
+        )
     if not (path / MODEL_FILE).is_file():
         raise CheckpointError(f"checkpoint {path} has no {MODEL_FILE}")
     return path

@@ -147,6 +147,34 @@ def test_bad_options_are_refused(options):
         Checkpoint(**options)
 
 
+def test_without_a_run_dir_it_says_once_that_it_saves_nothing(make_engine, capsys):
+    from structlog.testing import capture_logs
+
+    plugin = Checkpoint(every=1)
+    engine = make_engine(plugins=[plugin])
+    with capture_logs() as logs:
+        engine.fit(max_steps=2)
+        engine.fit(max_steps=4)
+    assert [e["event"] for e in logs].count("checkpoint_off") == 1
+
+
+def test_a_failure_before_the_first_step_saves_nothing(make_engine, tmp_path):
+    class Refuses:
+        name = "refuses"
+        critical = True
+
+        @hookimpl
+        def on_fit_start(self):
+            raise PluginError("refuses: bad option")
+
+    engine = make_engine(run_dir=tmp_path, plugins=[Checkpoint(), Refuses()])
+    with pytest.raises(PluginError):
+        engine.fit(max_steps=3)
+    assert not (tmp_path / "checkpoints").exists() or not list(
+        (tmp_path / "checkpoints").glob("step-*")
+    )
+
+
 def test_every_steps_is_a_deprecated_alias_of_every(make_engine, tmp_path):
     import structlog
 

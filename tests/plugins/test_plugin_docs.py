@@ -45,3 +45,15 @@ def test_page_has_every_option_with_its_default_and_is_linked(name):
         assert row in text, f"{page.name}: missing or stale options row {row!r}"
     assert f"plugins/{name}.md" in (REPO / "mkdocs.yml").read_text()
     assert f"[`{name}`]({name}.md)" in (REPO / "docs" / "plugins" / "index.md").read_text()
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_page_shows_the_python_class_to_import(name):
+    """The TOML table and the Python class: a reader of either way finds it on the page."""
+    page = REPO / "docs" / "plugins" / f"{name}.md"
+    if not page.exists() and name not in DOCUMENTED_HERE:
+        pytest.skip(f"no docs/plugins/{name}.md yet")
+    module, _, cls = discover()[name].target.partition(":")
+    text = page.read_text()
+    assert f"from {module} import" in text and cls in text, f"{page.name}: no `import {cls}`"
+    assert f"[plugins.{name}]" in text, f"{page.name}: no TOML table"
