@@ -52,3 +52,20 @@ def test_unknown_variant_is_one_clear_error():
     assert out.returncode == 2
     assert "unknown variant(s) fast; choose from raw, same, tuned" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_engine_versions_compares_this_tree_with_a_commit():
+    script = SCRIPT.parent / "engine_versions.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--ref", "HEAD", "--steps", "120", "--rounds", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=SCRIPT.parents[1],
+    )
+    if out.returncode != 0 and "not a git repository" in out.stderr:
+        pytest.skip("not a git checkout")
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = re.findall(r"^\| (raw|ref|tree) \| ([\d.]+) \(", out.stdout, flags=re.MULTILINE)
+    assert [r[0] for r in rows] == ["raw", "ref", "tree"], out.stdout
+    assert all(float(us) > 0 for _, us in rows)
