@@ -6,9 +6,16 @@ Examples:
     hookloop train --set data.path=data/shakespeare --set training.max_steps=2000
     hookloop train -c run.toml -p no:progress
     hookloop train --resume auto --run-dir runs/20250101-120000
+    hookloop train --restart --run-dir runs/20250101-120000
 
 The run goes to runs/<timestamp>/ (resolved config.toml, tokenizer.json, metrics,
-checkpoints); the last lines printed say where it is and how to sample from it.
+checkpoints); the last lines printed say where it is and how to sample from it. One process
+at a time writes a run directory (a second one is refused, naming the first one's PID).
+
+A resume continues the run with the run's own config.toml (change what a resume may change
+with --set). When the run has nothing valid to resume from it says so and stops, leaving
+every file as it was; --restart then starts it over with its own config, after moving the
+old files into <run>/previous-<time>/.
 """
 
 from __future__ import annotations
@@ -37,9 +44,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume",
         metavar="auto|PATH",
-        help="continue a run from a checkpoint: auto = the latest valid checkpoint of "
-        "--run-dir (else of the newest run under --runs), a fresh start when there is none; "
-        "or a checkpoint or run directory",
+        help="continue a run from a checkpoint, with the run's own config: auto = the latest "
+        "valid checkpoint of --run-dir (else of the newest run under --runs); or a checkpoint "
+        "or run directory. A run that does not exist yet starts fresh; one with nothing valid "
+        "to resume from is refused (see --restart)",
+    )
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="start the run of --run-dir (or of --resume, when it has nothing valid to resume "
+        "from) over with its own config, after moving its old files into "
+        "<run>/previous-<time>/",
     )
     parser.add_argument(
         "--force",
@@ -50,35 +65,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the configured run, train it, evaluate it once more and say where it is."""
-    from hookloop.lm.config import config_from_args
-    from hookloop.lm.recipe import build_run, new_run_dir
+    from hookloop.lm.runplan import plan_run
+    from hookloop.rundir import remove_created
 
-    checkpoint = None
-    if args.resume:
-        run_dir, checkpoint, config = _resume(args)
-    else:
-        run_dir, config = None, config_from_args(args)
-        _refuse_a_run_with_checkpoints(args.run_dir)
-    run_dir = run_dir or (Path(args.run_dir) if args.run_dir else new_run_dir(args.runs))
+    plan = plan_run(args)  # every check that needs no torch comes first: a quick refusal
+    from hookloop.lm.recipe import build_run
+
+    run_dir = plan.run_dir
     # build_run rewrites these two; a resume that is then refused must leave the run as it was
     kept = {
         name: (run_dir / name).read_bytes()
         for name in ("config.toml", "tokenizer.json")
-        if checkpoint is not None and (run_dir / name).is_file()
+        if plan.checkpoint is not None and (run_dir / name).is_file()
     }
     try:
-        built = build_run(config, run_dir)
-        if checkpoint is not None:
+        built = build_run(plan.config, run_dir)
+        if plan.checkpoint is not None:
             from hookloop.checkpoint import load_checkpoint
 
-            load_checkpoint(built.engine, checkpoint)
+            load_checkpoint(built.engine, plan.checkpoint)
     except BaseException:
         for name, data in kept.items():
             (run_dir / name).write_bytes(data)
-        if run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()  # leave no empty run behind for `sample` to trip over
+        remove_created(plan.created)  # a run that never started leaves no folder behind
         raise
-    engine = built.engine
+    return _train(built)
+
+
+def _train(built: Any) -> int:
+    """Train a built run, evaluate it on the validation split and say where it is."""
+    engine, config = built.engine, built.config
     limits = [f"{built.max_steps} steps"] if built.max_steps else []
     limits += [f"{built.epochs} epochs"] if built.epochs else []
     print(
@@ -121,47 +137,3 @@ def _plot(run_dir: Path) -> None:
         print(f"loss curves: {plot_run(run_dir, run_dir / 'metrics.png')}")
     except HookloopError as exc:  # no matplotlib: say how to get the picture
         print(f"loss curves: hookloop plot {run_dir} ({exc})")
-
-
-def _resume(args: argparse.Namespace) -> tuple[Path | None, Path | None, dict[str, Any]]:
-    """The run directory, checkpoint and config of `--resume`, after checking the changes.
-
-    The config is the run's own config.toml with this command line's `--set` and `-p`
-    applied, unless `-c` names another file; see `hookloop.lm.resume` for which changes a
-    resume accepts.
-    """
-    from hookloop.checkpoint import verify_checkpoint
-    from hookloop.lm.config import config_from_args
-    from hookloop.lm.resume import check_changes, config_changes, find_resume
-
-    run_dir, checkpoint = find_resume(
-        args.resume, Path(args.run_dir) if args.run_dir else None, Path(args.runs)
-    )
-    if checkpoint is None:  # a fresh start: in --run-dir if given, else in a new run
-        print(f"no valid checkpoint in {run_dir or args.runs}: starting a fresh run", flush=True)
-        return Path(args.run_dir) if args.run_dir else None, None, config_from_args(args)
-    if args.config is None and (run_dir / "config.toml").is_file():
-        args.config = str(run_dir / "config.toml")
-    config = config_from_args(args)
-    saved = verify_checkpoint(checkpoint)
-    lines = check_changes(config_changes(saved["config"], config), force=args.force)
-    print(
-        f"resuming {run_dir} from {checkpoint.name} (step {saved['counters']['step']}); "
-        + ("config changes:" if lines else "config unchanged"),
-        flush=True,
-    )
-    for line in lines:
-        print(line, flush=True)
-    return run_dir, checkpoint, config
-
-
-def _refuse_a_run_with_checkpoints(run_dir: str | None) -> None:
-    """A fresh run into a directory that holds checkpoints would mix two runs' files."""
-    from hookloop.checkpoint import CHECKPOINTS_DIR, list_checkpoints
-    from hookloop.errors import ConfigError
-
-    if run_dir and list_checkpoints(Path(run_dir) / CHECKPOINTS_DIR):
-        raise ConfigError(
-            f"run directory {run_dir} already holds checkpoints; continue it with "
-            f"--resume auto --run-dir {run_dir}, or train into another directory"
-        )

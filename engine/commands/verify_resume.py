@@ -91,14 +91,18 @@ def run(args: argparse.Namespace) -> int:
     from hookloop.checkpoint import checkpoint_name, save_checkpoint
     from hookloop.errors import ConfigError
     from hookloop.lm.config import config_from_args
+    from hookloop.lm.recipe import resolve_device
+    from hookloop.runlock import lock_run_dir, release_run_dir
 
-    if args.steps < 2:
-        raise ConfigError(f"--steps must be at least 2, got {args.steps}")
+    if not 2 <= args.steps < 2**31:
+        raise ConfigError(f"--steps must be at least 2 (and below 2**31), got {args.steps}")
     config = config_from_args(args)
+    resolve_device(config["training"]["device"])
     config["training"]["max_steps"], config["training"]["epochs"] = args.steps, 0
     n, half = args.steps, args.steps // 2
     print(f"verify-resume: {n} steps straight vs {half} + checkpoint + new engine + {n - half}")
     with tempfile.TemporaryDirectory(prefix="hookloop-verify-") as tmp:
+        lock_run_dir(tmp)  # one writer, as for every run directory
         straight, trace_a = _train(config, Path(tmp) / "straight", n)
         first, trace_b = _train(config, Path(tmp) / "resumed", n, stop_at=half)
         path = save_checkpoint(first, Path(tmp) / "verify" / checkpoint_name(half))
@@ -127,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
             )
         else:
             print(f"  parameters: bitwise equal ({len(a)} tensors)")
+        release_run_dir(tmp, remove=True)
     equal = not differ and not bad
     print(
         "result: "

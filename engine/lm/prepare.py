@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from hookloop.errors import DataError
+from hookloop.filecheck import field, read_json
 from hookloop.lm.tokenizers import Tokenizer, build_tokenizer
 
 __all__ = [
@@ -186,10 +187,12 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
             f"{directory} is not a prepared data directory (no meta.json); "
             f"run `hookloop prepare TEXT --out {directory}`"
         )
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        for key in ("dtype", "vocab_size", "tokenizer"):
-            meta[key]  # noqa: B018 - presence check
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise DataError(f"{path} is malformed ({exc}); prepare the data again") from None
+    fix = f"prepare the data again with `hookloop prepare TEXT --out {directory}`"
+    meta = read_json(path, DataError, fix=fix)
+    for key, kind, check, allowed in (
+        ("dtype", "str", lambda v: v in ("uint16", "uint32"), "uint16 or uint32"),
+        ("vocab_size", "count", lambda v: v >= 1, ">= 1"),
+        ("tokenizer", "str", None, ""),
+    ):
+        field(meta, key, kind, file=path, error=DataError, fix=fix, check=check, allowed=allowed)
     return meta
