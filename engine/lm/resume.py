@@ -121,7 +121,7 @@ def find_resume(resume: str, run_dir: Path | None, runs: Path) -> tuple[Path | N
     from hookloop.journal import Journal
 
     def latest(run: Path) -> Path | None:  # invalid ones are logged and journaled
-        journal = Journal(run / "journal.jsonl") if (run / "journal.jsonl").is_file() else None
+        journal = Journal(run / "journal.jsonl") if run.is_dir() else None
         return latest_valid_checkpoint(run, journal=journal)
 
     if resume == "auto":
