@@ -141,6 +141,37 @@ def chmod_or_patch(target: str):
     return patch
 
 
+def deny_writes_under(target: str):
+    """Any file opened for writing under `target` fails as in a read-only directory."""
+
+    def patch(monkeypatch, w: Path) -> None:
+        import builtins
+
+        real = builtins.open
+
+        def deny(file, mode="r", *args, **kwargs):
+            if str(Path(file).absolute()).startswith(str(w / target)) and set(mode) & set("wax+"):
+                raise PermissionError(errno.EACCES, "Permission denied", str(file))
+            return real(file, mode, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", deny)
+
+    return patch
+
+
+def read_only(rel: str) -> Callable[[Path], None]:
+    """A real read-only directory (only bites when not running as root)."""
+
+    def setup(w: Path) -> None:
+        (w / rel).mkdir(parents=True, exist_ok=True)
+        (w / rel).chmod(0o555)
+
+    return setup
+
+
+ROOT = os.geteuid() == 0
+
+
 def broken_plugin(w: Path) -> None:
     """An installed third-party plugin (a distribution on PYTHONPATH) that raises on import."""
     site = w / "site"
@@ -219,6 +250,9 @@ ROWS = [
     Row("restart-without-a-run", ["train", "--restart"], "--restart needs the run", "pass --run-dir DIR"),
     Row("run-dir-not-writable", TRAIN, "cannot create run directory new", "choose a writable place", patch=lambda mp, w: mp.setattr(Path, "mkdir", _deny_mkdir)),
     Row("run-dir-lock-not-writable", ["train", "--resume", "auto", "--run-dir", "run"], "cannot lock run directory run", "is it writable", patch=chmod_or_patch("run")),
+    Row("plot-out-not-writable", ["plot", "run", "--out", "ro/m.png"], "cannot use ro/m.png: Permission denied", "make it writable", patch=deny_writes_under("ro")),
+    Row("runs-read-only-for-real", ["train", "--runs", "ro", "--set", "data.path=data"], "cannot create run directory ro/", "choose a writable place", read_only("ro"), subprocess=True),
+    Row("plot-out-read-only-for-real", ["plot", "run", "--out", "ro/m.png"], "Permission denied", "make it writable", read_only("ro"), subprocess=True),
     # --- checkpoints: every reader verifies ---------------------------------------------------
     Row("eval-tampered-tensor-bytes", [*EVAL, "--checkpoint", "step-00000002"], "model.safetensors does not match its SHA-256", "earlier checkpoint", replace_tensor_file(flip_byte, rehash=False), subprocess=True),
     Row("sample-tampered-tensor-bytes", SAMPLE, "no checkpoint that verifies", "pass --checkpoint", replace_tensor_file(flip_byte, rehash=False)),
@@ -272,12 +306,15 @@ def _files(root: Path) -> dict[str, bytes]:
 def test_the_table_is_large_and_has_a_good_share_of_real_subprocesses():
     assert len(ROWS) >= 40 and len({r.id for r in ROWS}) == len(ROWS)
     assert sum(r.subprocess for r in ROWS) >= 12
+    assert sum(not r.id.endswith("-for-real") for r in ROWS) >= 40  # all run as root too
 
 
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: r.id)
 def test_a_bad_input_is_refused_in_a_few_lines_and_changes_nothing(
     row, base, tmp_path, monkeypatch, capsys
 ):
+    if ROOT and row.id.endswith("-for-real"):
+        pytest.skip("permissions do not bind root; the patched rows cover this path")
     w = tmp_path / "w"
     shutil.copytree(base, w)
     if row.setup is not None:
