@@ -251,8 +251,8 @@ ROWS = [
     Row("run-dir-not-writable", TRAIN, "cannot create run directory new", "choose a writable place", patch=lambda mp, w: mp.setattr(Path, "mkdir", _deny_mkdir)),
     Row("run-dir-lock-not-writable", ["train", "--resume", "auto", "--run-dir", "run"], "cannot lock run directory run", "is it writable", patch=chmod_or_patch("run")),
     Row("plot-out-not-writable", ["plot", "run", "--out", "ro/m.png"], "cannot use ro/m.png: Permission denied", "make it writable", patch=deny_writes_under("ro")),
-    Row("runs-read-only-for-real", ["train", "--runs", "ro", "--set", "data.path=data"], "cannot create run directory ro/", "choose a writable place", read_only("ro"), subprocess=True),
-    Row("plot-out-read-only-for-real", ["plot", "run", "--out", "ro/m.png"], "Permission denied", "make it writable", read_only("ro"), subprocess=True),
+    Row("runs-read-only-for-real", ["train", "--runs", "ro", "--set", "data.path=data"], "cannot create run directory ro/", "choose a writable place", read_only("ro")),
+    Row("plot-out-read-only-for-real", ["plot", "run", "--out", "ro/m.png"], "Permission denied", "make it writable", read_only("ro")),
     # --- checkpoints: every reader verifies ---------------------------------------------------
     Row("eval-tampered-tensor-bytes", [*EVAL, "--checkpoint", "step-00000002"], "model.safetensors does not match its SHA-256", "earlier checkpoint", replace_tensor_file(flip_byte, rehash=False), subprocess=True),
     Row("sample-tampered-tensor-bytes", SAMPLE, "no checkpoint that verifies", "pass --checkpoint", replace_tensor_file(flip_byte, rehash=False)),
