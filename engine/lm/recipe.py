@@ -25,6 +25,7 @@ import structlog
 import torch
 
 from hookloop import loading
+from hookloop.checkpoint import CHECKPOINTS_DIR, MODEL_FILE
 from hookloop.engine import Engine
 from hookloop.errors import ConfigError
 from hookloop.lm.config import write_config
@@ -271,7 +272,7 @@ def checkpoint_dir(run_dir: str | Path, checkpoint: str | None = None) -> Path:
     from hookloop.checkpoint import latest_valid_checkpoint
     from hookloop.errors import CheckpointError
 
-    checkpoints = Path(run_dir) / "checkpoints"
+    checkpoints = Path(run_dir) / CHECKPOINTS_DIR
     if checkpoint is None:
         found = latest_valid_checkpoint(Path(run_dir))
         if found is None:
@@ -322,8 +323,7 @@ def load_trained(
     except (RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"{path / 'model.safetensors'} does not fit the model of "
-            f"{run_dir / 'config.toml'}: {first}"
+            f"{path / MODEL_FILE} does not fit the model of {run_dir / 'config.toml'}: {first}"
         ) from None
     model.eval()
     return model, tokenizer, config, path
