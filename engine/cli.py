@@ -1,12 +1,14 @@
 """The `hookloop` command line: `hookloop COMMAND [options]`.
 
-User mistakes (`HookloopError`) print one line and exit with status 2; set
-`HOOKLOOP_DEBUG=1` to see their traceback. Internal errors keep their traceback.
+User mistakes (`HookloopError`), and a read-only, full or forbidden place to write (an
+`OSError` of those kinds), print one line and exit with status 2; set `HOOKLOOP_DEBUG=1` to
+see their traceback. Internal errors keep their traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import shlex
@@ -18,6 +20,9 @@ from pathlib import Path
 from hookloop.errors import HookloopError
 
 __all__ = ["add_config_arguments", "build_parser", "command_line", "main"]
+
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+"""OS errors that mean a read-only, full or forbidden place: a one-line message, no traceback."""
 
 # name -> (module, one-line help). Modules are imported to build the parser, so they must
 # not import torch at module level.
@@ -136,6 +141,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("HOOKLOOP_DEBUG"):
             raise
         print(f"hookloop {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # The machine, not hookloop: a read-only or full disk, a file without permission.
+        if exc.errno not in _ENVIRONMENT_ERRNOS or os.environ.get("HOOKLOOP_DEBUG"):
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(
+            f"hookloop {args.command}: error: cannot use{where}: {exc.strerror}; make it "
+            "writable (or free space), or choose another directory",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"hookloop {args.command}: interrupted", file=sys.stderr)

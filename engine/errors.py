@@ -8,7 +8,14 @@ Internal bugs raise anything else and keep their traceback.
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "HookloopError", "PluginError"]
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "HookloopError",
+    "PluginError",
+    "RunLockedError",
+]
 
 
 class HookloopError(Exception):
@@ -29,3 +36,7 @@ class CheckpointError(HookloopError):
 
 class DataError(HookloopError):
     """Training or validation data is missing, malformed or inconsistent with the model."""
+
+
+class RunLockedError(HookloopError):
+    """Another live process holds the run directory's lock (see `hookloop.runlock`)."""

@@ -27,13 +27,16 @@ class Journal:
         self.path = path
         self.entries: list[dict[str, Any]] = []
 
-    def record(self, event: str, *, step: int, reason: str = "", **fields: Any) -> dict[str, Any]:
+    def record(
+        self, event: str, *, step: int, reason: str = "", echo: bool = True, **fields: Any
+    ) -> dict[str, Any]:
         """Append one decision and log it.
 
         Args:
             event: What happened, as a short snake_case name (`step_skipped`, `rollback`).
             step: The optimizer step the decision was taken at.
             reason: Why, in words a user reading the journal the next morning understands.
+            echo: Also log it (False: the caller says it to the user in its own words).
             **fields: Any further JSON-compatible details.
 
         Returns:
@@ -42,7 +45,8 @@ class Journal:
         entry = {"time": round(time.time(), 3), "step": step, "event": event, "reason": reason}
         entry.update(fields)
         self.entries.append(entry)
-        log.info(event, step=step, reason=reason, **fields)
+        if echo:
+            log.info(event, step=step, reason=reason, **fields)
         if self.path is not None:
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(entry, default=str) + "\n")

@@ -163,14 +163,17 @@ def instantiate(info: PluginInfo, options: Mapping[str, Any]) -> LoadedPlugin:
     try:
         module = __import__(module_name, fromlist=["_"])
         cls = getattr(module, attr) if attr else module
-    except ImportError as exc:
+    except Exception as exc:  # third-party code: any error at import time is its own
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
         raise PluginError(
-            f"plugin {info.name!r} from {info.origin} could not be imported: {exc}"
+            f"plugin {info.name!r} from {info.origin} could not be imported "
+            f"({type(exc).__name__}: {first}); fix or uninstall it, or leave it out with "
+            f"-p no:{info.name} (or HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD=1)"
         ) from exc
     check_options(info.name, cls, options)
     try:
         plugin = cls(**options)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise PluginError(f"plugin {info.name!r}: bad options {dict(options)}: {exc}") from exc
     return LoadedPlugin(name=info.name, plugin=plugin, origin=info.origin)
 

@@ -26,8 +26,8 @@ def configure_logging(
     Args:
         fmt: `console` for aligned key=value lines, `json` for one JSON object per line.
         level: The lowest level printed (`debug`, `info`, `warning`, `error`).
-        stream: Where log lines go; standard error by default, so standard output stays
-            free for results such as sampled text.
+        stream: Where log lines go; by default whatever `sys.stderr` is at each line, so
+            standard output stays free for results such as sampled text.
     """
     global _configured
     if fmt not in ("console", "json"):
@@ -44,7 +44,19 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(stream or _CurrentStderr()),
         cache_logger_on_first_use=False,
     )
     _configured = True
+
+
+class _CurrentStderr:
+    """Whatever `sys.stderr` is at the time of each write (it may be replaced after logging
+    is configured: by a test capturing output, or by a program calling `hookloop.cli.main`
+    in-process), so a log line never goes to a stream that was closed meanwhile."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()

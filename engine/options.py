@@ -4,16 +4,18 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
 from hookloop.errors import PluginError
+from hookloop.filecheck import short
 
 __all__ = ["check_bool", "check_choice", "check_int", "check_number"]
 
 
 def _fail(plugin: str, option: str, allowed: str, value: Any) -> PluginError:
-    return PluginError(f"{plugin}: option {option} must be {allowed}, got {value!r}")
+    return PluginError(f"{plugin}: option {option} must be {allowed}, got {short(value)}")
 
 
 def check_choice(plugin: str, option: str, value: Any, choices: Iterable[Any]) -> None:
@@ -30,9 +32,12 @@ def check_bool(plugin: str, option: str, value: Any) -> None:
 
 
 def check_int(plugin: str, option: str, value: Any, *, minimum: int) -> None:
-    """Raise a PluginError unless `value` is an int (not a bool) of at least `minimum`."""
+    """Raise a PluginError unless `value` is an int (not a bool) of at least `minimum` (and
+    at most 2**63 - 1, so it fits every counter it is compared with)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise _fail(plugin, option, f"an integer >= {minimum}", value)
+    if value >= 2**63:
+        raise _fail(plugin, option, "an integer below 2**63", value)
 
 
 def check_number(
@@ -48,7 +53,7 @@ def check_number(
     """Raise a PluginError unless `value` is an int or float (not a bool) in the interval
     from `low` to `high` (no upper bound when None); `open_*` excludes that end."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and (value > low if open_low else value >= low)
+    ok = ok and math.isfinite(value) and (value > low if open_low else value >= low)
     if high is not None:
         ok = ok and (value < high if open_high else value <= high)
     if not ok:

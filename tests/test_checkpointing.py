@@ -215,3 +215,15 @@ def test_the_recipe_model_file_loads_into_a_fresh_tiny_transformer(tiny_lm_overr
     trained = run.engine.model.state_dict()
     assert all(torch.equal(v, trained[k]) for k, v in fresh.state_dict().items())
     assert json.loads((path / "state.json").read_text())["model"]["aliases"] == {}
+
+
+def test_a_damaged_pointer_is_ignored_and_never_leaves_the_checkpoints_folder(tmp_path):
+    from hookloop.checkpoint import read_pointer
+
+    tmp_path.joinpath("latest").write_bytes(b"\xff\xfe")
+    assert read_pointer(tmp_path, "latest") is None
+    for target in ("../../etc", "..", "", "a/b"):
+        tmp_path.joinpath("latest").write_text(target + "\n")
+        assert read_pointer(tmp_path, "latest") is None
+    tmp_path.joinpath("latest").write_text("step-00000002\n")
+    assert read_pointer(tmp_path, "latest") == tmp_path / "step-00000002"

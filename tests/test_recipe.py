@@ -95,7 +95,7 @@ def test_load_trained_reads_the_latest_checkpoint(tmp_path, tiny_lm_overrides):
 
     no_ckpt = [*tiny_lm_overrides, 'plugins.disable=["checkpoint"]']
     run = build_run(load_config(None, no_ckpt), tmp_path / "run")
-    with pytest.raises(CheckpointError, match="has no checkpoint yet"):
+    with pytest.raises(CheckpointError, match="has no checkpoint that verifies"):
         load_trained(tmp_path / "run")
     run.fit()
     ckpt = save_checkpoint(run.engine, tmp_path / "run" / "checkpoints" / "step-00000004")

@@ -90,7 +90,7 @@ def test_train_resume_continues_exactly_and_checks_config_changes(
     assert first.returncode == 0, first.stderr
 
     again = hookloop_cli("train", "--run-dir", "b", *common, cwd=tmp_path)  # forgot --resume
-    assert again.returncode == 2 and "already holds checkpoints" in again.stderr
+    assert again.returncode == 2 and "already holds a run" in again.stderr
     refused = hookloop_cli(
         "train", "--resume", "auto", "--run-dir", "b", "--set", "model.n_layers=2", cwd=tmp_path
     )

@@ -40,6 +40,7 @@ from hookloop.checkpoint.read import (
     latest_valid_checkpoint,
     load_checkpoint,
     read_checkpoint,
+    read_model_state,
     verify_checkpoint,
 )
 from hookloop.checkpoint.write import save_checkpoint, write_snapshot
@@ -59,6 +60,7 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "read_checkpoint",
+    "read_model_state",
     "read_pointer",
     "recover_partial",
     "save_checkpoint",

@@ -13,7 +13,11 @@ import time
 import uuid
 from pathlib import Path
 
+import structlog
+
 from hookloop.errors import CheckpointError
+
+log = structlog.get_logger("hookloop")
 
 __all__ = [
     "WRITE_DELAY_ENV",
@@ -120,9 +124,21 @@ def write_pointer(checkpoints: Path, pointer: str, target: str) -> None:
 
 
 def read_pointer(checkpoints: Path, pointer: str) -> Path | None:
-    """The checkpoint directory a pointer file names, or None if there is no pointer."""
+    """The checkpoint directory a pointer file names, or None if there is no pointer.
+
+    A pointer that is not one plain directory name (not UTF-8, a directory itself, a path
+    with `/`, `..`) is ignored with a warning: callers then look through `step-N`
+    directories instead, so a damaged pointer never sends a reader outside `checkpoints`.
+    """
+    path = checkpoints / pointer
     try:
-        target = (checkpoints / pointer).read_text(encoding="utf-8").strip()
-    except (FileNotFoundError, UnicodeDecodeError):
+        target = path.read_bytes()[:256].decode("utf-8").strip()
+    except FileNotFoundError:
         return None
-    return checkpoints / target if target and "/" not in target else None
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning("pointer_ignored", path=str(path), reason=str(exc))
+        return None
+    if not target or "/" in target or "\\" in target or target in (".", ".."):
+        log.warning("pointer_ignored", path=str(path), reason=f"names {target[:40]!r}")
+        return None
+    return checkpoints / target

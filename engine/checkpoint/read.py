@@ -6,7 +6,6 @@ Nothing is unpickled: state.json is JSON and the tensors are safetensors.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +20,6 @@ from hookloop.checkpoint.datastate import restore_data
 from hookloop.checkpoint.gather import load_model_state, load_optimizer_state
 from hookloop.checkpoint.layout import (
     CHECKPOINTS_DIR,
-    FORMAT_VERSION,
     LATEST,
     MODEL_FILE,
     OPTIMIZER_FILE,
@@ -30,16 +28,25 @@ from hookloop.checkpoint.layout import (
     list_checkpoints,
 )
 from hookloop.checkpoint.rng import set_rng_state
+from hookloop.checkpoint.schema import check_optimizer_names, check_state
 from hookloop.checkpoint.tensorfile import read_tensors
 from hookloop.errors import CheckpointError
+from hookloop.filecheck import read_json
 
 if TYPE_CHECKING:
     from hookloop.engine import Engine
     from hookloop.journal import Journal
 
-__all__ = ["latest_valid_checkpoint", "load_checkpoint", "read_checkpoint", "verify_checkpoint"]
+__all__ = [
+    "latest_valid_checkpoint",
+    "load_checkpoint",
+    "read_checkpoint",
+    "read_model_state",
+    "verify_checkpoint",
+]
 
 log = structlog.get_logger("hookloop")
+_FIX = "use an earlier checkpoint (the run's checkpoints/ holds the others)"
 
 
 def verify_checkpoint(path: Path) -> dict[str, Any]:
@@ -60,22 +67,47 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, tor
     return _read_verified(Path(path), deserialize=True)
 
 
+def read_model_state(
+    path: Path, *, allow_bare: bool = False
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read and verify a checkpoint; its state.json and the model's `state_dict` tensors.
+
+    Tied weights stored once come back under every name (`model.aliases`). This is what
+    `hookloop sample`, `hookloop eval` and exporters read, verified like a resume.
+
+    Args:
+        allow_bare: also accept a directory holding only `model.safetensors` (weights from
+            elsewhere, no `state.json`): its header and offsets are checked, but with no
+            checksum to compare it cannot be verified, which a warning says. The state
+            returned is then empty.
+    """
+    path = Path(path)
+    if allow_bare and not (path / STATE_FILE).exists() and (path / MODEL_FILE).is_file():
+        log.warning("checkpoint_unverified", path=str(path), reason=f"no {STATE_FILE}")
+        data = _read_file(path, MODEL_FILE)
+        return {}, read_tensors(data, name=str(path / MODEL_FILE))
+    state, files = read_checkpoint(path)
+    return state, _model_tensors(state, files)
+
+
+def _model_tensors(state: dict[str, Any], files: dict[str, dict]) -> dict[str, torch.Tensor]:
+    model = dict(files[MODEL_FILE])
+    for alias, stored in state.get("model", {}).get("aliases", {}).items():
+        model[alias] = model[stored]
+    return model
+
+
 def _read_verified(path: Path, *, deserialize: bool) -> tuple[dict, dict]:
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path} does not exist or is not a directory")
     try:
-        state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+        state = read_json(path / STATE_FILE, CheckpointError, fix=_FIX)
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} is partial: it has no {STATE_FILE}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupt: {STATE_FILE}: {exc}") from None
-    version = state.get("format_version") if isinstance(state, dict) else None
-    if version != FORMAT_VERSION:
         raise CheckpointError(
-            f"checkpoint {path} has format version {version!r}; this hookloop reads version "
-            f"{FORMAT_VERSION}: use the hookloop version that wrote it"
-        )
-    files = state.get("files", {})
+            f"checkpoint {path} is partial: it has no {STATE_FILE}; {_FIX}"
+        ) from None
+    check_state(state, path)
+    files = state["files"]
     contents = {name: _read_file(path, name) for name in files}
     with ThreadPoolExecutor(max(1, len(files))) as pool:  # hashlib releases the GIL
         digests = dict(
@@ -89,16 +121,25 @@ def _read_verified(path: Path, *, deserialize: bool) -> tuple[dict, dict]:
     for name, info in files.items():
         if digests[name] != info["sha256"]:
             raise CheckpointError(
-                f"checkpoint {path} is corrupt: {name} does not match its SHA-256 in {STATE_FILE}"
+                f"checkpoint {path} is corrupt: {name} does not match its SHA-256 in "
+                f"{STATE_FILE}; {_FIX}"
             )
         if deserialize:
-            try:
-                tensors[name] = read_tensors(contents[name])
-            except (ValueError, KeyError) as exc:
-                raise CheckpointError(f"checkpoint {path} is corrupt: {name}: {exc}") from None
-    if MODEL_FILE not in state.get("files", {}):
-        raise CheckpointError(f"checkpoint {path} is corrupt: {STATE_FILE} lists no {MODEL_FILE}")
+            tensors[name] = read_tensors(contents[name], name=str(path / name))
+    if deserialize:
+        _check_names(state, tensors, path)
     return state, tensors
+
+
+def _check_names(state: dict[str, Any], tensors: dict[str, dict], path: Path) -> None:
+    stored = tensors[MODEL_FILE]
+    for alias, name in state.get("model", {}).get("aliases", {}).items():
+        if name not in stored:
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt: model alias {alias} names {name}, which "
+                f"{MODEL_FILE} does not hold; {_FIX}"
+            )
+    check_optimizer_names(tensors.get(OPTIMIZER_FILE, {}), path)
 
 
 def _read_file(path: Path, name: str) -> bytearray:
@@ -107,7 +148,9 @@ def _read_file(path: Path, name: str) -> bytearray:
             data = bytearray(os.fstat(f.fileno()).st_size)
             f.readinto(data)
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} is partial: {name} is missing") from None
+        raise CheckpointError(f"checkpoint {path} is partial: {name} is missing; {_FIX}") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path / name}: {exc.strerror or exc}; {_FIX}") from None
     return data
 
 
@@ -135,6 +178,7 @@ def latest_valid_checkpoint(run_dir: Path, *, journal: Journal | None = None) ->
                     "checkpoint_invalid",
                     step=-1 if step is None else step,
                     reason=f"{exc}; trying an earlier checkpoint",
+                    echo=False,  # the warning above says it
                     path=str(path),
                 )
     return None
@@ -158,9 +202,7 @@ def load_checkpoint(engine: Engine, path: Path) -> dict[str, Any]:
     """
     path = Path(path)
     state, files = read_checkpoint(path)
-    model = dict(files[MODEL_FILE])
-    for alias, stored in state["model"].get("aliases", {}).items():
-        model[alias] = model[stored]
+    model = _model_tensors(state, files)
     _check_model(engine.model, model, path)
     _check_tokenizer(engine.run_dir, state.get("tokenizer"), path)
     optim = _optimizer_state_dict(state["optimizer"], files.get(OPTIMIZER_FILE, {}))

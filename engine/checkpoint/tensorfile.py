@@ -17,7 +17,12 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["read_tensors", "write_tensors"]
+from hookloop.errors import CheckpointError
+
+__all__ = ["read_header", "read_tensors", "write_tensors"]
+
+_MAX_HEADER = 100 * 1024 * 1024
+"""safetensors' own limit on the header length."""
 
 DTYPES: dict[torch.dtype, str] = {
     torch.float64: "F64",
@@ -79,33 +84,98 @@ def write_tensors(
     return digest.hexdigest(), len(head) + offset
 
 
-def read_tensors(data: bytearray) -> dict[str, torch.Tensor]:
+def read_tensors(data: bytearray, *, name: str = "safetensors file") -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file's bytes, as views into `data` (no copy).
 
+    The header is checked before any tensor is made: its length, that it is a JSON object,
+    each entry's dtype, shape and offsets, and that the offsets tile the data exactly.
+
+    Args:
+        name: The file, for error messages.
+
     Raises:
-        ValueError: the bytes are not a well-formed safetensors file.
+        CheckpointError: the bytes are not a well-formed safetensors file.
     """
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(bytes(data[8 : 8 + n]))
-    base = 8 + n
+    header, base = read_header(data, name=name)
     tensors: dict[str, torch.Tensor] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype, shape = _BY_NAME[info["dtype"]], info["shape"]
-        begin, end = info["data_offsets"]
+    for key, (dtype, shape, begin, end) in header.items():
         size = torch.empty((), dtype=dtype).element_size()
-        if end - begin != size * _numel(shape) or base + end > len(data):
-            raise ValueError(f"tensor {name} has offsets {begin}-{end} that do not fit its shape")
         if begin == end:
-            tensors[name] = torch.empty(shape, dtype=dtype)
+            tensors[key] = torch.empty(shape, dtype=dtype)
         elif (base + begin) % size == 0:
             flat = torch.frombuffer(data, dtype=torch.uint8, count=end - begin, offset=base + begin)
-            tensors[name] = flat.view(dtype).reshape(shape)
+            tensors[key] = flat.view(dtype).reshape(shape)
         else:  # unaligned (another writer's layout): copy this one tensor
             chunk = bytearray(data[base + begin : base + end])
-            tensors[name] = torch.frombuffer(chunk, dtype=torch.uint8).view(dtype).reshape(shape)
+            tensors[key] = torch.frombuffer(chunk, dtype=torch.uint8).view(dtype).reshape(shape)
     return tensors
+
+
+def read_header(
+    data: bytes | bytearray, *, name: str = "safetensors file"
+) -> tuple[dict[str, tuple[torch.dtype, list[int], int, int]], int]:
+    """The checked header of a safetensors file's bytes: name -> (dtype, shape, begin, end),
+    and the offset where the tensor data starts.
+
+    Raises:
+        CheckpointError: anything malformed, with `name` and the entry named.
+    """
+    fix = "the file is damaged or not a safetensors file"
+    if len(data) < 8:
+        raise CheckpointError(f"{name} is truncated ({len(data)} bytes); {fix}")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8 or n > _MAX_HEADER:
+        raise CheckpointError(
+            f"{name} is truncated or not safetensors: its header claims {n} bytes; {fix}"
+        )
+    try:
+        header = json.loads(bytes(data[8 : 8 + n]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise CheckpointError(f"{name} has a header that is not UTF-8 JSON; {fix}") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{name} has a header that is not a JSON object; {fix}")
+    base, checked, spans = 8 + n, {}, []
+    for key, info in header.items():
+        if key == "__metadata__":
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                raise CheckpointError(f"{name}: __metadata__ must map names to strings; {fix}")
+            continue
+        entry = _entry(info)
+        if entry is None:
+            raise CheckpointError(f"{name}: tensor {key!r} has a malformed header entry; {fix}")
+        dtype, shape, begin, end = entry
+        size = torch.empty((), dtype=dtype).element_size()
+        if end - begin != size * _numel(shape) or base + end > len(data):
+            raise CheckpointError(
+                f"{name}: tensor {key!r} has offsets {begin}-{end} that do not fit its shape "
+                f"or the file; {fix}"
+            )
+        checked[key] = entry
+        spans.append((begin, end))
+    position = 0
+    for begin, end in sorted(spans):
+        if begin != position:
+            raise CheckpointError(f"{name}: tensor data overlaps or has a gap at {begin}; {fix}")
+        position = end
+    if base + position != len(data):
+        raise CheckpointError(
+            f"{name} has {len(data) - base - position} bytes past its tensors; {fix}"
+        )
+    return checked, base
+
+
+def _entry(info: object) -> tuple[torch.dtype, list[int], int, int] | None:
+    if not isinstance(info, dict) or info.get("dtype") not in _BY_NAME:
+        return None
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < 2**40 for d in shape):
+        return None
+    if not isinstance(offsets, list) or len(offsets) != 2:
+        return None
+    begin, end = offsets
+    if type(begin) is not int or type(end) is not int or not 0 <= begin <= end:
+        return None
+    return _BY_NAME[info["dtype"]], shape, begin, end
 
 
 def _numel(shape: list[int]) -> int:

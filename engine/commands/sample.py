@@ -14,6 +14,11 @@ from __future__ import annotations
 
 import argparse
 
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-6, 1e6
+"""The range of a non-zero `--temperature` (smaller ones overflow the logits: use 0)."""
+MAX_NEW_TOKENS = 10**7
+"""The most tokens one `hookloop sample` generates."""
+
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """`--run`, `--runs` and `--checkpoint`: which trained weights a command reads."""
@@ -54,9 +59,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="same seed, same text (default: 0)")
 
 
+def check_sampling(args: argparse.Namespace) -> None:
+    """Refuse sampling options out of range (NaN and infinity included) before loading."""
+    from hookloop.errors import ConfigError
+
+    t = args.temperature
+    if not (t == 0 or MIN_TEMPERATURE <= t <= MAX_TEMPERATURE):  # False for NaN too
+        raise ConfigError(
+            f"--temperature must be 0 (greedy) or between {MIN_TEMPERATURE} and "
+            f"{MAX_TEMPERATURE}, got {t}"
+        )
+    if not 0 <= args.max_new_tokens <= MAX_NEW_TOKENS:
+        raise ConfigError(
+            f"--max-new-tokens must be between 0 and {MAX_NEW_TOKENS}, got {args.max_new_tokens}"
+        )
+    if args.top_k is not None and not 1 <= args.top_k < 2**31:
+        raise ConfigError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ConfigError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if not 0 <= args.seed < 2**63:
+        raise ConfigError(f"--seed must be between 0 and 2**63 - 1, got {args.seed}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the run's model and print the prompt and its continuation."""
     from hookloop.errors import CheckpointError, ConfigError, DataError
+
+    check_sampling(args)  # before torch is imported: a quick refusal
     from hookloop.lm.recipe import latest_run_dir, load_trained, set_threads
 
     run_dir = args.run_dir or latest_run_dir(args.runs)
@@ -64,12 +93,6 @@ def run(args: argparse.Namespace) -> int:
         raise CheckpointError(
             f"no runs under {args.runs}/; train one with `hookloop train` or pass --run DIR"
         )
-    if args.max_new_tokens < 0 or args.temperature < 0:
-        raise ConfigError("--max-new-tokens and --temperature must be >= 0")
-    if args.top_k is not None and args.top_k < 1:
-        raise ConfigError(f"--top-k must be >= 1, got {args.top_k}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise ConfigError(f"--top-p must be in (0, 1], got {args.top_p}")
     model, tokenizer, config, _ = load_trained(run_dir, args.checkpoint)
     set_threads(config["training"]["threads"])
     if args.prompt is None:  # a newline, or id 0 for a vocabulary without one

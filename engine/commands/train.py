@@ -6,9 +6,16 @@ Examples:
     hookloop train --set data.path=data/mytext --set training.max_steps=2000
     hookloop train -c run.toml -p no:progress
     hookloop train --resume auto --run-dir runs/20250101-120000
+    hookloop train --restart --run-dir runs/20250101-120000
 
 The run goes to runs/<timestamp>/ (resolved config.toml, tokenizer.json, metrics,
-checkpoints); the last lines printed say where it is and how to sample from it.
+checkpoints); the last lines printed say where it is and how to sample from it. One process
+at a time writes a run directory (a second one is refused, naming the first one's PID).
+
+A resume continues the run with the run's own config.toml (change what a resume may change
+with --set). When the run has nothing valid to resume from it says so and stops, leaving
+every file as it was; --restart then starts it over with its own config, after moving the
+old files into <run>/previous-<time>/.
 
 Under torchrun (`torchrun --nproc_per_node 2 -m hookloop train ...`) every rank trains its
 slice of each global batch (`data.batch_size` is per rank) and all ranks share one run
@@ -41,9 +48,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume",
         metavar="auto|PATH",
-        help="continue a run from a checkpoint: auto = the latest valid checkpoint of "
-        "--run-dir (else of the newest run under --runs), a fresh start when there is none; "
-        "or a checkpoint or run directory",
+        help="continue a run from a checkpoint, with the run's own config: auto = the latest "
+        "valid checkpoint of --run-dir (else of the newest run under --runs); or a checkpoint "
+        "or run directory. A run that does not exist yet starts fresh; one with nothing valid "
+        "to resume from is refused (see --restart)",
+    )
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="start the run of --run-dir (or of --resume, when it has nothing valid to resume "
+        "from) over with its own config, after moving its old files into "
+        "<run>/previous-<time>/",
     )
     parser.add_argument(
         "--force",
@@ -54,43 +69,56 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the configured run, train it, evaluate it once more and say where it is."""
+    from hookloop.distributed import launch_from_env
+    from hookloop.lm.runplan import plan_run
+
+    if launch_from_env() is None:
+        # One process: every check that needs no torch comes first, for a quick refusal.
+        return _build_and_train(plan_run(args), None)
+    from hookloop.distributed import on_rank0
     from hookloop.lm.config import config_from_args
     from hookloop.lm.recipe import launched
 
     with launched(config_from_args(args)) as launch:
-        return _train(args, launch)
+        # Rank 0 plans, creates and locks the run directory; every rank gets the same plan.
+        return _build_and_train(
+            on_rank0(lambda: plan_run(args, world_size=launch.world_size)), launch
+        )
 
 
-def _train(args: argparse.Namespace, launch: Any) -> int:
-    from hookloop.distributed import announce, on_rank0
+def _build_and_train(plan: Any, launch: Any) -> int:
+    from hookloop.distributed import announce
     from hookloop.lm.recipe import build_run
+    from hookloop.rundir import remove_created
 
-    say = print if launch is None or launch.rank == 0 else _silent
-    base_existed = Path(args.runs).exists()
-    # Rank 0 chooses the run directory, checkpoint and config; every rank gets the same.
-    run_dir, checkpoint, config = on_rank0(lambda: _where(args, launch))
-    announce(launch, config["distributed"]["strategy"])
+    main = launch is None or launch.rank == 0
+    announce(launch, plan.config["distributed"]["strategy"])
+    run_dir = plan.run_dir
     # build_run rewrites these two; a resume that is then refused must leave the run as it was
     kept = {
         name: (run_dir / name).read_bytes()
         for name in ("config.toml", "tokenizer.json")
-        if checkpoint is not None and (run_dir / name).is_file()
+        if main and plan.checkpoint is not None and (run_dir / name).is_file()
     }
     try:
-        built = build_run(config, run_dir, init_weights=checkpoint is None)
-        if checkpoint is not None:
+        built = build_run(plan.config, run_dir, init_weights=plan.checkpoint is None)
+        if plan.checkpoint is not None:
             from hookloop.checkpoint import load_checkpoint
 
-            load_checkpoint(built.engine, checkpoint)
+            load_checkpoint(built.engine, plan.checkpoint)
     except BaseException:
-        if launch is None or launch.rank == 0:
+        if main:
             for name, data in kept.items():
                 (run_dir / name).write_bytes(data)
-            _remove_if_empty(run_dir)  # leave no empty run behind for `sample` to trip over
-            if not base_existed:
-                _remove_if_empty(Path(args.runs))
+            remove_created(plan.created)  # a run that never started leaves no folder behind
         raise
-    engine = built.engine
+    return _train(built, print if main else _silent)
+
+
+def _train(built: Any, say: Any) -> int:
+    """Train a built run, evaluate it on the validation split and say where it is (`say`
+    is print on rank 0 and silent on the other ranks)."""
+    engine, config = built.engine, built.config
     limits = [f"{built.max_steps} steps"] if built.max_steps else []
     limits += [f"{built.epochs} epochs"] if built.epochs else []
     say(
@@ -110,7 +138,7 @@ def _train(args: argparse.Namespace, launch: Any) -> int:
         flush=True,
     )
     _final_eval(engine, config["data"]["val_batches"] or None, say)
-    if launch is not None and launch.rank != 0:
+    if say is _silent:
         return 0
     print(f"run directory: {built.run_dir}")
     _plot(built.run_dir)
@@ -120,21 +148,6 @@ def _train(args: argparse.Namespace, launch: Any) -> int:
 
 def _silent(*args: Any, **kwargs: Any) -> None:
     """print() on the ranks other than 0: they say nothing."""
-
-
-def _where(args: argparse.Namespace, launch: Any) -> tuple[Path, Path | None, dict[str, Any]]:
-    """The run directory, the checkpoint to resume (or None) and the config (rank 0)."""
-    from hookloop.lm.config import config_from_args
-    from hookloop.lm.recipe import new_run_dir
-
-    checkpoint = None
-    if args.resume:
-        run_dir, checkpoint, config = _resume(args, 1 if launch is None else launch.world_size)
-    else:
-        run_dir, config = None, config_from_args(args)
-        _refuse_a_run_with_checkpoints(args.run_dir)
-    run_dir = run_dir or (Path(args.run_dir) if args.run_dir else new_run_dir(args.runs))
-    return run_dir, checkpoint, config
 
 
 def _final_eval(engine: Any, max_batches: int | None, say: Any = print) -> None:
@@ -154,11 +167,6 @@ def _final_eval(engine: Any, max_batches: int | None, say: Any = print) -> None:
     )
 
 
-def _remove_if_empty(directory: Path) -> None:
-    if directory.is_dir() and not any(directory.iterdir()):
-        directory.rmdir()
-
-
 def _plot(run_dir: Path) -> None:
     """Draw the run's curves into run_dir/metrics.png when matplotlib is there."""
     from hookloop.commands.plot import plot_run
@@ -170,58 +178,3 @@ def _plot(run_dir: Path) -> None:
         print(f"loss curves: {plot_run(run_dir, run_dir / 'metrics.png')}")
     except HookloopError as exc:  # no matplotlib: say how to get the picture
         print(f"loss curves: {command_line('plot', run_dir)} ({exc})")
-
-
-def _resume(
-    args: argparse.Namespace, world_size: int
-) -> tuple[Path | None, Path | None, dict[str, Any]]:
-    """The run directory, checkpoint and config of `--resume`, after checking the changes.
-
-    The config is the run's own config.toml with this command line's `--set` and `-p`
-    applied, unless `-c` names another file; see `hookloop.lm.resume` for which changes a
-    resume accepts.
-    """
-    from hookloop.checkpoint import verify_checkpoint
-    from hookloop.lm.config import config_from_args
-    from hookloop.lm.resume import check_changes, check_global_batch, config_changes, find_resume
-
-    run_dir, checkpoint = find_resume(
-        args.resume, Path(args.run_dir) if args.run_dir else None, Path(args.runs)
-    )
-    if checkpoint is None:  # a fresh start: in --run-dir if given, else in a new run
-        print(f"no valid checkpoint in {run_dir or args.runs}: starting a fresh run", flush=True)
-        return Path(args.run_dir) if args.run_dir else None, None, config_from_args(args)
-    if args.config is None and (run_dir / "config.toml").is_file():
-        args.config = str(run_dir / "config.toml")
-    config = config_from_args(args)
-    saved = verify_checkpoint(checkpoint)
-    changes = check_global_batch(
-        config_changes(saved["config"], config),
-        saved["config"],
-        config,
-        saved_world=saved.get("world_size", 1),
-        world=world_size,
-        force=args.force,
-    )
-    lines = check_changes(changes, force=args.force)
-    print(
-        f"resuming {run_dir} from {checkpoint.name} (step {saved['counters']['step']}); "
-        + ("config changes:" if lines else "config unchanged"),
-        flush=True,
-    )
-    for line in lines:
-        print(line, flush=True)
-    return run_dir, checkpoint, config
-
-
-def _refuse_a_run_with_checkpoints(run_dir: str | None) -> None:
-    """A fresh run into a directory that holds checkpoints would mix two runs' files."""
-    from hookloop.checkpoint import CHECKPOINTS_DIR, list_checkpoints
-    from hookloop.errors import ConfigError
-
-    if run_dir and list_checkpoints(Path(run_dir) / CHECKPOINTS_DIR):
-        raise ConfigError(
-            f"run directory {run_dir} already holds checkpoints; continue it with "
-            f"{command_line('train', '--resume', 'auto', '--run-dir', run_dir)}, "
-            "or train into another directory"
-        )

@@ -91,11 +91,13 @@ def run(args: argparse.Namespace) -> int:
     the gathered checkpoint and its restore on every rank as well."""
     from hookloop.errors import ConfigError
     from hookloop.lm.config import config_from_args, shorten_run
-    from hookloop.lm.recipe import launched
+    from hookloop.lm.recipe import launched, resolve_device
+    from hookloop.runlock import lock_run_dir, release_run_dir
 
-    if args.steps < 2:
-        raise ConfigError(f"--steps must be at least 2, got {args.steps}")
+    if not 2 <= args.steps < 2**31:
+        raise ConfigError(f"--steps must be at least 2 (and below 2**31), got {args.steps}")
     config = config_from_args(args)
+    resolve_device(config["training"]["device"])  # refuse a device this machine lacks, first
     changed = shorten_run(config, args.steps)  # the warmup follows the run that happens
     with launched(config) as launch:
         from hookloop.distributed import announce, broadcast_object, on_rank0
@@ -103,11 +105,13 @@ def run(args: argparse.Namespace) -> int:
         announce(launch, config["distributed"]["strategy"])
         main = launch is None or launch.rank == 0
         tmp = Path(on_rank0(lambda: tempfile.mkdtemp(prefix="hookloop-verify-")))
+        lock_run_dir(tmp)  # one writer, as for every run directory (rank 0 only)
         try:
             equal = _compare(config, args.steps, tmp, say=print if main else _silent, note=changed)
         finally:
             broadcast_object(None)  # every rank is done with the directory
             if main:
+                release_run_dir(tmp, remove=True)
                 shutil.rmtree(tmp, ignore_errors=True)
     return 0 if equal else 1
 

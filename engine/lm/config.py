@@ -25,9 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from hookloop.errors import ConfigError
+from hookloop.filecheck import read_text, short
 from hookloop.lm.schema import (
     _TYPE_NAMES,
     DEFAULT_WARMUP_STEPS,
+    INT_LIMITS,
+    MAX_INT,
     PLUGIN_DEFAULTS,
     SCHEMA,
     SECTIONS,
@@ -62,7 +65,10 @@ def default_config() -> dict[str, Any]:
 
 
 def load_config(
-    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    table: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Defaults, then the TOML file at `path`, then each `section.key=value` override.
 
@@ -70,6 +76,8 @@ def load_config(
         path: A TOML file, or None for the defaults alone.
         overrides: `KEY=VALUE` strings as given to `--set`; the value is read as a TOML
             literal (`6`, `1e-3`, `true`, `[0.9, 0.99]`, `"text"`), else taken as a string.
+        table: A config already parsed (e.g. the one a checkpoint recorded), merged and
+            checked like a file, in place of `path`.
 
     Returns:
         The resolved config: every section and key present, values validated.
@@ -79,18 +87,29 @@ def load_config(
             out of range.
     """
     config = default_config()
-    if path is not None:
+    if table is not None:
+        _merge(config, table, where="in the checkpoint's recorded config")
+    elif path is not None:
         path = Path(path)
+        fix = "pass a TOML config file (see docs/guide/configuration.md)"
         try:
-            loaded = tomllib.loads(path.read_text(encoding="utf-8"))
+            text = read_text(path, ConfigError, fix=fix)
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        try:
+            loaded = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+            raise ConfigError(
+                f"config file {path} is not valid TOML: {exc}; correct it there (the guide's "
+                "configuration page shows the format)"
+            ) from None
+        except RecursionError:
+            raise ConfigError(f"config file {path} is nested too deeply; {fix}") from None
         _merge(config, loaded, where=f"in {path}")
     for item in overrides:
         section_key, value = parse_override(item)
-        _merge(config, _nest(section_key, value), where=f"in --set {item}")
+        shown = item if item.isprintable() else repr(item)  # one line, whatever was typed
+        _merge(config, _nest(section_key, value), where=f"in --set {shown}")
     _fill_schedule(config)
     _fill_from_init(config)
     return validate(config)
@@ -105,8 +124,9 @@ def parse_override(item: str) -> tuple[str, Any]:
             f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. --set model.n_layers=6"
         )
     try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
+        table = tomllib.loads(f"v = {raw.strip()}")
+        value = table["v"] if list(table) == ["v"] else raw.strip()
+    except (tomllib.TOMLDecodeError, RecursionError):
         value = raw.strip()
     return name, value
 
@@ -115,9 +135,14 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The config a command's `-c/--config`, `--set` and `-p` options describe.
 
     Uses `args.config`, `args.overrides` and `args.plugin_flags` as added by
-    `hookloop.cli.add_config_arguments`; missing attributes count as not given.
+    `hookloop.cli.add_config_arguments` (and `args.config_table`, a parsed config used in
+    place of the file); missing attributes count as not given.
     """
-    config = load_config(getattr(args, "config", None), getattr(args, "overrides", None) or [])
+    config = load_config(
+        getattr(args, "config", None),
+        getattr(args, "overrides", None) or [],
+        table=getattr(args, "config_table", None),
+    )
     config["plugins"] = apply_plugin_flags(
         config["plugins"], getattr(args, "plugin_flags", None) or []
     )
@@ -172,7 +197,8 @@ def apply_plugin_flags(table: Mapping[str, Any], flags: list[str]) -> dict[str, 
     result = dict(table)
     for flag in flags:
         key, name = ("disable", flag[3:]) if flag.startswith("no:") else ("enable", flag)
-        result[key] = [*result.get(key, []), name]
+        if name not in result.get(key, []):  # a resume repeats the run's own flags
+            result[key] = [*result.get(key, []), name]
     return result
 
 
@@ -270,9 +296,11 @@ def _coerce(name: str, key: Key, value: Any, where: str) -> Any:
     }[key.type]
     if not ok:
         raise ConfigError(
-            f"config key {name} must be {_TYPE_NAMES[key.type]}, got {value!r} "
+            f"config key {name} must be {_TYPE_NAMES[key.type]}, got {short(value)} "
             f"({type(value).__name__}) {where}"
         )
+    if key.type == "int" and value > (limit := INT_LIMITS.get(name, MAX_INT)):
+        raise ConfigError(f"config key {name} must be at most {limit}, got {short(value)} {where}")
     if key.type == "float":
         value = float(value)
         if not math.isfinite(value):
@@ -280,7 +308,7 @@ def _coerce(name: str, key: Key, value: Any, where: str) -> Any:
     elif key.type == "floats2":
         value = [float(v) for v in value]
     if key.check is not None and not key.check(value):
-        raise ConfigError(f"config key {name} must be {key.allowed}, got {value!r} {where}")
+        raise ConfigError(f"config key {name} must be {key.allowed}, got {short(value)} {where}")
     return value
 
 
@@ -316,7 +344,7 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
     schedule = config["plugins"].get("schedule", {})
     warmup = schedule.get("warmup_steps", 0) if isinstance(schedule, Mapping) else 0
     total = schedule.get("total_steps") or training["max_steps"]
-    if isinstance(warmup, int) and total and warmup >= total:
+    if isinstance(warmup, int) and isinstance(total, int) and total and warmup >= total:
         which = (
             "plugins.schedule.total_steps" if schedule.get("total_steps") else "training.max_steps"
         )

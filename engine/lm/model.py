@@ -194,8 +194,8 @@ class TinyTransformerLM(nn.Module):
             The prompt's ids followed by the new ones. The context is cropped to the last
             `max_seq_len` ids at every step.
         """
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not temperature >= 0 or temperature == float("inf"):  # NaN fails `>= 0`
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
         if top_p is not None and not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         if top_k is not None and top_k < 1:

@@ -15,12 +15,12 @@ memory.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from hookloop.errors import DataError
+from hookloop.filecheck import field, read_json
 from hookloop.lm.sources import Source, list_files
 from hookloop.lm.stream import META_FORMAT, prepare_sources, token_dtype
 from hookloop.lm.tokenizers import Tokenizer
@@ -129,10 +129,12 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
             f"{directory} is not a prepared data directory (no meta.json); "
             f"run `hookloop prepare TEXT --out {directory}`"
         )
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        for key in ("dtype", "vocab_size", "tokenizer"):
-            meta[key]  # noqa: B018 - presence check
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise DataError(f"{path} is malformed ({exc}); prepare the data again") from None
+    fix = f"prepare the data again with `hookloop prepare TEXT --out {directory}`"
+    meta = read_json(path, DataError, fix=fix)
+    for key, kind, check, allowed in (
+        ("dtype", "str", lambda v: v in ("uint16", "uint32"), "uint16 or uint32"),
+        ("vocab_size", "count", lambda v: v >= 1, ">= 1"),
+        ("tokenizer", "str", None, ""),
+    ):
+        field(meta, key, kind, file=path, error=DataError, fix=fix, check=check, allowed=allowed)
     return meta

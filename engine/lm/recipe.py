@@ -31,6 +31,7 @@ from hookloop.engine import Engine
 from hookloop.errors import ConfigError
 from hookloop.lm.config import write_config
 from hookloop.lm.datasets import datasets, ranks, tokenizer_file, train_dataset, val_dataset
+from hookloop.lm.device import resolve_device
 from hookloop.lm.model import TinyTransformerLM
 from hookloop.lm.optim import build_adamw
 from hookloop.lm.prepare import read_meta
@@ -47,6 +48,7 @@ __all__ = [
     "launched",
     "load_trained",
     "new_run_dir",
+    "new_run_dir_path",
     "ranks",
     "resolve_device",
     "set_threads",
@@ -164,6 +166,7 @@ def build_model(config: dict[str, Any], tokenizer_vocab: int) -> TinyTransformer
             f"model.vocab_size ({vocab}) is smaller than the tokenizer's "
             f"vocabulary ({tokenizer_vocab}); set it to 0 to use the tokenizer's"
         )
+    _check_model_fits(m, vocab)
     return TinyTransformerLM(
         vocab,
         m["d_model"],
@@ -175,6 +178,23 @@ def build_model(config: dict[str, Any], tokenizer_vocab: int) -> TinyTransformer
         bias=m["bias"],
         activation=m["activation"],
     )
+
+
+def _check_model_fits(m: dict[str, Any], vocab: int) -> None:
+    """Refuse a model whose weights, gradients and AdamW state (16 bytes per parameter)
+    could not fit in this machine's memory, before trying to allocate it."""
+    d, layers = m["d_model"], m["n_layers"]
+    params = (vocab + m["max_seq_len"]) * d + layers * (4 * d * d + 2 * d * m["d_ff"])
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not knowable here: let allocation decide
+        return
+    if params * 16 > memory:
+        raise ConfigError(
+            f"the configured model has about {params:,} parameters, which need "
+            f"{params * 16 / 2**30:,.0f} GiB to train; this machine has "
+            f"{memory / 2**30:.0f} GiB: lower model.d_model, model.n_layers or model.d_ff"
+        )
 
 
 def data_dir(config: dict[str, Any]) -> Path:
@@ -192,20 +212,6 @@ def data_dir(config: dict[str, Any]) -> Path:
     if config["data"]["sources"]:
         return Path(config["data"]["sources"][0]["path"])
     return default_corpus()
-
-
-def resolve_device(device: str) -> str:
-    """`auto` becomes `cuda` when a GPU is available, else `cpu`; other names pass through.
-    Under torchrun, `cuda` is the rank's own GPU, `cuda:LOCAL_RANK`."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and torch.distributed.is_initialized():
-        from hookloop.distributed import launch_from_env
-
-        found = launch_from_env()
-        if found is not None:
-            return f"cuda:{found[2]}"
-    return device
 
 
 def launched(config: dict[str, Any]) -> contextlib.AbstractContextManager[Any]:
@@ -237,14 +243,20 @@ def set_threads(threads: int) -> int:
 
 
 def new_run_dir(base: str | Path = "runs") -> Path:
-    """A new, not yet existing `base/<UTC timestamp>/` path (suffixed `-2`, `-3` on clashes)."""
+    """A new `base/<UTC timestamp>/` directory (suffixed `-2`, `-3` on clashes), created."""
+    path = new_run_dir_path(base)
+    path.mkdir(parents=True)
+    return path
+
+
+def new_run_dir_path(base: str | Path = "runs") -> Path:
+    """The path `new_run_dir` would create: `base/<UTC timestamp>/`, not yet existing."""
     base = Path(base)
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
     path, n = base / stamp, 1
     while path.exists():
         n += 1
         path = base / f"{stamp}-{n}"
-    path.mkdir(parents=True)
     return path
 
 
@@ -272,8 +284,8 @@ def checkpoint_dir(run_dir: str | Path, checkpoint: str | None = None) -> Path:
         found = latest_valid_checkpoint(Path(run_dir))
         if found is None:
             raise CheckpointError(
-                f"run {run_dir} has no checkpoint yet (nothing valid in "
-                f"{checkpoints}); train longer, or pass --checkpoint"
+                f"run {run_dir} has no checkpoint that verifies in {checkpoints} (none yet, or "
+                "all corrupt: see the warnings above); train longer, or pass --checkpoint"
             )
         return found
     path = Path(checkpoint) if Path(checkpoint).is_dir() else checkpoints / checkpoint
@@ -296,7 +308,8 @@ def load_trained(
     """The model of a run with a checkpoint's weights, its tokenizer and config.
 
     The shape comes from `run_dir/config.toml`, the vocabulary from `run_dir/tokenizer.json`,
-    the weights from `model.safetensors` of the checkpoint (see `checkpoint_dir`). Nothing is
+    the weights from `model.safetensors` of the checkpoint (see `checkpoint_dir`), verified
+    against the checksums of its `state.json` like every checkpoint read. Nothing is
     unpickled.
 
     Returns:
@@ -305,8 +318,7 @@ def load_trained(
     Raises:
         CheckpointError: the run or checkpoint is missing, or the weights do not fit.
     """
-    from safetensors.torch import load_file
-
+    from hookloop.checkpoint import read_model_state
     from hookloop.errors import CheckpointError
     from hookloop.lm.config import load_config
 
@@ -316,13 +328,14 @@ def load_trained(
     config = load_config(run_dir / "config.toml")
     tokenizer = load_tokenizer(run_dir / "tokenizer.json")
     path = checkpoint_dir(run_dir, checkpoint)
+    _, weights = read_model_state(path, allow_bare=True)  # verified, as a resume is
     model = build_model(config, tokenizer.vocab_size)
     try:
-        model.load_state_dict(load_file(path / MODEL_FILE))
-    except (RuntimeError, OSError, ValueError) as exc:
+        model.load_state_dict(weights)
+    except (RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"{path / MODEL_FILE} does not fit the model of {run_dir / 'config.toml'}: {first}"
-        ) from exc
+        ) from None
     model.eval()
     return model, tokenizer, config, path

@@ -1,8 +1,8 @@
 """Resuming a run from the command line: which checkpoint, which config, which changes.
 
 `hookloop train --resume auto|PATH` uses these. A resumed run is built from the config the
-run was started with (`run_dir/config.toml`) plus the command line's `--set` overrides, or
-from `-c FILE` when one is given. The differences from the checkpoint's recorded config are
+run was started with (`run_dir/config.toml`, else the config its checkpoint recorded) plus
+the command line's `--set` overrides; `-c FILE` is refused with `--resume`. The differences from the checkpoint's recorded config are
 printed; only the safe ones are accepted unless `--force`:
 
 - safe: `training.max_steps`, `training.epochs`, `training.device`, `training.compile`,
@@ -182,8 +182,9 @@ def find_resume(resume: str, run_dir: Path | None, runs: Path) -> tuple[Path | N
         runs: `--runs`, the directory holding one sub-directory per run.
 
     Returns:
-        `(run_dir, checkpoint)`; the checkpoint is None when the run has no valid one (a
-        fresh start), and run_dir is None when `auto` found no run at all.
+        `(run_dir, checkpoint)`; the checkpoint is None when the run has no valid one, and
+        run_dir is None when `auto` found no run at all. `hookloop train` refuses to go on
+        from a run that holds files but no valid checkpoint (see `hookloop.lm.runplan`).
 
     Raises:
         CheckpointError: an explicit PATH that is not a valid checkpoint or run directory.
@@ -211,10 +212,7 @@ def find_resume(resume: str, run_dir: Path | None, runs: Path) -> tuple[Path | N
         verify_checkpoint(path)
         return run_dir or path.parent.parent, path
     if (path / CHECKPOINTS_DIR).is_dir() or (path / "config.toml").is_file():
-        found = latest(path)
-        if found is None:
-            raise CheckpointError(f"run {path} has no valid checkpoint to resume from")
-        return run_dir or path, found
+        return run_dir or path, latest(path)
     raise CheckpointError(
         f"--resume {resume}: not a checkpoint directory (no state.json) nor a run directory "
         "(no checkpoints/); pass auto, a run directory or runs/<run>/checkpoints/step-N"

@@ -10,7 +10,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DEFAULT_WARMUP_STEPS", "PLUGIN_DEFAULTS", "SCHEMA", "SECTIONS", "Key"]
+__all__ = [
+    "DEFAULT_WARMUP_STEPS",
+    "INT_LIMITS",
+    "MAX_INT",
+    "PLUGIN_DEFAULTS",
+    "SCHEMA",
+    "SECTIONS",
+    "Key",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +214,11 @@ PLUGIN_DEFAULTS: dict[str, dict[str, Any]] = {
 """Plugin options the recipe sets by default (each plugin documents its own defaults)."""
 DEFAULT_WARMUP_STEPS = 100
 """`plugins.schedule.warmup_steps` when not given: this, or a tenth of the run if shorter."""
+
+MAX_INT = 2**31 - 1
+"""The largest value of an integer key (a size, a count of steps), unless `INT_LIMITS` says."""
+INT_LIMITS = {"training.seed": 2**63 - 1}
+"""Integer keys with another upper bound than `MAX_INT`."""
 
 SECTIONS = (*SCHEMA, "plugins")
 _TYPE_NAMES = {

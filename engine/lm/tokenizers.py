@@ -26,6 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from hookloop.errors import DataError
+from hookloop.filecheck import field, read_json
 
 __all__ = [
     "EOT_TEXT",
@@ -274,22 +275,32 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         DataError: the file is missing, not JSON, or of an unknown kind.
     """
     path = Path(path)
+    fix = "prepare the data again (`hookloop prepare`) or copy the run's tokenizer.json back"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path, DataError, fix=fix)
     except FileNotFoundError:
         raise DataError(
             f"tokenizer file {path} does not exist; run `hookloop prepare` first"
         ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"tokenizer file {path} is not valid JSON: {exc}") from None
-    kind = data.get("kind") if isinstance(data, dict) else None
+    kind = field(data, "kind", "str", file=path, error=DataError, fix=fix)
     if kind == "char":
-        return CharTokenizer(data["chars"])
+        chars = field(data, "chars", "list", file=path, error=DataError, fix=fix)
+        if not all(isinstance(c, str) for c in chars):
+            raise DataError(f"{path} is malformed: field chars must hold strings; {fix}")
+        try:
+            return CharTokenizer(chars)
+        except DataError as exc:
+            raise DataError(f"{path} is malformed: {exc}; {fix}") from None
     if kind == "byte":
         return ByteTokenizer(eot=data.get("eot_id") == 256)
     if kind == "bpe":
         tk = _require_tokenizers()
-        return BpeTokenizer(tk.Tokenizer.from_str(json.dumps(data["tokenizer"])))
+        table = field(data, "tokenizer", "dict", file=path, error=DataError, fix=fix)
+        try:
+            return BpeTokenizer(tk.Tokenizer.from_str(json.dumps(table)))
+        except Exception as exc:  # the tokenizers library raises its own Exception type
+            first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            raise DataError(f"{path} is malformed: field tokenizer: {first}; {fix}") from None
     raise DataError(
         f"tokenizer file {path} has unknown kind {kind!r}; "
         f"expected one of {', '.join(TOKENIZER_KINDS)}"

@@ -1,0 +1,266 @@
+"""Property-based tests: whatever bytes or JSON a file holds, and whatever `--set` says,
+hookloop's readers raise nothing but hookloop's own errors.
+
+Covered: the config parser (TOML text, bytes, tables), `--set` parsing, `state.json`
+(arbitrary JSON, and a valid one with one field replaced), `meta.json`, `tokenizer.json`,
+and the safetensors header reader. Examples are bounded so the module stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import shutil
+import string
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hookloop.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from hookloop.checkpoint.tensorfile import read_tensors, write_tensors
+from hookloop.errors import CheckpointError, ConfigError, DataError, HookloopError
+from hookloop.lm.config import dumps_toml, load_config, parse_override
+from hookloop.lm.prepare import read_meta
+from hookloop.lm.schema import SCHEMA, SECTIONS
+from hookloop.lm.tokenizers import load_tokenizer
+
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=10), inner, max_size=5)
+    ),
+    max_leaves=20,
+)
+KEYS = sorted({k for keys in SCHEMA.values() for k in keys} | {"bogus", "enable", "every"})
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+# --- config.toml and --set --------------------------------------------------------------------
+
+
+@FUZZ
+@given(text=st.text(max_size=200))
+def test_any_config_text_gives_a_config_or_a_config_error(tmp_path, text):
+    with contextlib.suppress(ConfigError):
+        load_config(_write(tmp_path / "c.toml", text.encode("utf-8", "surrogatepass")))
+
+
+@FUZZ
+@given(data=st.binary(max_size=200))
+def test_any_config_bytes_give_a_config_or_a_config_error(tmp_path, data):
+    with contextlib.suppress(ConfigError):
+        load_config(_write(tmp_path / "c.toml", data))
+
+
+toml_scalars = st.one_of(
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(),
+    st.text(max_size=10),
+)
+toml_values = st.one_of(toml_scalars, st.lists(toml_scalars, max_size=3))
+tables = st.dictionaries(
+    st.sampled_from([*SECTIONS, "modle"]),
+    st.one_of(
+        toml_values,
+        st.dictionaries(
+            st.sampled_from(KEYS),
+            st.one_of(toml_values, st.dictionaries(st.sampled_from(KEYS), toml_values)),
+            max_size=4,
+        ),
+    ),
+    max_size=4,
+)
+
+
+@FUZZ
+@given(table=tables)
+def test_any_well_formed_toml_table_gives_a_config_or_a_config_error(tmp_path, table):
+    path = tmp_path / "c.toml"
+    try:
+        path.write_text(dumps_toml(table))
+        config = load_config(path)
+    except ConfigError:
+        return
+    assert set(config) == set(SECTIONS)
+
+
+@FUZZ
+@given(item=st.text(max_size=60))
+def test_any_set_string_gives_a_config_or_a_config_error(item):
+    try:
+        parse_override(item)
+        load_config(None, [item])
+    except ConfigError:
+        pass
+
+
+@FUZZ
+@given(
+    key=st.sampled_from([f"{s}.{k}" for s, keys in SCHEMA.items() for k in keys]),
+    raw=st.text(alphabet=string.printable, max_size=30),
+)
+def test_any_value_for_a_known_key_gives_a_config_or_a_config_error(key, raw):  # fmt: skip
+    with contextlib.suppress(ConfigError):
+        load_config(None, [f"{key}={raw}"])
+
+
+# --- meta.json and tokenizer.json ------------------------------------------------------------
+
+
+@FUZZ
+@given(content=st.one_of(json_values.map(json.dumps), st.binary(max_size=100)))
+def test_any_meta_json_gives_a_meta_or_a_data_error(tmp_path, content):
+    data = content.encode() if isinstance(content, str) else content
+    _write(tmp_path / "meta.json", data)
+    with contextlib.suppress(DataError):
+        read_meta(tmp_path)
+
+
+tokenizers = st.one_of(
+    json_values,
+    st.fixed_dictionaries({"kind": st.sampled_from(["char", "byte", "bpe", "x"])}, optional={"chars": json_values, "tokenizer": json_values}),
+)  # fmt: skip
+
+
+@FUZZ
+@given(content=st.one_of(tokenizers.map(json.dumps), st.binary(max_size=100)))
+def test_any_tokenizer_json_gives_a_tokenizer_or_a_data_error(tmp_path, content):
+    data = content.encode() if isinstance(content, str) else content
+    with contextlib.suppress(DataError):
+        load_tokenizer(_write(tmp_path / "tokenizer.json", data))
+
+
+# --- safetensors headers ---------------------------------------------------------------------
+
+
+@FUZZ
+@given(data=st.binary(max_size=300))
+def test_any_bytes_give_tensors_or_a_checkpoint_error(data):
+    with contextlib.suppress(CheckpointError):
+        read_tensors(bytearray(data))
+
+
+entries = st.fixed_dictionaries(
+    {},
+    optional={
+        "dtype": st.sampled_from(["F32", "I64", "BF16", "U8", "F99", 3]),
+        "shape": st.one_of(st.lists(st.integers(-2, 2**41), max_size=3), json_values),
+        "data_offsets": st.one_of(st.lists(st.integers(-4, 64), max_size=3), json_values),
+    },
+)
+
+
+@FUZZ
+@given(
+    header=st.dictionaries(st.text(max_size=5), st.one_of(entries, json_values), max_size=4),
+    tail=st.binary(max_size=64),
+    claimed=st.one_of(st.none(), st.integers(0, 2**64 - 1)),
+)
+def test_any_safetensors_header_gives_tensors_or_a_checkpoint_error(header, tail, claimed):
+    text = json.dumps(header).encode()
+    size = len(text) if claimed is None else claimed
+    with contextlib.suppress(CheckpointError):
+        read_tensors(bytearray(size.to_bytes(8, "little") + text + tail))
+
+
+def test_a_written_file_reads_back():  # the property above is not vacuous
+    tensors = {"a": torch.arange(6.0).reshape(2, 3), "b": torch.tensor([1, 2], dtype=torch.int64)}
+    path = Path(__import__("tempfile").mkdtemp()) / "t.safetensors"
+    write_tensors(path, tensors)
+    back = read_tensors(bytearray(path.read_bytes()))
+    assert all(torch.equal(back[k], v) for k, v in tensors.items())
+    shutil.rmtree(path.parent)
+
+
+# --- state.json -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A valid checkpoint of a tiny engine, and the engine's maker."""
+    from hookloop import Engine
+
+    def make() -> Engine:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 4)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+        data = [(torch.randn(2, 4), torch.randn(2, 4)) for _ in range(3)]
+        loss = lambda m, b: torch.nn.functional.mse_loss(m(b[0]), b[1])  # noqa: E731
+        return Engine(model, optimizer, data, loss_fn=loss)
+
+    engine = make()
+    engine.fit(max_steps=2)
+    path = save_checkpoint(engine, tmp_path_factory.mktemp("ck") / "step-00000002")
+    return path, make
+
+
+def _paths(value, prefix=()):
+    """Every path of keys/indices into a JSON value."""
+    yield prefix
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value[:3]):
+            yield from _paths(v, (*prefix, i))
+
+
+def _replace(value, path, new):
+    if not path:
+        return new
+    value[path[0]] = _replace(value[path[0]], path[1:], new)
+    return value
+
+
+def _copy_with_state(checkpoint_dir: Path, tmp: Path, state_bytes: bytes) -> Path:
+    target = tmp / "step-00000002"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(checkpoint_dir, target)
+    (target / "state.json").write_bytes(state_bytes)
+    return target
+
+
+@FUZZ
+@given(content=st.one_of(json_values.map(json.dumps), st.binary(max_size=100)))
+def test_any_state_json_gives_a_checkpoint_or_a_checkpoint_error(checkpoint, tmp_path, content):
+    data = content.encode() if isinstance(content, str) else content
+    with contextlib.suppress(CheckpointError):
+        read_checkpoint(_copy_with_state(checkpoint[0], tmp_path, data))
+
+
+@FUZZ
+@given(choice=st.integers(0, 10**6), new=json_values)
+def test_a_valid_state_json_with_one_field_replaced_loads_or_is_refused(
+    checkpoint, tmp_path, choice, new
+):
+    path, make = checkpoint
+    state = json.loads((path / "state.json").read_text())
+    paths = [p for p in _paths(state) if p]
+    changed = _replace(copy.deepcopy(state), paths[choice % len(paths)], new)
+    target = _copy_with_state(path, tmp_path, json.dumps(changed).encode())
+    engine = make()
+    with contextlib.suppress(HookloopError):
+        load_checkpoint(engine, target)
