@@ -159,13 +159,20 @@ class WarmupDecay:
     name = "schedule"
     kind = "linear"
 
-    def __init__(self, warmup_steps: int = 4, min_lr: float = 1e-4, broken: bool = False) -> None:
+    def __init__(
+        self,
+        warmup_steps: int = 4,
+        min_lr: float = 1e-4,
+        broken: bool = False,
+        floor: float | None = None,
+    ) -> None:
         self.warmup_steps, self.min_lr, self.broken, self.total_steps = (
             warmup_steps,
             min_lr,
             broken,
             0,
         )
+        self.floor = min_lr if floor is None else floor  # where it really decays to
 
     @hookimpl
     def on_fit_start(self, engine):
@@ -182,7 +189,7 @@ class WarmupDecay:
                 g["lr"] = peak * k / self.warmup_steps
             else:
                 p = (k - self.warmup_steps) / (self.total - self.warmup_steps)
-                g["lr"] = peak + (self.min_lr - peak) * min(max(p, 0.0), 1.0)
+                g["lr"] = peak + (self.floor - peak) * min(max(p, 0.0), 1.0)
 
 
 class ExtraCheck:
@@ -237,3 +244,122 @@ def test_the_real_schedule_plugin_warms_up_and_decays_as_configured():
     assert found["schedule"].status == PASS, found["schedule"]
     assert found["schedule"].detail.startswith("cosine: step 1: 0.002, step 5: 0.01")
     assert "step 50: 0.0001" in found["schedule"].detail
+
+
+# --- each check's failing path, with one injected fault ------------------------------------
+
+
+class Wrapped(torch.nn.Module):
+    """TinyLM with its logits passed through `transform` (the injected fault)."""
+
+    def __init__(self, transform, **model_kwargs) -> None:
+        super().__init__()
+        self.inner, self.transform = TinyLM(**model_kwargs), transform
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.transform(self.inner(x))
+
+
+def faulty(transform=None, *, loss_scale: float = 1.0, batches=None, lr: float = 1e-2) -> Subject:
+    """A subject with a fault injected into its logits, its loss or its batches."""
+    torch.manual_seed(0)
+    model = Wrapped(transform or (lambda z: z))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+
+    def loss_fn(m, b):
+        return next_token_loss(m, b) * loss_scale
+
+    return Subject(model, optimizer, batches or lm_batches(), loss_fn, vocab_size=VOCAB)
+
+
+def with_nan(z):
+    z = z.clone()
+    z[0, 0, 0] = float("nan")
+    return z
+
+
+FAULTS = {
+    "nan logits": (lambda: faulty(with_nan), "logits_range", FAIL, "1 non-finite logits"),
+    "flat logits": (
+        lambda: faulty(lambda z: z.flatten(0, 1)),
+        "logits_range",
+        FAIL,
+        "expected (B, T, V)",
+    ),
+    "huge logits": (lambda: faulty(lambda z: z * 1e4), "logits_range", WARN, "range ["),
+    "confident init": (lambda: faulty(lambda z: z * 300), "initial_loss", FAIL, "off)"),
+    "slightly off init": (
+        lambda: faulty(lambda z: z + torch.linspace(0, 3.5, VOCAB)),
+        "initial_loss",
+        WARN,
+        "(26% off)",
+    ),
+    "nan loss": (lambda: faulty(with_nan), "initial_loss", FAIL, "loss nan"),
+    "exploding grads": (
+        lambda: faulty(loss_scale=1e6),
+        "grad_norm_range",
+        FAIL,
+        "grad norm",
+    ),
+    "large grads": (lambda: faulty(loss_scale=2e3), "grad_norm_range", WARN, "grad norm"),
+    "zero grads": (lambda: faulty(loss_scale=0.0), "grad_norm_range", FAIL, "to 0 over"),
+    "nan grads": (lambda: faulty(with_nan), "grad_norm_range", FAIL, "nan"),
+    "tiny grads": (lambda: faulty(loss_scale=1e-12), "gradients", WARN, "tiny:"),
+    "tiny lr": (lambda: faulty(lr=1e-9), "learning_rate", WARN, "lr 1e-09"),
+    "mismatched shapes": (
+        lambda: faulty(batches=[(x, y[:, :-1]) for x, y in lm_batches()]),
+        "batch_shapes",
+        FAIL,
+        "expected two (B, T) tensors",
+    ),
+    "random targets": (
+        lambda: faulty(batches=[(x, y.roll(1, 0)) for x, y in lm_batches()]),
+        "targets_shifted",
+        FAIL,
+        "only",
+    ),
+    "inputs ignored": (
+        lambda: faulty(lambda z: z.mean(1, keepdim=True).expand_as(z) * 0),
+        "causal_mask",
+        WARN,
+        "later logits did not change",
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_each_injected_fault_fails_or_warns_in_its_check(fault):
+    build, check, status, detail = FAULTS[fault]
+    found = checklist(build())
+    assert found[check].status == status, found[check]
+    assert detail in found[check].detail, found[check]
+
+
+def test_a_parameter_left_out_of_the_optimizer_is_named_by_optimizer_step():
+    s = subject()
+    s.optimizer = torch.optim.AdamW(
+        [p for n, p in s.model.named_parameters() if not n.startswith("head")], lr=1e-2
+    )
+    found = checklist(s)
+    assert found["learning_rate"].status == PASS
+    assert found["optimizer_step"].status == FAIL
+    assert "unchanged: head.weight, head.bias" in found["optimizer_step"].detail
+
+
+def test_a_schedule_that_misses_its_min_lr_or_is_never_positive_fails():
+    engine = engine_with(WarmupDecay(min_lr=1e-4, floor=0.0))  # declares 1e-4, decays to 0
+    found = {f.check: f for f in diagnose(engine, lm_batches(), vocab_size=VOCAB, max_steps=40)}
+    assert found["schedule"].status == FAIL
+    assert "does not decay to min_lr 0.0001" in found["schedule"].detail
+
+    zero = engine_with(WarmupDecay(warmup_steps=0, min_lr=0.0))
+    for group in zero.optimizer.param_groups:
+        group["lr"] = 0.0
+    found = {f.check: f for f in diagnose(zero, lm_batches(), vocab_size=VOCAB, max_steps=40)}
+    assert found["schedule"].status == FAIL and "never positive" in found["schedule"].detail
+
+
+def test_a_schedule_without_a_run_length_is_a_warning():
+    engine = engine_with(WarmupDecay())
+    found = {f.check: f for f in diagnose(engine, lm_batches(), vocab_size=VOCAB)}
+    assert found["schedule"].status == WARN and "run length is unknown" in found["schedule"].detail

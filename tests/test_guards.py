@@ -63,14 +63,9 @@ if __name__ == "__main__":
 
 
 @pytest.mark.slow
-def test_ranks_read_the_same_scalars_and_skip_the_same_step(tmp_path):
+def test_ranks_read_the_same_scalars_and_skip_the_same_step(tmp_path, procs):
     (tmp_path / "ddp.py").write_text(SCRIPT)
-    out = subprocess.run(
-        [sys.executable, str(tmp_path / "ddp.py"), str(tmp_path)],
-        timeout=120,
-        capture_output=True,
-        text=True,
-    )
+    out = procs.run([sys.executable, tmp_path / "ddp.py", tmp_path])
     assert out.returncode == 0, out.stderr[-3000:]
     rank0 = json.loads((tmp_path / "rank0.json").read_text())
     rank1 = json.loads((tmp_path / "rank1.json").read_text())
