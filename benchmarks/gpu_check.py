@@ -56,8 +56,7 @@ def check(mode: str, precision: str, compile_model: bool, steps: int, base: Path
     run_dir = base / mode
     run = build_run(config, run_dir)
     probe = LastMetrics()
-    run.engine.pm.register(probe, name="last_metrics")
-    run.engine.hooks.reset()  # forget the resolved hook lists so the probe is called
+    run.engine.add_plugin(probe)
     torch.cuda.synchronize()
     start = time.perf_counter()
     state = run.fit()

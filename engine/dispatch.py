@@ -1,22 +1,28 @@
-"""Call hook implementations one by one, timing each and applying the failure policy.
+"""The one way hooks are called: each implementation in turn, timed, under the failure policy.
 
 pluggy calls every implementation of a hook in one go and re-raises a failure unchanged,
 so it cannot say which plugin was slow or which one failed, and a failure stops the rest
 of the hook. hookloop therefore takes each hook's implementations (`get_hookimpls()`), puts
-them in the resolved plugin order (`hookloop.loading.call_order`) and calls each itself:
+them in the resolved plugin order (`hookloop.loading.call_order`) and calls each itself.
+Every caller goes through here: the loop, `on_exception`, the doctor, third-party hooks.
 
-- the time spent in each plugin is summed, to report the cost per step per plugin;
-- a plugin that raises is named together with the hook; a non-critical one (its class sets
+- The time spent in each plugin is summed, to report the cost per step per plugin.
+- A plugin that raises is named together with the hook. A non-critical one (its class sets
   `critical = False`: loggers, progress bars) is logged once and unregistered, and the
   remaining implementations still run; a critical one stops the run with a `PluginError`.
-
-Hooks with pluggy wrappers (`wrapper=True` / `hookwrapper=True`) go through pluggy itself.
+  `call_logging_errors` (used for `on_exception`) logs every failure and raises none.
+- Wrappers (`wrapper=True`) run around the plain implementations as pluggy runs them: the
+  outermost wrapper first, each resumed with the result (or error) of what it wraps; a
+  wrapper's own time is charged to its plugin. pluggy's old-style `hookwrapper=True` is
+  refused when a plugin is registered (`hookloop.loading.register_plugins`).
+- A hook specified with `firstresult=True` stops at the first implementation that returns
+  something other than None and returns that value, as in pluggy.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from time import perf_counter
 from typing import Any
 
@@ -32,15 +38,28 @@ log = structlog.get_logger("hookloop")
 
 
 class _Impl:
-    """One plugin's implementation of one hook, with its accumulated cost."""
+    """One plugin's implementation of one hook."""
 
     __slots__ = ("argnames", "critical", "function", "plugin_name")
 
-    def __init__(self, impl: pluggy.HookImpl, critical: bool) -> None:
+    def __init__(self, impl: pluggy.HookImpl) -> None:
         self.plugin_name: str = impl.plugin_name
         self.function: Callable[..., Any] = impl.function
         self.argnames: tuple[str, ...] = impl.argnames
-        self.critical = critical
+        self.critical: bool = getattr(impl.plugin, "critical", True)
+
+
+class _Plan:
+    """How to call one hook: wrappers (outermost first), plain implementations, in order."""
+
+    __slots__ = ("firstresult", "impls", "wrappers")
+
+    def __init__(self, caller: pluggy.HookCaller, rank: Mapping[str, int]) -> None:
+        ordered = call_order(caller.get_hookimpls(), rank)
+        self.wrappers = tuple(_Impl(i) for i in ordered if i.wrapper)
+        self.impls = tuple(_Impl(i) for i in ordered if not i.wrapper)
+        spec = caller.spec
+        self.firstresult: bool = bool(spec is not None and spec.opts.get("firstresult"))
 
 
 class HookDispatcher:
@@ -55,44 +74,44 @@ class HookDispatcher:
         self._pm = pm
         self._rank = rank
         self._on_disable = on_disable
-        self._impls: dict[str, tuple[_Impl, ...] | None] = {}
+        self._plans: dict[str, _Plan] = {}
         self._seconds: dict[str, float] = {}
         self._trace = os.environ.get("HOOKLOOP_TRACE_PLUGINS", "") not in ("", "0")
         self.disabled: dict[str, str] = {}
         """Plugins unregistered after a failure, with the reason."""
 
-    def _resolve(self, hook: str) -> tuple[_Impl, ...] | None:
-        caller = getattr(self._pm.hook, hook)
-        impls = caller.get_hookimpls()
-        if any(i.hookwrapper or i.wrapper for i in impls):
-            resolved = None  # let pluggy run the wrapper protocol
-        else:
-            resolved = tuple(
-                _Impl(i, getattr(i.plugin, "critical", True)) for i in call_order(impls, self._rank)
-            )
-        self._impls[hook] = resolved
-        return resolved
-
-    def _lookup(self, hook: str) -> tuple[_Impl, ...] | None:
-        """The cached calling order of `hook` (None: it has wrappers, pluggy runs it)."""
+    def _plan(self, hook: str) -> _Plan:
+        """The cached calling plan of `hook`, resolved on first use."""
         try:
-            return self._impls[hook]
+            return self._plans[hook]
         except KeyError:
-            return self._resolve(hook)
+            plan = self._plans[hook] = _Plan(getattr(self._pm.hook, hook), self._rank)
+            return plan
 
-    def call(self, hook: str, /, **kwargs: Any) -> None:
-        """Call every implementation of `hook` in order with the arguments it takes."""
-        impls = self._lookup(hook)
-        if impls is None:
-            getattr(self._pm.hook, hook)(**kwargs)
-            return
-        for impl in impls:
-            self._call_one(hook, impl, kwargs)
+    def call(self, hook: str, /, **kwargs: Any) -> Any:
+        """Call every implementation of `hook` in order with the arguments it takes.
+
+        Returns:
+            What pluggy would return: for a `firstresult` hook the first non-None result (or
+            None), otherwise the list of non-None results in calling order.
+        """
+        plan = self._plan(hook)
+        if plan.wrappers:
+            return self._call_wrapped(hook, plan, kwargs)
+        return self._call_plain(hook, plan, kwargs, raise_errors=True)
+
+    def call_logging_errors(self, hook: str, /, **kwargs: Any) -> None:
+        """Call `hook` like `call`, but log each failing implementation instead of raising.
+
+        For `on_exception`: the error being handled is the one that matters, and every
+        plugin should get its chance to react to it.
+        """
+        self._call_plain(hook, self._plan(hook), kwargs, raise_errors=False)
 
     def collect(self, hook: str, /, **kwargs: Any) -> dict[str, Any]:
         """Call `hook` and return each plugin's non-None result under its plugin name."""
         results: dict[str, Any] = {}
-        for impl in self._lookup(hook) or ():
+        for impl in self._plan(hook).impls:
             result = self._call_one(hook, impl, kwargs)
             if result is not None:
                 results[impl.plugin_name] = result
@@ -100,11 +119,94 @@ class HookDispatcher:
 
     def call_each(self, hook: str, per_plugin: Mapping[str, Mapping[str, Any]]) -> None:
         """Call `hook` only on the plugins named in `per_plugin`, each with its own arguments."""
-        for impl in self._lookup(hook) or ():
+        for impl in self._plan(hook).impls:
             if impl.plugin_name in per_plugin:
                 self._call_one(hook, impl, per_plugin[impl.plugin_name])
 
-    def _call_one(self, hook: str, impl: _Impl, kwargs: Mapping[str, Any]) -> Any:
+    def _call_plain(
+        self, hook: str, plan: _Plan, kwargs: Mapping[str, Any], *, raise_errors: bool
+    ) -> Any:
+        results = []
+        for impl in plan.impls:
+            result = self._call_one(hook, impl, kwargs, raise_errors=raise_errors)
+            if result is not None:
+                if plan.firstresult:
+                    return result
+                results.append(result)
+        return None if plan.firstresult else results
+
+    def _call_wrapped(self, hook: str, plan: _Plan, kwargs: Mapping[str, Any]) -> Any:
+        """Run the wrappers around the plain implementations, as pluggy's `_multicall` does."""
+        entered: list[tuple[_Impl, Generator[None, Any, Any]]] = []
+        outcome: Any = None
+        error: BaseException | None = None
+        try:
+            for impl in plan.wrappers:
+                generator = self._enter(hook, impl, kwargs)
+                if generator is not None:
+                    entered.append((impl, generator))
+            outcome = self._call_plain(hook, plan, kwargs, raise_errors=True)
+        except BaseException as exc:
+            error = exc
+        for impl, generator in reversed(entered):
+            outcome, error = self._leave(hook, impl, generator, outcome, error)
+        if error is not None:
+            raise error
+        return outcome
+
+    def _enter(
+        self, hook: str, impl: _Impl, kwargs: Mapping[str, Any]
+    ) -> Generator[None, Any, Any] | None:
+        """Run a wrapper up to its `yield`; None when its plugin is disabled or just failed."""
+        if impl.plugin_name in self.disabled:
+            return None
+        start = perf_counter()
+        try:
+            generator = impl.function(*[kwargs[name] for name in impl.argnames])
+            next(generator)
+            return generator
+        except StopIteration:
+            raise RuntimeError(f"wrapper {impl.plugin_name!r} of {hook!r} did not yield") from None
+        except Exception as exc:
+            self._fail(hook, impl, exc)
+            return None
+        finally:
+            self._charge(impl.plugin_name, start)
+
+    def _leave(
+        self,
+        hook: str,
+        impl: _Impl,
+        generator: Generator[None, Any, Any],
+        outcome: Any,
+        error: BaseException | None,
+    ) -> tuple[Any, BaseException | None]:
+        """Resume a wrapper with what it wrapped; returns the outcome or error it leaves."""
+        start = perf_counter()
+        try:
+            if error is not None:
+                generator.throw(error)
+            else:
+                generator.send(outcome)
+        except StopIteration as stop:
+            return stop.value, None
+        except Exception as exc:
+            if exc is error:  # the wrapper let the error through
+                return None, error
+            try:
+                self._fail(hook, impl, exc)
+            except BaseException as named:
+                return None, named
+            return outcome, error  # a non-critical wrapper failed: carry on without it
+        except BaseException as exc:
+            return None, exc
+        finally:
+            self._charge(impl.plugin_name, start)
+        raise RuntimeError(f"wrapper {impl.plugin_name!r} of {hook!r} yielded twice")
+
+    def _call_one(
+        self, hook: str, impl: _Impl, kwargs: Mapping[str, Any], *, raise_errors: bool = True
+    ) -> Any:
         if impl.plugin_name in self.disabled:
             return None
         if self._trace:
@@ -113,12 +215,16 @@ class HookDispatcher:
         try:
             return impl.function(*[kwargs[name] for name in impl.argnames])
         except Exception as exc:
-            self._fail(hook, impl, exc)
+            if raise_errors:
+                self._fail(hook, impl, exc)
+            else:
+                log.error("hook_failed", hook=hook, plugin=impl.plugin_name, error=repr(exc))
             return None
         finally:
-            self._seconds[impl.plugin_name] = (
-                self._seconds.get(impl.plugin_name, 0.0) + perf_counter() - start
-            )
+            self._charge(impl.plugin_name, start)
+
+    def _charge(self, plugin: str, start: float) -> None:
+        self._seconds[plugin] = self._seconds.get(plugin, 0.0) + perf_counter() - start
 
     def _fail(self, hook: str, impl: _Impl, exc: Exception) -> None:
         if impl.critical:
@@ -129,7 +235,7 @@ class HookDispatcher:
             ) from exc
         self.disabled[impl.plugin_name] = f"failed in hook {hook!r}: {type(exc).__name__}: {exc}"
         self._pm.unregister(name=impl.plugin_name)
-        self._impls.clear()
+        self._plans.clear()
         if self._on_disable is not None:
             self._on_disable(impl.plugin_name, hook, exc)
         else:
@@ -139,6 +245,7 @@ class HookDispatcher:
         """Total seconds spent inside each plugin's hooks so far."""
         return dict(self._seconds)
 
-    def reset(self) -> None:
-        """Forget the resolved implementations, e.g. after a plugin was (un)registered."""
-        self._impls.clear()
+    def reorder(self, rank: Mapping[str, int]) -> None:
+        """Adopt a new plugin order (after a plugin was added or removed) and re-resolve."""
+        self._rank = rank
+        self._plans.clear()

@@ -9,23 +9,28 @@ fp16 grad scaler, DDP wrapping, evaluation on request and stop requests. Everyth
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import structlog
 import torch
 
+from hookloop.batches import count_tokens as default_count_tokens
+from hookloop.batches import epoch_batches, move_to, step_groups
 from hookloop.dispatch import HookDispatcher
-from hookloop.errors import ConfigError, DataError
+from hookloop.errors import ConfigError, DataError, PluginError
+from hookloop.evaluation import mean_loss
+from hookloop.execution import distributed_rank, model_device, prepare_execution
 from hookloop.journal import Journal
 from hookloop.loading import (
     LoadedPlugin,
-    call_order,
+    as_record,
     hook_order,
     new_plugin_manager,
+    order_plugins,
     plugin_rank,
     register_plugins,
 )
@@ -37,7 +42,6 @@ __all__ = ["Engine"]
 log = structlog.get_logger("hookloop")
 
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class Engine:
@@ -46,9 +50,8 @@ class Engine:
     Args:
         model: The module to train. It is moved to `device`.
         optimizer: An optimizer over the model's parameters.
-        train_data: An iterable of micro-batches, iterated once per epoch. Data that
-            defines `iter_epoch(epoch, start)` resumes mid-epoch without replaying batches;
-            other iterables are replayed and the first `start` batches skipped.
+        train_data: An iterable of micro-batches, iterated once per epoch; how a resumed
+            epoch starts mid-way is `hookloop.batches.epoch_batches`.
         loss_fn: `loss_fn(model, batch) -> scalar tensor`, the mean loss of one micro-batch.
             Defaults to next-token cross-entropy over `(inputs, targets)` batches.
         val_data: An iterable of validation batches for `evaluate()`.
@@ -82,11 +85,7 @@ class Engine:
     ) -> None:
         if not isinstance(accumulate, int) or accumulate < 1:
             raise ConfigError(f"accumulate must be a whole number >= 1, got {accumulate!r}")
-        if precision not in PRECISIONS:
-            raise ConfigError(
-                f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
-            )
-        self.device = torch.device(device) if device is not None else _model_device(model)
+        self.device = torch.device(device) if device is not None else model_device(model)
         self.model = model.to(self.device)
         self.optimizer = optimizer
         self.train_data = train_data
@@ -95,13 +94,13 @@ class Engine:
         self.accumulate = accumulate
         self.precision = precision
         self.config = config or {}
-        self.count_tokens = count_tokens or _count_tokens
+        self.count_tokens = count_tokens or default_count_tokens
         self.state = State()
         self.max_steps: int | None = None
         """The `max_steps` of the current `fit()` call, for schedules and progress."""
         self.max_epochs: int | None = None
         """The `epochs` of the current `fit()` call."""
-        self.rank, self.world_size = _distributed_rank()
+        self.rank, self.world_size = distributed_rank()
         self.is_main_process = self.rank == 0
         self.run_dir = Path(run_dir) if run_dir is not None else None
         if self.run_dir is not None and self.is_main_process:
@@ -110,27 +109,21 @@ class Engine:
             self.run_dir / "journal.jsonl" if self.run_dir and self.is_main_process else None
         )
 
-        # The forward goes through DDP and/or compile; `self.model` stays the plain module
-        # whose state_dict checkpoints save.
-        forward_model: torch.nn.Module = model
-        if self.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            forward_model = DistributedDataParallel(model, device_ids=ids)
-        self.train_model = torch.compile(forward_model) if compile else forward_model
-
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        self._autocast: Callable[[], contextlib.AbstractContextManager[Any]] = (
-            (lambda: torch.autocast(self.device.type, dtype=dtype))
-            if dtype is not None
-            else contextlib.nullcontext
+        execution = prepare_execution(
+            self.model,
+            device=self.device,
+            precision=precision,
+            compile=compile,
+            world_size=self.world_size,
         )
-        self.scaler = torch.amp.GradScaler(self.device.type) if precision == "fp16" else None
+        self.train_model = execution.train_model
+        """What the forward goes through (DDP/compile); `model` is what checkpoints save."""
+        self.scaler = execution.scaler
+        self._autocast = execution.autocast
         self._unscaled = False
-        # Fast path for the common case: no autocast and no DDP means no context managers
-        # per micro-batch, and CPU batches need no move.
-        self._plain = dtype is None and self.world_size == 1
+        # Speed only (benchmarks/overhead.py): no context managers per micro-batch when
+        # there is neither autocast nor DDP, and no batch move on the CPU.
+        self._plain = execution.plain
         self._move_batches = self.device.type != "cpu"
 
         self.pm = new_plugin_manager()
@@ -151,16 +144,55 @@ class Engine:
             "it is disabled for the rest of the run",
         )
 
-    @property
-    def hook(self) -> Any:
-        """pluggy's own hook relay. Prefer `call_hook`, which keeps hookloop's order."""
-        return self.pm.hook
+    def add_plugin(self, plugin: object) -> None:
+        """Register one more plugin instance (or `LoadedPlugin`) and re-resolve the order.
 
-    def call_hook(self, name: str, /, **kwargs: Any) -> None:
+        Raises:
+            PluginError: its name is taken, the order has a cycle, or it implements a hook
+                that no specification declares.
+        """
+        record = as_record(plugin)
+        if record.name in self.plugins:
+            raise PluginError(
+                f"a plugin named {record.name!r} is already registered; "
+                "give the new one a different `name` attribute or remove the old one first"
+            )
+        ordered = order_plugins([*self.plugins.values(), record])
+        register_plugins(self.pm, [record])
+        self.plugins = {r.name: r for r in ordered}
+        self.hooks.reorder(plugin_rank(self.plugins))
+
+    def remove_plugin(self, name: str) -> object:
+        """Unregister the plugin called `name` and return its instance.
+
+        Raises:
+            PluginError: no plugin of that name is registered.
+        """
+        record = self.plugins.pop(name, None)
+        if record is None:
+            raise PluginError(
+                f"no plugin named {name!r} is registered; registered: {', '.join(self.plugins)}"
+            )
+        if self.pm.get_plugin(name) is not None:
+            self.pm.unregister(name=name)
+        self.hooks.reorder(plugin_rank(self.plugins))
+        return record.plugin
+
+    @property
+    def disabled_plugins(self) -> MappingProxyType[str, str]:
+        """Plugins disabled during the run after a failure, with the reason (read-only)."""
+        return MappingProxyType(self.hooks.disabled)
+
+    def call_hook(self, name: str, /, **kwargs: Any) -> Any:
         """Call any hook, including one a third-party package specifies, the way the loop
         calls its own: in the resolved plugin order, timed per plugin, under the failure
-        policy. Pass every argument by keyword."""
-        self.hooks.call(name, **kwargs)
+        policy. Pass every argument by keyword.
+
+        Returns:
+            As pluggy: the first non-None result of a `firstresult` hook, else the list of
+            non-None results.
+        """
+        return self.hooks.call(name, **kwargs)
 
     def plugin_costs(self) -> dict[str, float]:
         """Milliseconds per optimizer step spent in each plugin's hooks so far."""
@@ -195,32 +227,36 @@ class Engine:
         try:
             self.hooks.call("on_fit_start", engine=self, state=state)
             while state.should_stop is None and (epochs is None or state.epoch < epochs):
-                steps_before = state.step
-                for group in self._step_groups(state.epoch, state.epoch_batch):
-                    if state.should_stop is not None or (
-                        max_steps is not None and state.step >= max_steps
-                    ):
-                        break
-                    self._step(group)
-                else:
-                    if state.step == steps_before and state.epoch_batch < self.accumulate:
-                        raise DataError(
-                            f"the training data gave fewer than accumulate={self.accumulate} "
-                            f"batches in epoch {state.epoch}; check the data and batch size"
-                        )
-                    # Advance first, so a checkpoint written in on_epoch_end resumes at the
-                    # start of the next epoch instead of ending this one twice.
-                    state.epoch += 1
-                    state.epoch_batch = 0
-                    self.hooks.call("on_epoch_end", engine=self, state=state)
-                    continue
-                break  # stop requested or max_steps reached mid-epoch
+                if not self._run_epoch(max_steps):
+                    break  # a stop was requested, or max_steps reached, mid-epoch
         except BaseException as error:
-            self._on_exception(error)
+            self.hooks.call_logging_errors("on_exception", engine=self, state=state, error=error)
             raise
         self.hooks.call("on_fit_end", engine=self, state=state)
         self._report_costs()
         return state
+
+    def _run_epoch(self, max_steps: int | None) -> bool:
+        """Run the rest of the current epoch. True when its data ran out (the epoch ended),
+        False when a stop request or `max_steps` ended it early."""
+        state = self.state
+        steps_before = state.step
+        batches = epoch_batches(self.train_data, state.epoch, state.epoch_batch)
+        for group in step_groups(batches, self.accumulate):
+            if state.should_stop is not None or (max_steps is not None and state.step >= max_steps):
+                return False
+            self._step(group)
+        if state.step == steps_before and state.epoch_batch < self.accumulate:
+            raise DataError(
+                f"the training data gave fewer than accumulate={self.accumulate} "
+                f"batches in epoch {state.epoch}; check the data and batch size"
+            )
+        # Advance first, so a checkpoint written in on_epoch_end resumes at the start of
+        # the next epoch instead of ending this one twice.
+        state.epoch += 1
+        state.epoch_batch = 0
+        self.hooks.call("on_epoch_end", engine=self, state=state)
+        return True
 
     def _step(self, group: tuple[Any, ...]) -> None:
         """One optimizer step over a group of micro-batches."""
@@ -273,32 +309,6 @@ class Engine:
         state.tokens_seen += self.count_tokens(batch) * self.world_size
         return loss.detach()
 
-    def _step_groups(self, epoch: int, start: int) -> Iterator[tuple[Any, ...]]:
-        """The epoch's micro-batches from position `start`, in groups of `accumulate`.
-
-        A trailing group shorter than `accumulate` is dropped, so every step sees the same
-        number of micro-batches.
-        """
-        batches = self._epoch_batches(epoch, start)
-        if self.accumulate == 1:
-            for batch in batches:
-                yield (batch,)
-            return
-        while len(group := tuple(itertools.islice(batches, self.accumulate))) == self.accumulate:
-            yield group
-
-    def _epoch_batches(self, epoch: int, start: int) -> Iterator[Any]:
-        iter_epoch = getattr(self.train_data, "iter_epoch", None)
-        if iter_epoch is not None:
-            return iter(iter_epoch(epoch, start))
-        set_epoch = getattr(self.train_data, "set_epoch", None)
-        if set_epoch is not None:
-            set_epoch(epoch)
-        batches = iter(self.train_data)
-        if start:
-            next(itertools.islice(batches, start, start), None)  # skip what was consumed
-        return batches
-
     def _no_sync(self, *, last: bool) -> contextlib.AbstractContextManager[Any]:
         no_sync = getattr(self.train_model, "no_sync", None)
         if last or no_sync is None:
@@ -313,15 +323,6 @@ class Engine:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if flag.item() and self.state.should_stop is None:
             self.state.should_stop = "another rank requested a stop"
-
-    def _on_exception(self, error: BaseException) -> None:
-        impls = call_order(self.pm.hook.on_exception.get_hookimpls(), plugin_rank(self.plugins))
-        kwargs = {"engine": self, "state": self.state, "error": error}
-        for impl in impls:
-            try:
-                impl.function(*[kwargs[name] for name in impl.argnames])
-            except Exception as exc:  # the original error is the one that matters
-                log.error("on_exception_failed", plugin=impl.plugin_name, error=repr(exc))
 
     def _report_costs(self) -> None:
         costs = self.plugin_costs()
@@ -339,13 +340,7 @@ class Engine:
         The loop calls this for every micro-batch when the device is not the CPU; on the CPU,
         batches are used as the data gives them.
         """
-        if isinstance(batch, torch.Tensor):
-            return batch.to(self.device, non_blocking=True)
-        if isinstance(batch, (tuple, list)):
-            return type(batch)(self.to_device(b) for b in batch)
-        if isinstance(batch, dict):
-            return {k: self.to_device(v) for k, v in batch.items()}
-        return batch
+        return move_to(batch, self.device)
 
     def unscale_gradients(self) -> None:
         """Divide fp16-scaled gradients by the loss scale, once per step. A no-op in fp32/bf16.
@@ -370,24 +365,15 @@ class Engine:
         """
         if self.val_data is None:
             raise ConfigError("evaluate() needs validation data: pass val_data to the Engine")
-        was_training = self.model.training
-        self.model.eval()
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        count = 0
-        with torch.no_grad():
-            for i, batch in enumerate(self.val_data):
-                if max_batches is not None and i >= max_batches:
-                    break
-                batch = self.to_device(batch)
-                with self._autocast():
-                    loss = self.loss_fn(self.model, batch)
-                tokens = self.count_tokens(batch)
-                total += loss.double() * tokens
-                count += tokens
-        self.model.train(was_training)
-        if count == 0:
-            raise DataError("the validation data is empty; give it at least one batch")
-        val_loss = float(total.item()) / count
+        val_loss = mean_loss(
+            self.model,
+            self.val_data,
+            self.loss_fn,
+            prepare=self.to_device,
+            count_tokens=self.count_tokens,
+            autocast=self._autocast,
+            max_batches=max_batches,
+        )
         metrics = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0))}
         self.hooks.call("on_eval_end", engine=self, state=self.state, metrics=metrics)
         return metrics
@@ -412,29 +398,3 @@ class Engine:
                 for name, value in saved.items()
             },
         )
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-def _count_tokens(batch: Any) -> int:
-    """Elements of the first tensor in a batch: tokens for `(inputs, targets)` LM batches."""
-    while not isinstance(batch, torch.Tensor):
-        if isinstance(batch, (tuple, list)) and batch:
-            batch = batch[0]
-        elif isinstance(batch, dict) and batch:
-            batch = next(iter(batch.values()))
-        else:
-            return 0
-    return batch.numel()
-
-
-def _distributed_rank() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1

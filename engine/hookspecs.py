@@ -13,18 +13,18 @@ plugins wrote in the same hook.
 **The loop**, with the hook fired at each point (`N` = micro-batches per optimizer step):
 
 ```text
-on_fit_start                                  # after any resume has been applied
-for epoch in epochs:
-    for each group of N micro-batches:
-        before_step                           # state.metrics cleared, skip_step reset
-        N x (forward, loss / N, backward)
+on_fit_start                                  # fit(); after any resume has been applied
+while no stop requested and epochs remain:
+    for each group of N micro-batches:        # _run_epoch(): the rest of this epoch
+        stop here if should_stop or max_steps reached
+        before_step                           # _step(): metrics cleared, skip_step reset
+        N x (forward, loss / N, backward)     # _forward_backward()
         after_backward                        # grads final; may set state.skip_step
         optimizer.step() unless skip_step
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
         after_step                            # may set state.should_stop
-        stop here if should_stop or max_steps reached
-    state.epoch += 1; on_epoch_end
+    state.epoch += 1; on_epoch_end            # only when the epoch's data ran out
 on_fit_end                                    # normal end or stop request
 on_exception                                  # instead of on_fit_end when the loop raised
 ```

@@ -23,6 +23,7 @@ from hookloop import hookspecs
 from hookloop.errors import PluginError
 
 __all__ = [
+    "as_record",
     "DEFAULT_PLUGINS",
     "ENTRY_POINT_GROUP",
     "LoadedPlugin",
@@ -280,6 +281,11 @@ def order_plugins(plugins: list[LoadedPlugin]) -> list[LoadedPlugin]:
     return ordered
 
 
+def as_record(plugin: object) -> LoadedPlugin:
+    """A `LoadedPlugin` for a plugin instance (named by `plugin_name`), or the record itself."""
+    return plugin if isinstance(plugin, LoadedPlugin) else LoadedPlugin(plugin_name(plugin), plugin)
+
+
 def new_plugin_manager() -> pluggy.PluginManager:
     """A plugin manager for the `hookloop` project with the core hook specifications."""
     pm = pluggy.PluginManager("hookloop")
@@ -303,9 +309,7 @@ def register_plugins(
         PluginError: two plugins share a name, their order has a cycle, or a plugin
             implements a hook that no specification declares.
     """
-    records = [
-        p if isinstance(p, LoadedPlugin) else LoadedPlugin(plugin_name(p), p) for p in plugins
-    ]
+    records = [as_record(p) for p in plugins]
     seen: dict[str, LoadedPlugin] = {}
     for record in records:
         if record.name in seen:
@@ -328,6 +332,13 @@ def register_plugins(
             pm.register(record.plugin, name=record.name)
         except (pluggy.PluginValidationError, ValueError) as exc:
             raise PluginError(f"plugin {record.name!r} cannot be registered: {exc}") from exc
+    for record in ordered:
+        for caller in pm.get_hookcallers(record.plugin) or ():
+            if any(i.hookwrapper and i.plugin is record.plugin for i in caller.get_hookimpls()):
+                raise PluginError(
+                    f"plugin {record.name!r} marks {caller.name!r} with hookwrapper=True, "
+                    "pluggy's old-style wrapper; use @hookimpl(wrapper=True) instead"
+                )
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:

@@ -128,7 +128,7 @@ class Preemption:
         loaded = engine.plugins.get("checkpoint")
         if (
             loaded is not None
-            and "checkpoint" not in engine.hooks.disabled
+            and "checkpoint" not in engine.disabled_plugins
             and hasattr(loaded.plugin, "save")
         ):
             return loaded.plugin.save(engine, reason=f"preempted by {self.received}", wait=True)

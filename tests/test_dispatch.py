@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import types
 
 import pytest
 
@@ -41,7 +42,7 @@ def test_non_critical_plugin_is_logged_once_and_disabled(make_engine, tmp_path):
     assert state.step == 5
     assert flaky.calls == 2  # never called again after failing
     assert counter.calls == 5  # later implementations of the same hook still ran
-    assert "logger" in engine.hooks.disabled and "logger" not in engine.hook_order()["after_step"]
+    assert "logger" in engine.disabled_plugins and "logger" not in engine.hook_order()["after_step"]
     (entry,) = engine.journal.read()
     assert entry["event"] == "plugin_disabled" and entry["plugin"] == "logger"
     assert "OSError: disk went away" in entry["reason"] and entry["step"] == 2
@@ -128,16 +129,185 @@ def test_trace_env_var_logs_every_hook_call(make_engine, monkeypatch, capsys):
     assert [(c["hook"], c["plugin"]) for c in calls] == [("after_step", "counter")] * 2
 
 
-def test_wrapper_hooks_run_through_pluggy(make_engine):
+class Wrapper:
+    """A new-style pluggy wrapper around after_step that records what it wraps."""
+
+    name = "wrapper"
+
+    def __init__(self, seen: list, *, fail_after: bool = False, sleep: float = 0.0) -> None:
+        self.seen, self.fail_after, self.sleep = seen, fail_after, sleep
+
+    @hookimpl(wrapper=True)
+    def after_step(self, state):
+        self.seen.append(("enter", state.step))
+        time.sleep(self.sleep)
+        result = yield
+        self.seen.append(("exit", state.step, result))
+        if self.fail_after:
+            raise ValueError("wrapper broke")
+        return result
+
+
+class Returns:
+    name = "returns"
+
+    @hookimpl
+    def after_step(self, state):
+        return state.step * 10
+
+
+def test_wrappers_run_around_the_plain_implementations_through_the_dispatcher(make_engine):
+    seen: list = []
+    engine = make_engine(plugins=[Wrapper(seen, sleep=0.002), Returns(), Counter()])
+    engine.fit(max_steps=2)
+    # The wrapper receives the list of the plain implementations' non-None results.
+    assert seen == [("enter", 1), ("exit", 1, [10]), ("enter", 2), ("exit", 2, [20])]
+    assert engine.hooks.seconds_by_plugin()["wrapper"] >= 0.004  # its time is charged to it
+
+
+def test_a_failing_critical_wrapper_is_named(make_engine):
+    engine = make_engine(plugins=[Wrapper([], fail_after=True)])
+    with pytest.raises(
+        PluginError, match="plugin 'wrapper' failed in hook 'after_step': ValueError"
+    ):
+        engine.fit(max_steps=2)
+
+
+def test_an_error_inside_a_wrapper_reaches_it_and_the_caller(make_engine):
+    seen: list = []
+
+    class Catcher:
+        name = "catcher"
+
+        @hookimpl(wrapper=True)
+        def after_step(self):
+            try:
+                return (yield)
+            except PluginError as exc:
+                seen.append(str(exc))
+                raise
+
+    engine = make_engine(plugins=[Catcher(), Flaky("broken", critical=True, fail_at=1)])
+    with pytest.raises(PluginError, match="'broken' failed"):
+        engine.fit(max_steps=2)
+    assert seen and "'broken' failed in hook 'after_step'" in seen[0]
+
+
+def test_old_style_hookwrappers_are_refused_with_the_fix(make_engine):
+    class Old:
+        name = "old"
+
+        @hookimpl(hookwrapper=True)
+        def after_step(self):
+            yield
+
+    with pytest.raises(
+        PluginError, match=r"'old' marks 'after_step' with hookwrapper=True.*wrapper=True"
+    ):
+        make_engine(plugins=[Old()])
+
+
+def test_firstresult_hooks_a_third_party_declares_stop_at_the_first_answer(make_engine):
+    from hookloop import hookspec
+
+    @hookspec(firstresult=True)
+    def thirdparty_pick(engine):
+        """Pick one value."""
+
+    Specs = types.ModuleType("thirdparty_specs")  # a third party's hookspecs module
+    Specs.thirdparty_pick = thirdparty_pick
+
+    calls = []
+
+    def answerer(name, value):
+        class Answer:
+            hookspecs = Specs
+
+            @hookimpl
+            def thirdparty_pick(self):
+                calls.append(name)
+                return value
+
+        Answer.name = name
+        return Answer()
+
+    engine = make_engine(plugins=[answerer("a", None), answerer("b", 2), answerer("c", 3)])
+    assert engine.call_hook("thirdparty_pick", engine=engine) == 2
+    assert calls == ["a", "b"]  # "c" is never asked
+
+
+def test_plain_hooks_return_every_non_none_result(make_engine):
+    engine = make_engine(plugins=[Returns(), Counter()])
+    assert engine.call_hook("after_step", engine=engine, state=engine.state) == [0]
+
+
+def test_on_exception_failures_are_logged_and_every_plugin_still_runs(make_engine):
+    import structlog
+
     seen = []
 
-    class Wrapper:
-        @hookimpl(wrapper=True)
-        def after_step(self, state):
-            seen.append(("enter", state.step))
-            result = yield
-            seen.append(("exit", state.step))
-            return result
+    class BadHandler:
+        name = "bad_handler"
 
-    make_engine(plugins=[Wrapper(), Counter()]).fit(max_steps=2)
-    assert seen == [("enter", 1), ("exit", 1), ("enter", 2), ("exit", 2)]
+        @hookimpl
+        def on_exception(self, error):
+            raise RuntimeError("handler broke")
+
+    class GoodHandler:
+        name = "good_handler"
+
+        @hookimpl
+        def on_exception(self, error):
+            seen.append(type(error).__name__)
+
+    engine = make_engine(
+        plugins=[BadHandler(), GoodHandler(), Flaky("boom", critical=True, fail_at=1)]
+    )
+    with structlog.testing.capture_logs() as logs, pytest.raises(PluginError, match="'boom'"):
+        engine.fit(max_steps=3)
+    assert seen == ["PluginError"]
+    failed = [e for e in logs if e["event"] == "hook_failed"]
+    assert [(e["plugin"], e["hook"]) for e in failed] == [("bad_handler", "on_exception")]
+    assert "handler broke" in failed[0]["error"]
+    assert "bad_handler" not in engine.disabled_plugins  # logged, not disabled
+
+
+def test_add_and_remove_plugins_through_the_engine(make_engine):
+    counter = Counter()
+    engine = make_engine(plugins=[])
+    engine.fit(max_steps=1)
+    engine.add_plugin(counter)
+    engine.fit(max_steps=3)
+    assert counter.calls == 2 and engine.hook_order()["after_step"] == ["counter"]
+    assert engine.remove_plugin("counter") is counter
+    engine.fit(max_steps=4)
+    assert counter.calls == 2 and "after_step" not in engine.hook_order()
+    with pytest.raises(PluginError, match="no plugin named 'counter' is registered"):
+        engine.remove_plugin("counter")
+
+
+def test_add_plugin_refuses_a_taken_name_and_keeps_the_declared_order(make_engine):
+    class Early:
+        name = "early"
+        before = ("counter",)
+
+        def __init__(self, seen):
+            self.seen = seen
+
+        @hookimpl
+        def after_step(self):
+            self.seen.append("early")
+
+    engine = make_engine(plugins=[Counter()])
+    with pytest.raises(PluginError, match="a plugin named 'counter' is already registered"):
+        engine.add_plugin(Counter())
+    engine.add_plugin(Early([]))
+    assert engine.hook_order()["after_step"] == ["early", "counter"]
+
+
+def test_disabled_plugins_is_a_read_only_view(make_engine):
+    engine = make_engine(plugins=[Flaky("logger", critical=False, fail_at=1)])
+    engine.fit(max_steps=2)
+    assert "logger" in engine.disabled_plugins
+    with pytest.raises(TypeError):
+        engine.disabled_plugins["x"] = "y"  # type: ignore[index]

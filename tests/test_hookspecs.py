@@ -41,3 +41,27 @@ def test_every_loop_hook_appears_in_the_loop_pseudocode():
     loop = hookspecs.__doc__ or ""
     for name in SPECS:
         assert name in loop, f"{name} is missing from the loop in the module docstring"
+
+
+def _loop_block(text: str) -> str:
+    start = text.index("on_fit_start")
+    return text[start : text.index("```", start)].strip()
+
+
+def test_the_concepts_page_shows_the_same_loop_as_the_hookspecs_docstring():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "concepts.md").read_text()
+    assert _loop_block(page) == _loop_block(hookspecs.__doc__ or "")
+
+
+def test_the_loop_pseudocode_names_methods_the_engine_has():
+    import re
+
+    from hookloop import Engine
+
+    named = re.findall(r"(_?[a-z_]+)\(\)", _loop_block(hookspecs.__doc__ or ""))
+    assert {"fit", "_run_epoch", "_step", "_forward_backward"} <= set(named)
+    for method in named:
+        if method.startswith("_") or method == "fit":
+            assert hasattr(Engine, method), f"the loop pseudocode names Engine.{method}()"

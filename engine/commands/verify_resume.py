@@ -64,8 +64,7 @@ def _train(
 
     run = build_run(config, run_dir)
     recorder = _Recorder(stop_at)
-    run.engine.pm.register(recorder, name=recorder.name)
-    run.engine.hooks.reset()
+    run.engine.add_plugin(recorder)
     if resume_from is not None:
         load_checkpoint(run.engine, resume_from)
     run.engine.fit(max_steps=steps)

@@ -31,7 +31,7 @@ def test_survives_fit_twice_and_state_round_trips(loaded, make_engine, tmp_path)
     engine = make_engine(batches=6, plugins=[loaded], run_dir=tmp_path / "run")
     engine.fit(max_steps=3)
     engine.fit(max_steps=6)
-    assert engine.state.step == 6 and not engine.hooks.disabled
+    assert engine.state.step == 6 and not engine.disabled_plugins
     saved = engine.plugin_states()
     assert json.loads(json.dumps(saved)) == saved  # JSON only, nothing pickled
     fresh = instantiate(discover()[loaded.name], {})
