@@ -72,6 +72,7 @@ def hang_limit(seconds: float) -> float:
     load = os.getloadavg()[0] / (os.cpu_count() or 1)
     return seconds * min(max(load, 1.0), 8.0)
 
+
 _started: list[subprocess.Popen] = []
 
 
