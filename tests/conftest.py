@@ -90,7 +90,8 @@ def start_process(
         [str(c) for c in cmd],
         text=True,
         start_new_session=True,
-        env={**os.environ, **(env or {})},
+        # faulthandler: a hung process killed with SIGABRT prints where each thread was
+        env={**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})},
         **kwargs,
     )
     _started.append(proc)
@@ -104,8 +105,16 @@ def kill_group(proc: subprocess.Popen) -> None:
 
 
 def _fail_hung(proc: subprocess.Popen, timeout: float, what: str) -> None:
-    kill_group(proc)
-    out, err = proc.communicate()
+    """Kill a hung process group and fail the test with its output, including the Python
+    stack of every process in the group (SIGABRT first, so faulthandler prints them)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGABRT)
+    try:
+        out, err = proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        out, err = proc.communicate()
+    kill_group(proc)  # workers that outlived the leader
     pytest.fail(
         f"{' '.join(map(str, proc.args))} {what} after {timeout:.0f}s: killed its process "
         f"group\n--- stderr (end) ---\n{(err or '')[-6000:]}\n--- stdout (end) ---\n"
@@ -120,18 +129,18 @@ def finish_process(proc: subprocess.Popen, timeout: float = SUBPROCESS_TIMEOUT) 
     The limit is stretched on a loaded machine (`hang_limit`)."""
     timeout = hang_limit(timeout)
     deadline = time.monotonic() + timeout
-    try:
-        while True:
-            try:
-                return proc.communicate(timeout=min(0.5, max(deadline - time.monotonic(), 0)))
-            except subprocess.TimeoutExpired:
-                if proc.poll() is not None:  # it exited; what it left behind holds the pipes
-                    kill_group(proc)
-                    return proc.communicate()
-                if time.monotonic() >= deadline:
-                    _fail_hung(proc, timeout, "still running")
-    finally:
-        kill_group(proc)
+    while time.monotonic() < deadline:
+        try:
+            out, err = proc.communicate(timeout=min(0.5, max(deadline - time.monotonic(), 0)))
+        except subprocess.TimeoutExpired:
+            if proc.poll() is None:
+                continue
+            kill_group(proc)  # it exited; what it left behind holds the pipes
+            out, err = proc.communicate()
+        kill_group(proc)  # children it left running
+        return out, err
+    _fail_hung(proc, timeout, "still running")
+    raise AssertionError("unreachable: pytest.fail raised")
 
 
 def read_line(proc: subprocess.Popen, timeout: float = SUBPROCESS_TIMEOUT) -> str:

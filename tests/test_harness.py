@@ -49,6 +49,7 @@ def test_a_hung_process_fails_the_test_with_its_stderr_and_its_group_is_killed(t
     message = str(failure.value)
     assert re.search(r"still running after \d+s: killed its process group", message)
     assert "started a grandchild" in message and "parent" in message
+    assert "time.sleep(600)" in message or "line 8" in message  # where it hung (faulthandler)
     assert gone_soon(int((tmp_path / "pid").read_text()))
 
 
