@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 if TYPE_CHECKING:
+    import torch
+
     from hookloop.engine import Engine
 
 __all__ = ["FAIL", "PASS", "WARN", "Check", "Finding", "Subject"]

@@ -1,6 +1,6 @@
 """What the `nan_guard` and `divergence` plugins share: one host read per step, the names
-of the parameters whose gradients went bad, a rollback to the last good checkpoint, and an
-emergency save.
+of the parameters whose gradients went bad, what to do about a bad step (`GuardPolicy`:
+warn, skip, roll back to the last good checkpoint, or stop with an emergency save).
 
 **Cost.** Deciding whether a step is healthy needs two numbers on the host: the loss and the
 global gradient norm. `step_scalars()` reads both with a single device-to-host copy per
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from hookloop.state import State
 
 __all__ = [
+    "GuardPolicy",
     "StepScalars",
     "TrainingHalted",
     "bad_gradient_names",
@@ -140,9 +141,9 @@ def emergency_save(engine: Engine, state: State, reason: str) -> str | None:
     """
     if engine.run_dir is None or not engine.is_main_process:
         return None
-    from hookloop.checkpoint import save_checkpoint
+    from hookloop.checkpoint import CHECKPOINTS_DIR, save_checkpoint
 
-    directory = engine.run_dir / "checkpoints" / f"emergency-step-{state.step:08d}"
+    directory = engine.run_dir / CHECKPOINTS_DIR / f"emergency-step-{state.step:08d}"
     path = save_checkpoint(engine, directory, extra={"emergency": reason})
     engine.journal.record("checkpoint_saved", step=state.step, reason=reason, path=str(path))
     return str(path)
@@ -192,3 +193,110 @@ def rollback(engine: Engine, state: State, *, lr_factor: float, reason: str, by:
         lr_factor=lr_factor,
     )
     return state.step
+
+
+class GuardPolicy:
+    """What a guard does about a bad step, by its `action`, with the counters that bound it.
+
+    - `warn`: nothing beyond the guard's own journal entry; the step is applied.
+    - `skip`: the step is not applied (`state.skip_step`), journaled as `step_skipped`;
+      after `max_skips` bad steps in a row, stop.
+    - `rollback`: the step is not applied; in `after_step` the run goes back to the last
+      valid checkpoint with the lr times `lr_factor` (`rollback()`); after `max_rollbacks`
+      rollbacks in the run, stop.
+    - `stop`: the step is not applied, `stop` is journaled and `TrainingHalted` raised; with
+      `save_on_stop`, the weights (still those before the bad step) are saved first.
+
+    The counters (`skipped`, `consecutive`, `rollbacks`) belong in the guard's checkpoint
+    state (`counters()` / `restore()`); a rollback keeps the newer counters rather than the
+    reloaded ones.
+    """
+
+    def __init__(
+        self,
+        by: str,
+        *,
+        action: str,
+        lr_factor: float,
+        max_rollbacks: int,
+        max_skips: int = 0,
+        save_on_stop: bool = False,
+    ) -> None:
+        self.by, self.action, self.lr_factor = by, action, lr_factor
+        self.max_skips, self.max_rollbacks, self.save_on_stop = (
+            max_skips,
+            max_rollbacks,
+            save_on_stop,
+        )
+        self.skipped = 0  # bad steps skipped in the run
+        self.consecutive = 0  # bad steps in a row
+        self.rollbacks = 0  # rollbacks in the run
+        self._rollback_reason: str | None = None  # a rollback due in after_step
+
+    def healthy(self) -> None:
+        """Record a good step (ends a run of consecutive bad ones)."""
+        self.consecutive = 0
+
+    def bad_step(self, engine: Engine, state: State, reason: str) -> None:
+        """Act on a bad step, from the guard's `after_backward`.
+
+        Raises:
+            TrainingHalted: the action is `stop`, or skips or rollbacks ran out.
+        """
+        if self.action == "warn":
+            return
+        state.skip_step = True  # do not apply the update that went bad
+        self.consecutive += 1
+        if self.action == "skip" and self.consecutive <= self.max_skips:
+            self.skipped += 1
+            self.record(engine, state, "step_skipped", reason, consecutive=self.consecutive)
+            return
+        if self.action == "rollback" and self.rollbacks < self.max_rollbacks:
+            self._rollback_reason = reason
+            return
+        if self.action == "skip":
+            reason += f"; {self.consecutive} bad steps in a row (max_skips={self.max_skips})"
+        elif self.action == "rollback":
+            reason += (
+                f"; already rolled back {self.rollbacks} times (max_rollbacks={self.max_rollbacks})"
+            )
+        self.halt(engine, state, reason)
+
+    def halt(self, engine: Engine, state: State, reason: str) -> None:
+        """Journal `stop` and raise `TrainingHalted`, after an emergency save if asked."""
+        saved = emergency_save(engine, state, reason) if self.save_on_stop else None
+        if saved:
+            reason += f"; the weights before this step are saved in {saved}"
+        self.record(engine, state, "stop", reason)
+        raise TrainingHalted(f"{self.by}: step {state.step}: {reason}", checkpoint=saved)
+
+    def record(self, engine: Engine, state: State, event: str, reason: str, **fields: Any) -> None:
+        """Journal a guard's decision: `event` at this step, why, by which plugin, and more."""
+        engine.journal.record(event, step=state.step, reason=reason, plugin=self.by, **fields)
+
+    def roll_back_if_due(self, engine: Engine, state: State) -> None:
+        """Run the rollback a bad step asked for, from the guard's `after_step` (which must
+        run before `checkpoint`'s, so that no checkpoint of the bad step is written)."""
+        if self._rollback_reason is None:
+            return
+        reason, self._rollback_reason = self._rollback_reason, None
+        self.rollbacks += 1
+        kept = self.counters()
+        try:
+            rollback(engine, state, lr_factor=self.lr_factor, reason=reason, by=self.by)
+        finally:
+            self.restore(kept)  # the reload restored older counters; ours are newer
+
+    def counters(self) -> dict[str, int]:
+        """The counters, for the guard's checkpoint state."""
+        return {
+            "skipped": self.skipped,
+            "consecutive": self.consecutive,
+            "rollbacks": self.rollbacks,
+        }
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Set the counters from a checkpoint state (missing ones are 0)."""
+        self.skipped = int(saved.get("skipped", 0))
+        self.consecutive = int(saved.get("consecutive", 0))
+        self.rollbacks = int(saved.get("rollbacks", 0))

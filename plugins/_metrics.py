@@ -112,11 +112,6 @@ class HostCopy:
             self._copies.append(([k for k, _ in items], host, event))
 
     @property
-    def waiting(self) -> bool:
-        """True while some copy may still be queued on the device."""
-        return any(event is not None for _, _, event in self._copies)
-
-    @property
     def ready(self) -> bool:
         """True when `result()` would not wait."""
         return all(event is None or event.query() for _, _, event in self._copies)

@@ -6,7 +6,7 @@ newest, `best` the one with the best watched metric. Only rank 0 writes. An engi
 `run_dir` saves nothing.
 
     [plugins.checkpoint]
-    every_steps = 1000        # save every N optimizer steps (0: never on a step count)
+    every = 1000              # save every N optimizer steps (0: never on a step count)
     every_minutes = 0.0       # also save when this many minutes passed since the last save
     keep_last = 3             # keep the newest K checkpoints (0: keep all); `best` is never pruned
     monitor = "val_loss"      # metric from on_eval_end that `best` tracks ("" turns it off)
@@ -14,6 +14,8 @@ newest, `best` the one with the best watched metric. Only rank 0 writes. An engi
     save_on_end = true        # save when fit() ends (also after a stop request)
     save_on_exception = true  # save when fit() raises, if every parameter is still finite
     background = false        # copy tensors to CPU, then write on a thread
+
+`every_steps`, the option's old name, still works and logs a deprecation warning.
 
 Hooks: `on_fit_start`, `after_step` and `on_epoch_end` (trylast), `on_eval_end`,
 `on_fit_end`, `on_exception`, `on_save_checkpoint` / `on_load_checkpoint`.
@@ -54,7 +56,7 @@ class Checkpoint:
     def __init__(
         self,
         *,
-        every_steps: int = 1000,
+        every: int = 1000,
         every_minutes: float = 0.0,
         keep_last: int = 3,
         monitor: str = "val_loss",
@@ -62,23 +64,34 @@ class Checkpoint:
         save_on_end: bool = True,
         save_on_exception: bool = True,
         background: bool = False,
+        every_steps: int | None = None,
     ) -> None:
-        check_int(self.name, "every_steps", every_steps, minimum=0)
+        if every_steps is not None:
+            log.warning(
+                "deprecated_option",
+                plugin=self.name,
+                option="every_steps",
+                use="every",
+                message="checkpoint: every_steps is deprecated; rename it to every",
+            )
+            every = every_steps
+        check_int(self.name, "every" if every_steps is None else "every_steps", every, minimum=0)
         check_int(self.name, "keep_last", keep_last, minimum=0)
         check_number(self.name, "every_minutes", every_minutes, low=0)
         check_choice(self.name, "mode", mode, ("min", "max"))
-        self.every_steps, self.every_minutes, self.keep_last = every_steps, every_minutes, keep_last
+        self.every, self.every_minutes, self.keep_last = every, every_minutes, keep_last
         self.monitor, self.mode = monitor, mode
         self.save_on_end, self.save_on_exception = save_on_end, save_on_exception
         self.background = background
-        # Persisted: the checkpoints this run wrote (oldest first), the best one and its value.
-        self.saved: list[str] = []
+        # Persisted: the checkpoints this run wrote and has not pruned (oldest first), the
+        # best one and its value.
+        self.written: list[str] = []
         self.best: str | None = None
         self.best_value: float | None = None
         self._pending_best: tuple[int, float] | None = None  # (step, value) awaiting a save
-        self._last_key: tuple[int, ...] | None = None  # counters of the last save
-        self._consistent: dict[str, int] = {}  # counters at the last step boundary
-        self._last_time = time.monotonic()
+        self._last_saved_counters: tuple[int, ...] | None = None  # of the last save
+        self._boundary_counters: dict[str, int] = {}  # at the last step boundary
+        self._last_save_time = time.monotonic()
         self._thread: threading.Thread | None = None
         self._thread_result: tuple[Engine, Path, dict, float] | BaseException | None = None
 
@@ -86,23 +99,23 @@ class Checkpoint:
 
     @hookimpl
     def on_fit_start(self, state: State) -> None:
-        self._last_time = time.monotonic()
-        self._consistent = state.counters()
+        self._last_save_time = time.monotonic()
+        self._boundary_counters = state.counters()
 
     @hookimpl(trylast=True)  # after every other plugin has updated the state it saves
     def after_step(self, engine: Engine, state: State) -> None:
-        self._consistent = state.counters()
+        self._boundary_counters = state.counters()
         if self._thread is not None and not self._thread.is_alive():
-            self._finish(engine)
-        due = self.every_steps and state.step % self.every_steps == 0
+            self._collect_background_save(engine)
+        due = self.every and state.step % self.every == 0
         if not due and self.every_minutes:
-            due = time.monotonic() - self._last_time >= 60.0 * self.every_minutes
+            due = time.monotonic() - self._last_save_time >= 60.0 * self.every_minutes
         if due or self._best_due(state):
             self.save(engine, reason="periodic" if due else "best")
 
     @hookimpl(trylast=True)  # same reason as after_step
     def on_epoch_end(self, engine: Engine, state: State) -> None:
-        self._consistent = state.counters()
+        self._boundary_counters = state.counters()
         if self._best_due(state):
             self.save(engine, reason="best")
 
@@ -135,23 +148,26 @@ class Checkpoint:
             return
         counters = state.counters()
         # Raised between micro-batches: the data position is mid-step, the weights are not.
-        mid_step = counters != self._consistent and counters["step"] == self._consistent.get("step")
+        mid_step = counters != self._boundary_counters and counters[
+            "step"
+        ] == self._boundary_counters.get("step")
         self.save(
             engine,
             reason=f"exception: {type(error).__name__}",
-            counters=self._consistent if mid_step else None,
+            counters=self._boundary_counters if mid_step else None,
             wait=True,
         )
 
     @hookimpl
     def on_save_checkpoint(self) -> dict[str, Any]:
-        return {"saved": list(self.saved), "best": self.best, "best_value": self.best_value}
+        # "saved" is the key checkpoints have always stored `written` under.
+        return {"saved": list(self.written), "best": self.best, "best_value": self.best_value}
 
     @hookimpl
     def on_load_checkpoint(self, state: State, saved: dict[str, Any]) -> None:
-        self.saved, self.best = list(saved["saved"]), saved["best"]
+        self.written, self.best = list(saved["saved"]), saved["best"]
         self.best_value = saved["best_value"]
-        self._last_key = tuple(state.counters().values())
+        self._last_saved_counters = tuple(state.counters().values())
 
     # --- saving ----------------------------------------------------------------------
 
@@ -183,24 +199,24 @@ class Checkpoint:
             / ckpt.checkpoint_name((counters or state.counters())["step"])
         )
         key = tuple((counters or state.counters()).values())
-        if key == self._last_key and not self._best_due(state):
+        if key == self._last_saved_counters and not self._best_due(state):
             return directory
         self.wait(engine)
         is_best = self._best_due(state)
         if is_best:
             self.best, self.best_value = directory.name, self._pending_best[1]
             self._pending_best = None
-        if directory.name in self.saved:
-            self.saved.remove(directory.name)
-        self.saved.append(directory.name)
-        self._last_time = time.monotonic()
+        if directory.name in self.written:
+            self.written.remove(directory.name)
+        self.written.append(directory.name)
+        self._last_save_time = time.monotonic()
         start = time.perf_counter()
         snap = ckpt.snapshot(
             engine, extra={"reason": reason}, counters=counters, copy=self.background and not wait
         )
         info = {"reason": reason, "best": is_best, "step": key[0]}
         if self.background and not wait:
-            self._last_key = key  # in flight; forgotten again if the write fails
+            self._last_saved_counters = key  # in flight; forgotten again if the write fails
             self._thread = threading.Thread(
                 target=self._write_in_thread,
                 args=(engine, snap, directory, info, start),
@@ -215,8 +231,8 @@ class Checkpoint:
             )
             return directory
         ckpt.write_snapshot(snap, directory)
-        self._last_key = key
-        self._saved(engine, directory, info, time.perf_counter() - start)
+        self._last_saved_counters = key
+        self._record_written(engine, directory, info, time.perf_counter() - start)
         return directory
 
     def _write_in_thread(
@@ -231,24 +247,26 @@ class Checkpoint:
                 {**info, "stall_ms": 1000 * stall},
                 time.perf_counter() - start,
             )
-        except BaseException as exc:  # re-raised in the training thread by _finish
+        except BaseException as exc:  # re-raised in the training thread by _collect_background_save
             self._thread_result = exc
 
     def wait(self, engine: Engine) -> None:
         """Wait for a background save in flight, then record it (re-raising its error)."""
         if self._thread is not None:
             self._thread.join()
-            self._finish(engine)
+            self._collect_background_save(engine)
 
-    def _finish(self, engine: Engine) -> None:
+    def _collect_background_save(self, engine: Engine) -> None:
+        """Record the finished background write, or re-raise its error here."""
         result, self._thread, self._thread_result = self._thread_result, None, None
         if isinstance(result, BaseException):
-            self._last_key = None
+            self._last_saved_counters = None
             raise result
         if result is not None:
-            self._saved(*result)
+            self._record_written(*result)
 
-    def _saved(self, engine: Engine, directory: Path, info: dict, seconds: float) -> None:
+    def _record_written(self, engine: Engine, directory: Path, info: dict, seconds: float) -> None:
+        """A checkpoint is on disk: point `best` at it if it is, journal it, prune."""
         if info.pop("best"):
             ckpt.write_pointer(directory.parent, ckpt.BEST, directory.name)
         engine.journal.record(
@@ -268,9 +286,9 @@ class Checkpoint:
     def _prune(self, engine: Engine, checkpoints: Path) -> None:
         if not self.keep_last:
             return
-        keep = set(self.saved[-self.keep_last :]) | {self.best}
-        for name in [n for n in self.saved if n not in keep]:
-            self.saved.remove(name)
+        keep = set(self.written[-self.keep_last :]) | {self.best}
+        for name in [n for n in self.written if n not in keep]:
+            self.written.remove(name)
             remove_dir(checkpoints / name)
             engine.journal.record(
                 "checkpoint_pruned",

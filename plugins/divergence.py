@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from hookloop import hookimpl
 from hookloop.options import check_choice, check_int, check_number
-from hookloop.plugins._guards import TrainingHalted, rollback, step_scalars
+from hookloop.plugins._guards import GuardPolicy, step_scalars
 
 if TYPE_CHECKING:
     from hookloop import Engine, State
@@ -73,14 +73,14 @@ class Divergence:
             float(loss_factor),
             float(grad_factor),
         )
-        self.beta, self.warmup_steps, self.lr_factor = float(beta), warmup_steps, float(lr_factor)
-        self.max_rollbacks = max_rollbacks
+        self.beta, self.warmup_steps = float(beta), warmup_steps
+        self.policy = GuardPolicy(
+            self.name, action=action, lr_factor=float(lr_factor), max_rollbacks=max_rollbacks
+        )
         self.loss_avg: float | None = None
         self.grad_avg: float | None = None
         self.seen = 0  # healthy steps folded into the averages
         self.spikes = 0
-        self.rollbacks = 0
-        self._pending: str | None = None
 
     @hookimpl
     def after_backward(self, engine: Engine, state: State) -> None:
@@ -90,31 +90,21 @@ class Divergence:
         reason = self._spike(s.loss, s.grad_norm)
         if reason is None:
             self._fold(s.loss, s.grad_norm)
+            self.policy.healthy()
             return
         self.spikes += 1
-        engine.journal.record(
+        self.policy.record(
+            engine,
+            state,
             "divergence",
-            step=state.step,
-            reason=reason,
-            plugin=self.name,
+            reason,
             action=self.action,
             loss=s.loss,
             loss_avg=self.loss_avg,
             grad_norm=s.grad_norm,
             grad_avg=self.grad_avg,
         )
-        if self.action == "warn":
-            return
-        state.skip_step = True  # do not apply the update that spiked
-        if self.action == "rollback" and self.rollbacks < self.max_rollbacks:
-            self._pending = reason
-            return
-        if self.action == "rollback":
-            reason += (
-                f"; already rolled back {self.rollbacks} times (max_rollbacks={self.max_rollbacks})"
-            )
-        engine.journal.record("stop", step=state.step, reason=reason, plugin=self.name)
-        raise TrainingHalted(f"divergence: step {state.step}: {reason}")
+        self.policy.bad_step(engine, state, reason)
 
     def _spike(self, loss: float, norm: float) -> str | None:
         """Why this step is a spike, or None when it is not (or still in warm-up)."""
@@ -137,15 +127,11 @@ class Divergence:
     # After the spiked step, before checkpoint (declared above).
     @hookimpl
     def after_step(self, engine: Engine, state: State) -> None:
-        if self._pending is None:
-            return
-        reason, self._pending = self._pending, None
-        self.rollbacks += 1
-        rollbacks, spikes = self.rollbacks, self.spikes
+        spikes = self.spikes
         try:
-            rollback(engine, state, lr_factor=self.lr_factor, reason=reason, by=self.name)
-        finally:  # the reload restored the averages of that checkpoint; keep our counters
-            self.rollbacks, self.spikes = rollbacks, spikes
+            self.policy.roll_back_if_due(engine, state)
+        finally:  # the reload restored the averages of that checkpoint; keep our count
+            self.spikes = spikes
 
     @hookimpl
     def on_save_checkpoint(self) -> dict[str, Any]:
@@ -154,7 +140,7 @@ class Divergence:
             "grad_avg": self.grad_avg,
             "seen": self.seen,
             "spikes": self.spikes,
-            "rollbacks": self.rollbacks,
+            "rollbacks": self.policy.rollbacks,
         }
 
     @hookimpl
@@ -162,4 +148,4 @@ class Divergence:
         self.loss_avg, self.grad_avg = saved.get("loss_avg"), saved.get("grad_avg")
         self.seen = int(saved.get("seen", 0))
         self.spikes = int(saved.get("spikes", 0))
-        self.rollbacks = int(saved.get("rollbacks", 0))
+        self.policy.restore(saved)

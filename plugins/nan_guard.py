@@ -34,24 +34,14 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from hookloop import hookimpl
 from hookloop.options import check_choice, check_int, check_number
-from hookloop.plugins._guards import (
-    TrainingHalted,
-    bad_gradient_names,
-    emergency_save,
-    rollback,
-    step_scalars,
-)
+from hookloop.plugins._guards import GuardPolicy, bad_gradient_names, step_scalars
 
 if TYPE_CHECKING:
     from hookloop import Engine, State
 
 __all__ = ["NanGuard"]
-
-log = structlog.get_logger(__name__)
 
 ACTIONS = ("stop", "skip", "rollback")
 
@@ -77,19 +67,21 @@ class NanGuard:
         check_int(self.name, "max_skips", max_skips, minimum=1)
         check_int(self.name, "max_rollbacks", max_rollbacks, minimum=1)
         check_number(self.name, "lr_factor", lr_factor, low=0, high=1, open_low=True)
-        self.action, self.max_skips, self.max_rollbacks = action, max_skips, max_rollbacks
-        self.lr_factor = float(lr_factor)
-        self.skipped = 0  # bad steps skipped in the run
-        self.consecutive = 0  # bad steps in a row
-        self.rollbacks = 0
-        self._pending: str | None = None  # the reason of a rollback due in after_step
+        self.policy = GuardPolicy(
+            self.name,
+            action=action,
+            lr_factor=float(lr_factor),
+            max_rollbacks=max_rollbacks,
+            max_skips=max_skips,
+            save_on_stop=True,
+        )
 
     @hookimpl
     def after_backward(self, engine: Engine, state: State) -> None:
         scalars = step_scalars(engine, state)
         bad_loss = not math.isfinite(scalars.loss)
         if scalars.finite or (engine.scaler is not None and not bad_loss):
-            self.consecutive = 0
+            self.policy.healthy()
             return
         names = bad_gradient_names(engine.model)
         reason = f"loss is {scalars.loss}" if bad_loss else "loss is finite"
@@ -98,78 +90,27 @@ class NanGuard:
             reason += f"; every gradient element is finite, the largest: {', '.join(names)}"
         elif names:
             reason += f"; non-finite gradients in {', '.join(names)}"
-        engine.journal.record(
+        self.policy.record(
+            engine,
+            state,
             "nan_detected",
-            step=state.step,
-            reason=reason,
-            plugin=self.name,
+            reason,
             loss=scalars.loss,
             grad_norm=scalars.grad_norm,
             parameters=names,
         )
-        state.skip_step = True
-        self.consecutive += 1
-        if self.action == "skip" and self.consecutive <= self.max_skips:
-            self.skipped += 1
-            engine.journal.record(
-                "step_skipped",
-                step=state.step,
-                reason=reason,
-                plugin=self.name,
-                consecutive=self.consecutive,
-            )
-            return
-        if self.action == "rollback" and self.rollbacks < self.max_rollbacks:
-            self._pending = reason
-            return
-        if self.action == "skip":
-            reason += f"; {self.consecutive} bad steps in a row (max_skips={self.max_skips})"
-        elif self.action == "rollback":
-            reason += (
-                f"; already rolled back {self.rollbacks} times (max_rollbacks={self.max_rollbacks})"
-            )
-        self._halt(engine, state, reason)
+        self.policy.bad_step(engine, state, reason)
 
     # After_step of the bad step, before checkpoint (declared above): go back to the last
     # good checkpoint. The optimizer did not step (skip_step), so nothing bad was applied.
     @hookimpl
     def after_step(self, engine: Engine, state: State) -> None:
-        if self._pending is None:
-            return
-        reason, self._pending = self._pending, None
-        counters = self.checkpoint_state()
-        self.rollbacks += 1
-        counters["rollbacks"] = self.rollbacks
-        try:
-            rollback(engine, state, lr_factor=self.lr_factor, reason=reason, by=self.name)
-        finally:
-            self.restore(counters)  # the reload restored our old counters; ours are newer
-
-    def _halt(self, engine: Engine, state: State, reason: str) -> None:
-        saved = emergency_save(engine, state, reason)
-        if saved:
-            reason += f"; the weights before this step are saved in {saved}"
-        engine.journal.record("stop", step=state.step, reason=reason, plugin=self.name)
-        raise TrainingHalted(f"nan_guard: step {state.step}: {reason}", checkpoint=saved)
-
-    def checkpoint_state(self) -> dict[str, Any]:
-        """The counters, as stored in a checkpoint."""
-        return {
-            "skipped": self.skipped,
-            "consecutive": self.consecutive,
-            "rollbacks": self.rollbacks,
-        }
-
-    def restore(self, saved: dict[str, Any]) -> None:
-        """Set the counters from `checkpoint_state()` output."""
-        self.skipped = int(saved.get("skipped", 0))
-        self.consecutive = int(saved.get("consecutive", 0))
-        self.rollbacks = int(saved.get("rollbacks", 0))
+        self.policy.roll_back_if_due(engine, state)
 
     @hookimpl
     def on_save_checkpoint(self) -> dict[str, Any]:
-        return self.checkpoint_state()
+        return self.policy.counters()
 
     @hookimpl
     def on_load_checkpoint(self, saved: dict[str, Any]) -> None:
-        self.restore(saved)
+        self.policy.restore(saved)

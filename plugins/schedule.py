@@ -19,22 +19,30 @@ warmup `peak * k / warmup_steps` for `k <= warmup_steps`, then
 wasted at lr 0 and the last update of the run uses exactly `min_lr`. Past `total_steps` the
 rate stays at `min_lr` (the seed's cosine would climb back up).
 
+The plugin also checks its own curve for `hookloop doctor` (the `doctor_checks` hook): the
+`schedule` check computes the lr at the first step, the end of warmup, the middle of the
+decay and the last step with `lr_at`, and fails when the lr is never positive, does not warm
+up to the peak, or does not end at `min_lr` (`check_curve`).
+
 Hooks: `on_fit_start` (resolve total_steps, record peaks), `before_step` (set lr, write the
-`lr` metric). Cost: a few float operations per step, no tensor work.
+`lr` metric), `doctor_checks`. Cost: a few float operations per step, no tensor work.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from hookloop import PluginError, hookimpl
+from hookloop.findings import FAIL, PASS, WARN, Finding
 from hookloop.options import check_choice, check_int, check_number
 
 if TYPE_CHECKING:
     from hookloop import Engine, State
+    from hookloop.findings import Check, Subject
 
-__all__ = ["KINDS", "LRSchedule", "lr_at"]
+__all__ = ["KINDS", "LRSchedule", "check_curve", "lr_at"]
 
 KINDS = ("cosine", "constant", "linear", "wsd")
 
@@ -128,14 +136,15 @@ class LRSchedule:
                 raise PluginError(f"schedule: min_lr ({self.min_lr}) is above the peak lr ({peak})")
         self.resolved_total = total
 
-    def lr(self, step: int, peak_lr: float) -> float:
-        """The rate of update `step` (1-based) for a group whose peak is `peak_lr`."""
+    def lr(self, step: int, peak_lr: float, total_steps: int | None = None) -> float:
+        """The rate of update `step` (1-based) for a group whose peak is `peak_lr`, on a
+        curve of `total_steps` (default: the length resolved when the run started)."""
         return lr_at(
             step,
             peak_lr=peak_lr,
             kind=self.kind,
             warmup_steps=self.warmup_steps,
-            total_steps=self.resolved_total,
+            total_steps=total_steps or self.resolved_total,
             min_lr=self.min_lr,
             decay_fraction=self.decay_fraction,
         )
@@ -146,3 +155,74 @@ class LRSchedule:
         for group in engine.optimizer.param_groups:
             group["lr"] = self.lr(step, group["initial_lr"])
         state.metrics["lr"] = engine.optimizer.param_groups[0]["lr"]
+
+    @hookimpl
+    def doctor_checks(self) -> list[Check]:
+        return [self.check]
+
+    def check(self, subject: Subject) -> Finding:
+        """The doctor's `schedule` check: this plugin's curve for the subject's run.
+
+        The run's length is `total_steps`, else the subject's `max_steps`, else the engine's
+        planned length; the peak is group 0's `initial_lr` (or `lr`).
+        """
+        from hookloop.plugins._metrics import planned_steps  # here: keep the module torch-free
+
+        engine = subject.engine
+        total = (
+            self.total_steps
+            or subject.max_steps
+            or (planned_steps(engine) if engine is not None else None)
+        )
+        if not total:
+            return Finding(
+                "schedule", WARN, "the run length is unknown: pass max_steps to check the schedule"
+            )
+        group = subject.optimizer.param_groups[0]
+        peak = float(group.get("initial_lr", group["lr"]))
+        return check_curve(
+            lambda step: self.lr(step, peak, total),
+            kind=self.kind,
+            peak_lr=peak,
+            warmup_steps=self.warmup_steps,
+            total_steps=total,
+            min_lr=self.min_lr,
+        )
+
+
+def check_curve(
+    lr: Callable[[int], float],
+    *,
+    kind: str,
+    peak_lr: float,
+    warmup_steps: int,
+    total_steps: int,
+    min_lr: float,
+) -> Finding:
+    """Judge a learning-rate curve `lr(step)` (1-based) against what its options promise.
+
+    Reads the lr at the first step, the end of warmup, the middle of the decay and the last
+    step. FAIL when the lr is never positive (or not finite), when it does not rise from
+    step 1 to exactly `peak_lr` at the end of a warmup, or when a decaying `kind` does not
+    end at `min_lr`; else PASS. The detail lists the lrs read.
+    """
+    points = sorted({1, max(warmup_steps, 1), (warmup_steps + total_steps) // 2, total_steps})
+    at = {step: float(lr(step)) for step in points}
+    lrs = list(at.values())
+    detail = (
+        f"{kind}: "
+        + ", ".join(f"step {k}: {v:.3g}" for k, v in at.items())
+        + f" (peak {peak_lr:.3g}, warmup {warmup_steps})"
+    )
+    if not all(math.isfinite(v) and v >= 0 for v in lrs) or max(lrs) == 0:
+        return Finding("schedule", FAIL, detail + ": the lr is not finite, or never positive")
+    warm = at[max(warmup_steps, 1)]
+    if warmup_steps > 1 and not (at[1] < warm and math.isclose(warm, peak_lr, rel_tol=1e-6)):
+        return Finding(
+            "schedule", FAIL, detail + f": does not warm up to the peak over {warmup_steps} steps"
+        )
+    if kind != "constant" and not math.isclose(
+        at[total_steps], min_lr, rel_tol=1e-6, abs_tol=1e-12
+    ):
+        return Finding("schedule", FAIL, detail + f": does not decay to min_lr {min_lr:.3g}")
+    return Finding("schedule", PASS, detail)

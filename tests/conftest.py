@@ -304,7 +304,7 @@ def build(run_dir, *, every=2, keep=2, accumulate=2, background=False, misbehave
     plugins = load_plugins(
         # A fixed schedule length: runs stopped early by fit(max_steps=k) must follow the
         # same lr curve as the uninterrupted run they are compared with.
-        {"checkpoint": {"every_steps": every, "keep_last": keep, "background": background},
+        {"checkpoint": {"every": every, "keep_last": keep, "background": background},
          "schedule": {"total_steps": 64}},
         disable=disable,
     )
@@ -372,6 +372,99 @@ def ckpt_worker(tmp_path_factory: pytest.TempPathFactory) -> CkptWorker:
     return CkptWorker(path)
 
 
+# --- the command line as a subprocess ---------------------------------------------------------
+
+
+def _run_hookloop(
+    *args: str,
+    cwd: Any = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    autoload: bool = False,
+) -> subprocess.CompletedProcess:
+    environ = {**os.environ, **(env or {})}
+    if not autoload:  # only the built-ins and what a config names, not every installed plugin
+        environ["HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    return run_process(
+        [sys.executable, "-m", "hookloop", *args], cwd=cwd, env=environ, timeout=timeout
+    )
+
+
+@pytest.fixture
+def hookloop_cli() -> Callable[..., subprocess.CompletedProcess]:
+    """Run `python -m hookloop ARGS` and return the completed process (text output).
+
+    Keywords: `cwd`, `env` (added to the environment), `timeout` (120 s), `autoload` (False:
+    third-party plugins load only when a config names them).
+    """
+    return _run_hookloop
+
+
+@pytest.fixture
+def one_line_error() -> Callable[[subprocess.CompletedProcess, str], None]:
+    """Assert that a command failed with exit status 2 and one line naming `text`."""
+
+    def check(out: subprocess.CompletedProcess, text: str) -> None:
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert "Traceback" not in out.stderr and out.stderr.strip().count("\n") == 0, out.stderr
+        assert text in out.stderr, out.stderr
+
+    return check
+
+
+# --- two CPU processes under torch.distributed (gloo) -------------------------------------
+
+DDP_SCRIPT = """
+import gc, json, sys
+import torch, torch.distributed as dist, torch.multiprocessing as mp
+import torch.nn.functional as F
+from hookloop import Engine, hookimpl
+
+{body}
+
+def _worker(rank, world, init_file, out_dir):
+    dist.init_process_group("gloo", init_method="file://" + init_file, rank=rank,
+                            world_size=world)
+    engine, result = run(rank)
+    with open(f"{{out_dir}}/rank{{rank}}.json", "w") as f:
+        json.dump(result, f)
+    # Free the DDP wrapper (its reducer) before the process group goes: torch aborts at
+    # exit now and then otherwise.
+    del engine
+    gc.collect()
+    dist.barrier()  # no rank tears gloo down while another still talks to it
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mp.spawn(_worker, args=(2, sys.argv[1] + "/init", sys.argv[1]), nprocs=2, join=True)
+"""
+
+
+@pytest.fixture
+def run_ddp(tmp_path: Any) -> Callable[[str], list[Any]]:
+    """Run `body` on two gloo ranks in a fresh process; return each rank's result.
+
+    `body` is the source of a script (torch, `F`, `Engine` and `hookimpl` are imported)
+    that defines `run(rank) -> (engine, result)`; `result` must be JSON. The harness
+    starts the process group, writes each rank's result, and frees the engine's DDP
+    wrapper before the group is destroyed. Spawned workers re-import their module, so the
+    program runs as a script of its own.
+    """
+    import json
+
+    def run(body: str) -> list[Any]:
+        script = tmp_path / "ddp.py"
+        script.write_text(DDP_SCRIPT.format(body=body))
+        # A rank that misses a collective waits in it forever: the time limit then kills the
+        # whole group and fails with every worker's stack (see finish_process).
+        out = run_process([sys.executable, script, tmp_path])
+        assert out.returncode == 0, out.stderr[-6000:]
+        return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+    return run
+
+
 # --- language-model recipe ------------------------------------------------------------------
 
 LM_TEXT = "".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(400))
@@ -407,3 +500,20 @@ def lm_data(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def tiny_lm_overrides(lm_data: Any) -> list[str]:
     """`--set` overrides for a tiny model trained on `lm_data`."""
     return [*TINY_LM, f"data.path={lm_data}"]
+
+
+@pytest.fixture
+def tiny_lm_args() -> list[str]:
+    """`--set KEY=VALUE` arguments for a tiny model on the default data; later `--set`
+    arguments override these."""
+    return _set_args(TINY_LM)
+
+
+@pytest.fixture
+def tiny_lm_data_args(tiny_lm_overrides: list[str]) -> list[str]:
+    """`--set KEY=VALUE` arguments for a tiny model trained on `lm_data`."""
+    return _set_args(tiny_lm_overrides)
+
+
+def _set_args(overrides: list[str]) -> list[str]:
+    return [arg for override in overrides for arg in ("--set", override)]

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
 
+import pytest
 
-def hookloop(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "hookloop", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=120,
-    )
+
+@pytest.fixture
+def hookloop_cli(hookloop_cli):
+    """Third-party plugins autoload here, as for a user: the example plugin is installed."""
+    return functools.partial(hookloop_cli, autoload=True)
 
 
 def test_help_lists_every_command_without_importing_torch():
@@ -36,54 +34,54 @@ def test_help_lists_every_command_without_importing_torch():
     assert set(report["commands"]) <= listed
 
 
-def test_plugins_lists_name_origin_enabled_and_hooks():
-    out = hookloop("plugins")
+def test_plugins_lists_name_origin_enabled_and_hooks(hookloop_cli):
+    out = hookloop_cli("plugins")
     assert out.returncode == 0, out.stderr
     (row,) = [line for line in out.stdout.splitlines() if line.startswith("token_budget")]
     assert "hookloop-example 0.1.0" in row and " yes " in row
     assert "after_step" in row and "on_fit_start" in row
 
 
-def test_plugins_order_prints_each_hook_with_origins():
-    out = hookloop("plugins", "--order")
+def test_plugins_order_prints_each_hook_with_origins(hookloop_cli):
+    out = hookloop_cli("plugins", "--order")
     assert out.returncode == 0, out.stderr
     assert "after_step:" in out.stdout
     assert "token_budget (hookloop-example 0.1.0)" in out.stdout
 
 
-def test_dash_p_no_disables_a_plugin_without_importing_it():
-    out = hookloop("plugins", "-p", "no:token_budget")
+def test_dash_p_no_disables_a_plugin_without_importing_it(hookloop_cli):
+    out = hookloop_cli("plugins", "-p", "no:token_budget")
     (row,) = [line for line in out.stdout.splitlines() if line.startswith("token_budget")]
     assert " no " in row and row.rstrip().endswith("-")
 
 
-def test_config_file_plugins_table_is_used(tmp_path):
+def test_config_file_plugins_table_is_used(hookloop_cli, tmp_path):
     (tmp_path / "run.toml").write_text('[plugins]\ndisable = ["token_budget"]\n')
-    out = hookloop("plugins", "-c", "run.toml", cwd=tmp_path)
+    out = hookloop_cli("plugins", "-c", "run.toml", cwd=tmp_path)
     (row,) = [line for line in out.stdout.splitlines() if line.startswith("token_budget")]
     assert " no " in row
 
 
-def test_user_errors_are_one_line_without_traceback():
-    out = hookloop("plugins", "-p", "no:nope")
+def test_user_errors_are_one_line_without_traceback(hookloop_cli):
+    out = hookloop_cli("plugins", "-p", "no:nope")
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0
     assert "error: unknown plugin 'nope'" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_missing_config_file_is_a_one_line_error(tmp_path):
-    out = hookloop("plugins", "-c", "missing.toml", cwd=tmp_path)
+def test_missing_config_file_is_a_one_line_error(hookloop_cli, tmp_path):
+    out = hookloop_cli("plugins", "-c", "missing.toml", cwd=tmp_path)
     assert out.returncode == 2 and "missing.toml" in out.stderr
     assert "Traceback" not in out.stderr
 
 
-def test_bad_plugin_option_from_config_names_plugin_and_option(tmp_path):
+def test_bad_plugin_option_from_config_names_plugin_and_option(hookloop_cli, tmp_path):
     (tmp_path / "run.toml").write_text("[plugins.token_budget]\nbudget = 3\n")
-    out = hookloop("plugins", "-c", "run.toml", cwd=tmp_path)
+    out = hookloop_cli("plugins", "-c", "run.toml", cwd=tmp_path)
     assert out.returncode == 2
     assert "plugin 'token_budget' has no option 'budget'" in out.stderr
 
 
-def test_no_command_prints_help():
-    out = hookloop()
+def test_no_command_prints_help(hookloop_cli):
+    out = hookloop_cli()
     assert out.returncode == 0 and "COMMAND" in out.stdout

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import sys
-
 import pytest
 
-# Spawned workers re-import their module, so the program runs as a script of its own.
-SCRIPT = '''
-import gc, json, sys
-import torch, torch.distributed as dist, torch.multiprocessing as mp
-import torch.nn.functional as F
-from hookloop import Engine, hookimpl
-
-
+BODY = """
 class StopOnRankOne:
-    """Only rank 1 asks to stop, at step 2: every rank must stop there."""
+    \"\"\"Only rank 1 asks to stop, at step 2: every rank must stop there.\"\"\"
 
     name = "stop_on_rank_one"
 
@@ -26,9 +16,7 @@ class StopOnRankOne:
             state.request_stop("rank 1 saw enough")
 
 
-def worker(rank, world, init_file, out_dir):
-    dist.init_process_group("gloo", init_method="file://" + init_file, rank=rank,
-                            world_size=world)
+def run(rank):
     torch.manual_seed(0)  # same initial weights on every rank
     model = torch.nn.Linear(4, 2)
     g = torch.Generator().manual_seed(100 + rank)  # different data on every rank
@@ -38,31 +26,14 @@ def worker(rank, world, init_file, out_dir):
                     plugins=[StopOnRankOne()])
     state = engine.fit(max_steps=10)
     params = torch.cat([p.detach().flatten() for p in model.parameters()]).tolist()
-    with open(f"{out_dir}/rank{rank}.json", "w") as f:
-        json.dump([state.step, state.should_stop, state.tokens_seen, params,
-                   engine.is_main_process], f)
-    # Free the DDP wrapper (its reducer) before the process group goes: torch aborts at
-    # exit now and then otherwise.
-    del engine
-    gc.collect()
-    dist.barrier()  # no rank tears gloo down while another still talks to it
-    dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    mp.spawn(worker, args=(2, sys.argv[1] + "/init", sys.argv[1]), nprocs=2, join=True)
-'''
+    return engine, [state.step, state.should_stop, state.tokens_seen, params,
+                    engine.is_main_process]
+"""
 
 
 @pytest.mark.slow
-def test_ddp_keeps_ranks_in_step_and_stops_them_together(tmp_path, procs):
-    (tmp_path / "ddp.py").write_text(SCRIPT)
-    # A rank that misses the stop waits forever in an all-reduce: the timeout kills the
-    # whole process group and the test fails with the workers' stderr.
-    out = procs.run([sys.executable, tmp_path / "ddp.py", tmp_path])
-    assert out.returncode == 0, out.stderr[-6000:]
-    rank0 = json.loads((tmp_path / "rank0.json").read_text())
-    rank1 = json.loads((tmp_path / "rank1.json").read_text())
+def test_ddp_keeps_ranks_in_step_and_stops_them_together(run_ddp):
+    rank0, rank1 = run_ddp(BODY)
     assert rank0[0] == rank1[0] == 2
     assert rank1[1] == "rank 1 saw enough" and rank0[1] == "another rank requested a stop"
     assert rank0[2] == 2 * 2 * 12 * 2  # steps x micro-batches x tokens x ranks

@@ -78,7 +78,7 @@ def checklist(s: Subject) -> dict[str, Finding]:
 def test_a_healthy_model_passes_every_check():
     found = checklist(subject())
     assert [f.check for f in found.values()] == [c.__name__ for c in CHECKS]
-    assert {k: f.status for k, f in found.items() if f.status != PASS} == {"schedule": WARN}
+    assert {k: f.status for k, f in found.items() if f.status != PASS} == {}
     assert "ln(vocab) = 2.773" in found["initial_loss"].detail
 
 
@@ -153,45 +153,6 @@ def test_a_check_that_raises_is_a_failure_naming_the_error():
     assert finding == Finding("broken", FAIL, "the check raised RuntimeError: boom")
 
 
-class WarmupDecay:
-    """A stand-in `schedule` plugin: linear warmup, then linear decay to min_lr."""
-
-    name = "schedule"
-    kind = "linear"
-
-    def __init__(
-        self,
-        warmup_steps: int = 4,
-        min_lr: float = 1e-4,
-        broken: bool = False,
-        floor: float | None = None,
-    ) -> None:
-        self.warmup_steps, self.min_lr, self.broken, self.total_steps = (
-            warmup_steps,
-            min_lr,
-            broken,
-            0,
-        )
-        self.floor = min_lr if floor is None else floor  # where it really decays to
-
-    @hookimpl
-    def on_fit_start(self, engine):
-        self.total = engine.max_steps
-        for g in engine.optimizer.param_groups:
-            g.setdefault("initial_lr", g["lr"])
-
-    @hookimpl
-    def before_step(self, engine, state):
-        k = state.step + 1
-        for g in engine.optimizer.param_groups:
-            peak = g["initial_lr"]
-            if k <= self.warmup_steps and not self.broken:
-                g["lr"] = peak * k / self.warmup_steps
-            else:
-                p = (k - self.warmup_steps) / (self.total - self.warmup_steps)
-                g["lr"] = peak + (self.floor - peak) * min(max(p, 0.0), 1.0)
-
-
 class ExtraCheck:
     """A plugin that adds its own check to the doctor."""
 
@@ -210,23 +171,33 @@ def engine_with(*plugins) -> Engine:
     return Engine(s.model, s.optimizer, s.batches, plugins=plugins)
 
 
-def test_diagnose_runs_plugin_checks_and_simulates_the_schedule():
-    engine = engine_with(WarmupDecay(), ExtraCheck())
+def test_diagnose_runs_plugin_checks_after_the_built_in_ones():
+    engine = engine_with(ExtraCheck())
     findings = diagnose(engine, lm_batches(), vocab_size=VOCAB, max_steps=40)
-    found = {f.check: f for f in findings}
-    assert findings[-1] == Finding("vocab_is_small", PASS, f"vocab {VOCAB}")
-    assert found["schedule"].status == PASS, found["schedule"]
-    assert (
-        "step 4: 0.01" in found["schedule"].detail and "step 40: 0.0001" in found["schedule"].detail
-    )
-    assert engine.optimizer.param_groups[0]["lr"] == 1e-2  # the simulation is undone
+    assert [f.check for f in findings[: len(CHECKS)]] == [c.__name__ for c in CHECKS]
+    assert findings[len(CHECKS)] == Finding("vocab_is_small", PASS, f"vocab {VOCAB}")
     assert not any(f.status == FAIL for f in findings), format_findings(findings)
 
 
-def test_a_schedule_that_does_not_warm_up_fails():
-    engine = engine_with(WarmupDecay(broken=True))
-    found = {f.check: f for f in diagnose(engine, lm_batches(), vocab_size=VOCAB, max_steps=40)}
-    assert found["schedule"].status == FAIL and "does not warm up" in found["schedule"].detail
+def test_a_run_whose_plugins_check_no_schedule_gets_a_schedule_warning():
+    findings = diagnose(engine_with(ExtraCheck()), lm_batches(), vocab_size=VOCAB)
+    assert findings[-1] == Finding(
+        "schedule", WARN, "no schedule plugin: the lr stays 0.01 (no warmup, no decay)"
+    )
+
+
+def test_a_plugin_that_reports_a_schedule_finding_replaces_the_warning():
+    class OwnSchedule:
+        name = "own_schedule"
+
+        @hookimpl
+        def doctor_checks(self):
+            return [lambda s: Finding("schedule", PASS, "checked by the plugin")]
+
+    findings = diagnose(engine_with(OwnSchedule()), lm_batches(), vocab_size=VOCAB)
+    assert [f for f in findings if f.check == "schedule"] == [
+        Finding("schedule", PASS, "checked by the plugin")
+    ]
 
 
 @pytest.mark.parametrize("status", [PASS, FAIL])
@@ -234,16 +205,6 @@ def test_format_findings_prints_one_line_per_check_and_a_summary(status):
     text = format_findings([Finding("a", PASS, "1.0"), Finding("bb", status, "2.0")])
     assert text.splitlines()[1] == f"{status}  bb  2.0"
     assert text.splitlines()[-1].startswith("1 pass" if status == FAIL else "2 pass")
-
-
-def test_the_real_schedule_plugin_warms_up_and_decays_as_configured():
-    from hookloop.plugins.schedule import LRSchedule
-
-    engine = engine_with(LRSchedule(warmup_steps=5, min_lr=1e-4))
-    found = {f.check: f for f in diagnose(engine, lm_batches(), vocab_size=VOCAB, max_steps=50)}
-    assert found["schedule"].status == PASS, found["schedule"]
-    assert found["schedule"].detail.startswith("cosine: step 1: 0.002, step 5: 0.01")
-    assert "step 50: 0.0001" in found["schedule"].detail
 
 
 # --- each check's failing path, with one injected fault ------------------------------------
@@ -344,22 +305,3 @@ def test_a_parameter_left_out_of_the_optimizer_is_named_by_optimizer_step():
     assert found["learning_rate"].status == PASS
     assert found["optimizer_step"].status == FAIL
     assert "unchanged: head.weight, head.bias" in found["optimizer_step"].detail
-
-
-def test_a_schedule_that_misses_its_min_lr_or_is_never_positive_fails():
-    engine = engine_with(WarmupDecay(min_lr=1e-4, floor=0.0))  # declares 1e-4, decays to 0
-    found = {f.check: f for f in diagnose(engine, lm_batches(), vocab_size=VOCAB, max_steps=40)}
-    assert found["schedule"].status == FAIL
-    assert "does not decay to min_lr 0.0001" in found["schedule"].detail
-
-    zero = engine_with(WarmupDecay(warmup_steps=0, min_lr=0.0))
-    for group in zero.optimizer.param_groups:
-        group["lr"] = 0.0
-    found = {f.check: f for f in diagnose(zero, lm_batches(), vocab_size=VOCAB, max_steps=40)}
-    assert found["schedule"].status == FAIL and "never positive" in found["schedule"].detail
-
-
-def test_a_schedule_without_a_run_length_is_a_warning():
-    engine = engine_with(WarmupDecay())
-    found = {f.check: f for f in diagnose(engine, lm_batches(), vocab_size=VOCAB)}
-    assert found["schedule"].status == WARN and "run length is unknown" in found["schedule"].detail

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from hookloop.plugins.clip import GradClip
@@ -15,17 +12,7 @@ from hookloop.plugins.schedule import LRSchedule
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def hookloop(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "hookloop", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=120,
-    )
-
-
-def test_plot_writes_a_png_matplotlib_reads_back(make_engine, tmp_path):
+def test_plot_writes_a_png_matplotlib_reads_back(hookloop_cli, make_engine, tmp_path):
     image = pytest.importorskip("matplotlib.image")
     run_dir = tmp_path / "run"
     engine = make_engine(
@@ -34,7 +21,7 @@ def test_plot_writes_a_png_matplotlib_reads_back(make_engine, tmp_path):
         plugins=[GradClip(), LRSchedule(warmup_steps=2), Eval(every=4), CSVLogger()],
     )
     engine.fit(max_steps=12)
-    out = hookloop("plot", "run", cwd=tmp_path)
+    out = hookloop_cli("plot", "run", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     png = run_dir / "metrics.png"
     assert out.stdout.strip() == str(png.relative_to(tmp_path))
@@ -42,12 +29,12 @@ def test_plot_writes_a_png_matplotlib_reads_back(make_engine, tmp_path):
     pixels = image.imread(png)
     assert pixels.ndim == 3 and pixels.shape[0] > 400 and pixels.shape[1] == 800
 
-    out = hookloop("plot", "run", "--out", "elsewhere/p.png", cwd=tmp_path)
+    out = hookloop_cli("plot", "run", "--out", "elsewhere/p.png", cwd=tmp_path)
     assert out.returncode == 0 and (tmp_path / "elsewhere/p.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
-def test_plot_without_metrics_is_a_one_line_error(tmp_path):
-    out = hookloop("plot", "nowhere", cwd=tmp_path)
+def test_plot_without_metrics_is_a_one_line_error(hookloop_cli, tmp_path):
+    out = hookloop_cli("plot", "nowhere", cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         "hookloop plot: error: nowhere/metrics.csv does not exist; "

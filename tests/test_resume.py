@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -69,25 +66,11 @@ def test_find_resume_auto_path_and_fallback(make_engine, tmp_path):
 # --- the command line: hookloop train --resume, hookloop verify-resume -------------------------
 
 
-def hookloop(*args, cwd):
-    env = {**os.environ, "HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "hookloop", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=120,
-    )
-
-
-def sets(overrides):
-    return [a for o in overrides for a in ("--set", o)]
-
-
-def test_train_resume_continues_exactly_and_checks_config_changes(tiny_lm_overrides, tmp_path):
+def test_train_resume_continues_exactly_and_checks_config_changes(
+    hookloop_cli, tiny_lm_data_args, tmp_path
+):
     common = [
-        *sets(tiny_lm_overrides),
+        *tiny_lm_data_args,
         "--set",
         "training.accumulate=2",
         "--set",
@@ -97,24 +80,24 @@ def test_train_resume_continues_exactly_and_checks_config_changes(tiny_lm_overri
         "-p",
         "no:progress",
     ]
-    straight = hookloop(
+    straight = hookloop_cli(
         "train", "--run-dir", "a", *common, "--set", "training.max_steps=8", cwd=tmp_path
     )
     assert straight.returncode == 0, straight.stderr
-    first = hookloop(
+    first = hookloop_cli(
         "train", "--run-dir", "b", *common, "--set", "training.max_steps=4", cwd=tmp_path
     )
     assert first.returncode == 0, first.stderr
 
-    again = hookloop("train", "--run-dir", "b", *common, cwd=tmp_path)  # forgot --resume
+    again = hookloop_cli("train", "--run-dir", "b", *common, cwd=tmp_path)  # forgot --resume
     assert again.returncode == 2 and "already holds checkpoints" in again.stderr
-    refused = hookloop(
+    refused = hookloop_cli(
         "train", "--resume", "auto", "--run-dir", "b", "--set", "model.n_layers=2", cwd=tmp_path
     )
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
     assert "changed model.n_layers is not safe" in refused.stderr
 
-    resumed = hookloop(
+    resumed = hookloop_cli(
         "train", "--resume", "auto", "--run-dir", "b", "--set", "training.max_steps=8", cwd=tmp_path
     )
     assert resumed.returncode == 0, resumed.stderr
@@ -136,10 +119,10 @@ def test_train_resume_continues_exactly_and_checks_config_changes(tiny_lm_overri
     assert b_rows == a_rows
 
 
-def test_verify_resume_reports_equal(tiny_lm_overrides, tmp_path):
-    out = hookloop(
+def test_verify_resume_reports_equal(hookloop_cli, tiny_lm_data_args, tmp_path):
+    out = hookloop_cli(
         "verify-resume",
-        *sets(tiny_lm_overrides),
+        *tiny_lm_data_args,
         "--set",
         "model.dropout=0.1",
         "--set",
@@ -156,7 +139,7 @@ def test_verify_resume_reports_equal(tiny_lm_overrides, tmp_path):
 
 
 def test_verify_resume_finds_the_first_differing_step(
-    tiny_lm_overrides, tmp_path, monkeypatch, capsys
+    tiny_lm_data_args, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.setattr(
         "hookloop.checkpoint.read.set_rng_state", lambda rng: None
@@ -165,7 +148,7 @@ def test_verify_resume_finds_the_first_differing_step(
     args = build_parser().parse_args(
         [
             "verify-resume",
-            *sets(tiny_lm_overrides),
+            *tiny_lm_data_args,
             "--set",
             "model.dropout=0.2",
             "--steps",

@@ -72,25 +72,14 @@ def test_the_schedule_module_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
-def hookloop(*args, cwd):
-    import subprocess
-    import sys
-
-    return subprocess.run(
-        [sys.executable, "-m", "hookloop", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=120,
-    )
-
-
-def test_command_prints_the_configured_curve_and_plots_it(tmp_path):
+def test_command_prints_the_configured_curve_and_plots_it(hookloop_cli, tmp_path):
     (tmp_path / "run.toml").write_text(
         "[optimizer]\nlr = 0.001\n[training]\nmax_steps = 200\n"
         '[plugins.schedule]\nkind = "wsd"\nwarmup_steps = 20\nmin_lr = 1e-5\n'
     )
-    out = hookloop("schedule", "-c", "run.toml", "--points", "11", "--out", "lr.png", cwd=tmp_path)
+    out = hookloop_cli(
+        "schedule", "-c", "run.toml", "--points", "11", "--out", "lr.png", cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "wsd schedule: warmup 20 steps, peak lr 0.001, min_lr 1e-05, 200 steps"
@@ -103,7 +92,7 @@ def test_command_prints_the_configured_curve_and_plots_it(tmp_path):
     assert lines[-1] == "lr.png" and (tmp_path / "lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_command_reports_a_bad_option_in_one_line(tmp_path):
-    out = hookloop("schedule", "--set", "plugins.schedule.kind=step", cwd=tmp_path)
+def test_command_reports_a_bad_option_in_one_line(hookloop_cli, tmp_path):
+    out = hookloop_cli("schedule", "--set", "plugins.schedule.kind=step", cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip().startswith("hookloop schedule: error: schedule: option kind must be")

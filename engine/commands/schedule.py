@@ -76,13 +76,15 @@ def curve(config: dict[str, Any]) -> Curve:
             "schedule: the run has no step limit (training.max_steps = 0); "
             "set plugins.schedule.total_steps to see the curve"
         )
-    schedule.resolved_total = total
     text = (
         f"{schedule.kind} schedule: warmup {schedule.warmup_steps} steps, peak lr {peak:g}, "
         f"min_lr {schedule.min_lr:g}, {total} steps"
     )
     return Curve(
-        text, max(total, max_steps), schedule.warmup_steps, lambda step: schedule.lr(step, peak)
+        text,
+        max(total, max_steps),
+        schedule.warmup_steps,
+        lambda step: schedule.lr(step, peak, total),
     )
 
 

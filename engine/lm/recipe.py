@@ -25,6 +25,7 @@ import structlog
 import torch
 
 from hookloop import loading
+from hookloop.checkpoint import CHECKPOINTS_DIR, MODEL_FILE
 from hookloop.engine import Engine
 from hookloop.errors import ConfigError
 from hookloop.lm.config import write_config
@@ -252,7 +253,7 @@ def checkpoint_dir(run_dir: str | Path, checkpoint: str | None = None) -> Path:
     from hookloop.checkpoint import latest_valid_checkpoint
     from hookloop.errors import CheckpointError
 
-    checkpoints = Path(run_dir) / "checkpoints"
+    checkpoints = Path(run_dir) / CHECKPOINTS_DIR
     if checkpoint is None:
         found = latest_valid_checkpoint(Path(run_dir))
         if found is None:
@@ -262,8 +263,8 @@ def checkpoint_dir(run_dir: str | Path, checkpoint: str | None = None) -> Path:
             )
         return found
     path = Path(checkpoint) if Path(checkpoint).is_dir() else checkpoints / checkpoint
-    if not (path / "model.safetensors").is_file():
-        raise CheckpointError(f"checkpoint {path} has no model.safetensors")
+    if not (path / MODEL_FILE).is_file():
+        raise CheckpointError(f"checkpoint {path} has no {MODEL_FILE}")
     return path
 
 
@@ -295,12 +296,11 @@ def load_trained(
     path = checkpoint_dir(run_dir, checkpoint)
     model = build_model(config, tokenizer.vocab_size)
     try:
-        model.load_state_dict(load_file(path / "model.safetensors"))
+        model.load_state_dict(load_file(path / MODEL_FILE))
     except (RuntimeError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"{path / 'model.safetensors'} does not fit the model of "
-            f"{run_dir / 'config.toml'}: {first}"
+            f"{path / MODEL_FILE} does not fit the model of {run_dir / 'config.toml'}: {first}"
         ) from exc
     model.eval()
     return model, tokenizer, config, path

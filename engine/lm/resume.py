@@ -116,7 +116,12 @@ def find_resume(resume: str, run_dir: Path | None, runs: Path) -> tuple[Path | N
     Raises:
         CheckpointError: an explicit PATH that is not a valid checkpoint or run directory.
     """
-    from hookloop.checkpoint import CHECKPOINTS_DIR, latest_valid_checkpoint, verify_checkpoint
+    from hookloop.checkpoint import (
+        CHECKPOINTS_DIR,
+        STATE_FILE,
+        latest_valid_checkpoint,
+        verify_checkpoint,
+    )
     from hookloop.journal import Journal
 
     def latest(run: Path) -> Path | None:  # invalid ones are logged and journaled
@@ -130,7 +135,7 @@ def find_resume(resume: str, run_dir: Path | None, runs: Path) -> tuple[Path | N
             run_dir = latest_run_dir(runs)
         return run_dir, latest(run_dir) if run_dir is not None else None
     path = Path(resume)
-    if (path / "state.json").is_file() or path.parent.name == CHECKPOINTS_DIR:
+    if (path / STATE_FILE).is_file() or path.parent.name == CHECKPOINTS_DIR:
         verify_checkpoint(path)
         return run_dir or path.parent.parent, path
     if (path / CHECKPOINTS_DIR).is_dir() or (path / "config.toml").is_file():

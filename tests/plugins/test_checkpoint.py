@@ -39,9 +39,7 @@ class ScriptedEval:
 
 
 def test_every_n_steps_keeps_the_last_k_and_journals(make_engine, tmp_path):
-    engine = make_engine(
-        batches=20, run_dir=tmp_path, plugins=[Checkpoint(every_steps=2, keep_last=2)]
-    )
+    engine = make_engine(batches=20, run_dir=tmp_path, plugins=[Checkpoint(every=2, keep_last=2)])
     engine.fit(max_steps=9)
     assert names(tmp_path) == ["step-00000008", "step-00000009"]  # 9: the save at the end
     assert [e["step"] for e in events(engine, "checkpoint_saved")] == [2, 4, 6, 8, 9]
@@ -55,25 +53,25 @@ def test_every_n_steps_keeps_the_last_k_and_journals(make_engine, tmp_path):
 
 def test_best_by_watched_metric_is_never_pruned(make_engine, tmp_path):
     evals = ScriptedEval({2: 1.0, 4: 0.5, 6: 0.8, 8: 0.9})
-    plugin = Checkpoint(every_steps=0, keep_last=1, save_on_end=False)
+    plugin = Checkpoint(every=0, keep_last=1, save_on_end=False)
     engine = make_engine(batches=20, run_dir=tmp_path, plugins=[evals, plugin])
     engine.fit(max_steps=9)
     assert names(tmp_path) == ["step-00000004"]
     assert ckpt.read_pointer(tmp_path / "checkpoints", ckpt.BEST).name == "step-00000004"
     assert plugin.on_save_checkpoint()["best_value"] == 0.5
-    maximize = Checkpoint(every_steps=0, keep_last=1, save_on_end=False, mode="max")
+    maximize = Checkpoint(every=0, keep_last=1, save_on_end=False, mode="max")
     other = make_engine(batches=20, run_dir=tmp_path / "max", plugins=[evals, maximize])
     other.fit(max_steps=9)
     assert ckpt.read_pointer(tmp_path / "max" / "checkpoints", ckpt.BEST).name == "step-00000002"
 
 
 def test_end_of_fit_save_and_its_options(make_engine, tmp_path):
-    make_engine(run_dir=tmp_path / "a", plugins=[Checkpoint(every_steps=0)]).fit(max_steps=3)
+    make_engine(run_dir=tmp_path / "a", plugins=[Checkpoint(every=0)]).fit(max_steps=3)
     assert names(tmp_path / "a") == ["step-00000003"]
     make_engine(run_dir=tmp_path / "b", plugins=[Checkpoint(save_on_end=False)]).fit(max_steps=3)
     assert names(tmp_path / "b") == []
-    make_engine(plugins=[Checkpoint(every_steps=1)]).fit(max_steps=2)  # no run_dir: no files
-    engine = make_engine(run_dir=tmp_path / "c", plugins=[Checkpoint(every_steps=1)])
+    make_engine(plugins=[Checkpoint(every=1)]).fit(max_steps=2)  # no run_dir: no files
+    engine = make_engine(run_dir=tmp_path / "c", plugins=[Checkpoint(every=1)])
     engine.is_main_process = False  # only rank 0 writes
     engine.fit(max_steps=2)
     assert not (tmp_path / "c" / "checkpoints").exists()
@@ -82,7 +80,7 @@ def test_end_of_fit_save_and_its_options(make_engine, tmp_path):
 def test_every_minutes(make_engine, tmp_path):
     engine = make_engine(
         run_dir=tmp_path,
-        plugins=[Checkpoint(every_steps=0, every_minutes=1e-9, keep_last=0, save_on_end=False)],
+        plugins=[Checkpoint(every=0, every_minutes=1e-9, keep_last=0, save_on_end=False)],
     )
     engine.fit(max_steps=3)
     assert names(tmp_path) == ["step-00000001", "step-00000002", "step-00000003"]
@@ -103,7 +101,7 @@ def test_exception_saves_the_last_consistent_state_when_finite(make_engine, tmp_
         run_dir=tmp_path,
         accumulate=2,
         loss_fn=flaky_loss,
-        plugins=[Checkpoint(every_steps=0)],
+        plugins=[Checkpoint(every=0)],
     )
     with pytest.raises(RuntimeError, match="boom"):
         engine.fit(max_steps=5)
@@ -121,7 +119,7 @@ def test_no_emergency_save_of_non_finite_parameters(make_engine, tmp_path):
                 engine.model.fc1.weight.fill_(float("nan"))
             raise RuntimeError("diverged")
 
-    engine = make_engine(run_dir=tmp_path, plugins=[Poison(), Checkpoint(every_steps=0)])
+    engine = make_engine(run_dir=tmp_path, plugins=[Poison(), Checkpoint(every=0)])
     with pytest.raises(PluginError):
         engine.fit(max_steps=3)
     assert names(tmp_path) == []
@@ -130,7 +128,7 @@ def test_no_emergency_save_of_non_finite_parameters(make_engine, tmp_path):
 def test_background_save_writes_the_same_bytes(make_engine, tmp_path):
     engines = {}
     for mode in ("sync", "background"):
-        plugin = Checkpoint(every_steps=2, keep_last=0, background=mode == "background")
+        plugin = Checkpoint(every=2, keep_last=0, background=mode == "background")
         engines[mode] = make_engine(batches=20, run_dir=tmp_path / mode, plugins=[plugin])
         engines[mode].fit(max_steps=6)
     for step in (2, 4, 6):
@@ -151,8 +149,33 @@ def test_background_save_writes_the_same_bytes(make_engine, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "options", [{"every_steps": -1}, {"mode": "best"}, {"keep_last": 1.5}, {"every_minutes": -2}]
+    "options", [{"every": -1}, {"mode": "best"}, {"keep_last": 1.5}, {"every_minutes": -2}]
 )
 def test_bad_options_are_refused(options):
     with pytest.raises(PluginError, match="checkpoint: option"):
         Checkpoint(**options)
+
+
+def test_every_steps_is_a_deprecated_alias_of_every(make_engine, tmp_path):
+    import structlog
+
+    with structlog.testing.capture_logs() as logs:
+        plugin = Checkpoint(every_steps=2, keep_last=0, save_on_end=False)
+    assert plugin.every == 2
+    (warning,) = [e for e in logs if e["event"] == "deprecated_option"]
+    assert warning["log_level"] == "warning" and warning["option"] == "every_steps"
+    assert warning["use"] == "every"
+    make_engine(batches=6, run_dir=tmp_path, plugins=[plugin]).fit(max_steps=5)
+    assert names(tmp_path) == ["step-00000002", "step-00000004"]
+    with pytest.raises(PluginError, match="checkpoint: option every_steps"):
+        Checkpoint(every_steps=-1)
+
+
+def test_a_config_file_with_every_steps_still_loads(tmp_path):
+    from hookloop.lm.config import load_config
+    from hookloop.loading import plugins_from_config
+
+    (tmp_path / "run.toml").write_text("[plugins.checkpoint]\nevery_steps = 7\nkeep_last = 1\n")
+    config = load_config(tmp_path / "run.toml")
+    (loaded,) = [p for p in plugins_from_config(config["plugins"]) if p.name == "checkpoint"]
+    assert loaded.plugin.every == 7 and loaded.plugin.keep_last == 1

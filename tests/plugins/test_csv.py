@@ -186,7 +186,7 @@ def test_resume_from_a_real_checkpoint_after_a_crash_gives_the_uninterrupted_fil
             LRSchedule(warmup_steps=2, total_steps=12),
             Eval(every=3),
             CSVLogger(),
-            Checkpoint(every_steps=4, save_on_exception=False),
+            Checkpoint(every=4, save_on_exception=False),
             *extra,
         ]
 

@@ -105,7 +105,7 @@ def test_rollback_on_a_loss_spike_continues_from_the_checkpoint(make_engine, tmp
     engine = make_engine(
         batches=12,
         run_dir=tmp_path,
-        plugins=[guard, Checkpoint(every_steps=4, keep_last=0, monitor="")],
+        plugins=[guard, Checkpoint(every=4, keep_last=0, monitor="")],
     )
     x, y = engine.train_data[9]
     engine.train_data[9] = (x, y * 1000.0)  # targets off by 1000x: a loss spike at step 9
@@ -113,7 +113,7 @@ def test_rollback_on_a_loss_spike_continues_from_the_checkpoint(make_engine, tmp
     (rolled,) = events(engine, "rollback")
     assert rolled["step"] == 8 and rolled["from_step"] == 10 and rolled["plugin"] == "divergence"
     assert events(engine, "divergence")[0]["step"] == 9
-    assert state.step == 12 and guard.rollbacks == 1
+    assert state.step == 12 and guard.policy.rollbacks == 1
     assert engine.optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
     saved = engine.plugin_states()["divergence"]
     assert saved["rollbacks"] == 1 and saved["spikes"] == 1

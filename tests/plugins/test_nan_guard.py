@@ -62,7 +62,7 @@ def test_skip_leaves_weights_and_optimizer_state_bit_identical(make_engine):
     assert skipped["step"] == 3 and skipped["plugin"] == "nan_guard"
     engine.fit(max_steps=6)  # healthy steps go on
     assert not torch.equal(engine.model.fc1.weight, weights["fc1.weight"])
-    assert engine.plugins["nan_guard"].plugin.checkpoint_state() == {
+    assert engine.plugins["nan_guard"].plugin.policy.counters() == {
         "skipped": 1,
         "consecutive": 0,
         "rollbacks": 0,
@@ -150,7 +150,7 @@ def test_rollback_reloads_the_last_checkpoint_lowers_the_lr_and_continues(make_e
 
         @hookimpl
         def after_step(self, engine, state):
-            if engine.plugins["nan_guard"].plugin.rollbacks == 1 and not restored:
+            if engine.plugins["nan_guard"].plugin.policy.rollbacks == 1 and not restored:
                 restored.update(copy.deepcopy(engine.model.state_dict()), step=state.step)
 
     guard = NanGuard(action="rollback", lr_factor=0.5)
@@ -159,7 +159,7 @@ def test_rollback_reloads_the_last_checkpoint_lowers_the_lr_and_continues(make_e
         run_dir=tmp_path,
         plugins=[
             guard,
-            Checkpoint(every_steps=2, keep_last=0, monitor="", save_on_end=False),
+            Checkpoint(every=2, keep_last=0, monitor="", save_on_end=False),
             Probe(),
         ],
     )
@@ -172,7 +172,7 @@ def test_rollback_reloads_the_last_checkpoint_lowers_the_lr_and_continues(make_e
     assert rolled["checkpoint"].endswith("step-00000004")
     assert restored["step"] == 4
     assert all(torch.equal(restored[k], at_four[k]) for k in at_four)
-    assert state.step == 10 and guard.rollbacks == 1
+    assert state.step == 10 and guard.policy.rollbacks == 1
     assert engine.optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
     assert all(torch.isfinite(p).all() for p in engine.model.parameters())
 
@@ -193,7 +193,7 @@ def test_rollback_gives_up_after_max_rollbacks(make_engine, tmp_path):
     engine = make_engine(
         batches=8,
         run_dir=tmp_path,
-        plugins=[guard, Checkpoint(every_steps=1, keep_last=0, monitor="")],
+        plugins=[guard, Checkpoint(every=1, keep_last=0, monitor="")],
     )
     for i in (3, 4, 5):
         poison(engine, i)

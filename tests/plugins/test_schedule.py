@@ -150,3 +150,60 @@ def test_warmup_longer_than_run_and_min_lr_above_peak_are_errors(make_engine):
         make_engine(plugins=[LRSchedule(warmup_steps=5)]).fit(max_steps=4)
     with pytest.raises(PluginError, match="min_lr .0.5. is above the peak lr"):
         make_engine(lr=0.1, plugins=[LRSchedule(warmup_steps=1, min_lr=0.5)]).fit(max_steps=4)
+
+
+# --- the plugin's own `hookloop doctor` check --------------------------------------------
+
+
+def doctor_schedule(make_engine, plugin, **options):
+    """The `schedule` finding `hookloop doctor` reports for a run with this plugin."""
+    from hookloop.lm.doctor import diagnose
+
+    engine = make_engine(lr=0.01, plugins=[plugin])
+    findings = diagnose(engine, engine.train_data[:1], overfit_steps=1, **options)
+    (finding,) = [f for f in findings if f.check == "schedule"]
+    return engine, finding
+
+
+def test_doctor_check_reads_the_configured_curve_and_leaves_the_optimizer_alone(make_engine):
+    engine, found = doctor_schedule(
+        make_engine, LRSchedule(warmup_steps=5, min_lr=1e-4), max_steps=50
+    )
+    assert found.status == "PASS", found
+    assert found.detail.startswith("cosine: step 1: 0.002, step 5: 0.01, step 27: ")
+    assert found.detail.endswith("step 50: 0.0001 (peak 0.01, warmup 5)")
+    assert engine.optimizer.param_groups[0]["lr"] == 0.01
+    assert "initial_lr" not in engine.optimizer.param_groups[0]
+
+
+def test_doctor_check_uses_total_steps_and_warns_when_the_length_is_unknown(make_engine):
+    _, found = doctor_schedule(make_engine, LRSchedule(kind="linear", total_steps=20))
+    assert found.status == "PASS" and "step 20: 0 " in found.detail
+    _, found = doctor_schedule(make_engine, LRSchedule())
+    assert found.status == "WARN" and "run length is unknown" in found.detail
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        (lambda step, **o: o["peak_lr"], "does not warm up to the peak over 5 steps"),
+        (lambda step, **o: lr_at(step, **{**o, "min_lr": 0.0}), "does not decay to min_lr 0.001"),
+        (lambda step, **o: 0.0, "the lr is not finite, or never positive"),
+        (lambda step, **o: math.nan, "the lr is not finite, or never positive"),
+    ],
+)
+def test_doctor_check_fails_a_broken_lr_function(make_engine, monkeypatch, broken, message):
+    import hookloop.plugins.schedule as schedule
+
+    monkeypatch.setattr(schedule, "lr_at", broken)
+    _, found = doctor_schedule(make_engine, LRSchedule(warmup_steps=5, min_lr=1e-3), max_steps=40)
+    assert found.status == "FAIL" and found.detail.endswith(message), found
+
+
+def test_check_curve_of_a_constant_schedule_needs_no_decay():
+    from hookloop.plugins.schedule import check_curve
+
+    found = check_curve(
+        lambda step: 0.1, kind="constant", peak_lr=0.1, warmup_steps=0, total_steps=9, min_lr=0.0
+    )
+    assert found.status == "PASS" and found.detail.startswith("constant: step 1: 0.1, step 4: 0.1")
