@@ -219,5 +219,61 @@ def test_the_plugin_with_pruning_never_exposes_a_partial_checkpoint(
         engine.fit(max_steps=5)
     assert not view.violations, view.violations[:3]
     assert view.checks >= 50
-    names = [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")]
-    assert names == ["step-00000004", "step-00000005"]
+    left = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert left == ["latest", "step-00000004", "step-00000005"]  # nothing half-pruned either
+
+
+# --- the file-level pieces, one by one -----------------------------------------------------
+
+
+def test_recover_partial_removes_what_killed_writers_left_and_keeps_this_processes_work(tmp_path):
+    from hookloop.checkpoint.atomic import recover_partial
+
+    mine = f"-{os.getpid()}-abcd"
+    for name in (
+        "step-1",
+        ".old-step-1",
+        ".old-step-2",
+        ".tmp-step-3-999999-ab",
+        f".tmp-step-4{mine}",
+    ):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "state.json").write_text(name)
+    (tmp_path / ".prune-step-0-999999-ab").mkdir()
+    (tmp_path / ".pointer-latest-999999-ab").write_text("step-1\n")
+    (tmp_path / f".pointer-best{mine}").write_text("step-1\n")
+    (tmp_path / "latest").write_text("step-1\n")
+    recover_partial(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f".pointer-best{mine}",  # a save of this process may be in flight: left alone
+        f".tmp-step-4{mine}",
+        "latest",
+        "step-1",
+        "step-2",  # killed mid-swap: the old copy is put back under its name
+    ]
+    assert (tmp_path / "step-1" / "state.json").read_text() == "step-1"  # not the stale copy
+    assert (tmp_path / "step-2" / "state.json").read_text() == ".old-step-2"
+
+
+def test_replace_dir_swaps_a_directory_in_even_over_a_stale_old_copy(tmp_path):
+    from hookloop.checkpoint.atomic import replace_dir
+
+    for name in ("new", "target", ".old-target"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f").write_text(name)
+    replace_dir(tmp_path / "new", tmp_path / "target")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+    assert (tmp_path / "target" / "f").read_text() == "new"
+
+
+def test_the_write_delay_aid_sleeps_between_tensor_files(make_engine, tmp_path, monkeypatch):
+    from hookloop.checkpoint import atomic
+
+    slept = []
+    monkeypatch.setattr(atomic.time, "sleep", slept.append)
+    engine = make_engine()
+    ckpt.save_checkpoint(engine, tmp_path / "a")
+    assert slept == []
+    monkeypatch.setenv(atomic.WRITE_DELAY_ENV, "0.25")
+    ckpt.save_checkpoint(engine, tmp_path / "b")
+    assert slept == [0.25, 0.25]  # after the model file and after the optimizer file
