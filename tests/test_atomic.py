@@ -277,3 +277,37 @@ def test_the_write_delay_aid_sleeps_between_tensor_files(make_engine, tmp_path, 
     monkeypatch.setenv(atomic.WRITE_DELAY_ENV, "0.25")
     ckpt.save_checkpoint(engine, tmp_path / "b")
     assert slept == [0.25, 0.25]  # after the model file and after the optimizer file
+
+
+def test_a_pointer_that_cannot_be_replaced_still_names_the_previous_checkpoint(
+    tmp_path, monkeypatch
+):
+    import errno
+
+    from hookloop.checkpoint.atomic import read_pointer, write_pointer
+
+    write_pointer(tmp_path, LATEST, "step-1")
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(CheckpointError) as info:
+        write_pointer(tmp_path, LATEST, "step-2")
+    assert str(info.value) == (
+        f"could not update {tmp_path / LATEST}: No space left on device (is the disk full?); "
+        "it still names the previous checkpoint"
+    )
+    assert read_pointer(tmp_path, LATEST) == tmp_path / "step-1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LATEST]  # its temp file is gone
+
+
+@pytest.mark.parametrize("content", [b"", b"\n", b"../elsewhere\n", b"a/b\n", b"\xff\xfe\n"])
+def test_a_pointer_that_names_nothing_usable_reads_as_none(tmp_path, content):
+    from hookloop.checkpoint.atomic import read_pointer
+
+    assert read_pointer(tmp_path, LATEST) is None  # no pointer at all
+    (tmp_path / LATEST).write_bytes(content)
+    assert read_pointer(tmp_path, LATEST) is None
+    (tmp_path / LATEST).write_bytes(b" step-7 \n")
+    assert read_pointer(tmp_path, LATEST) == tmp_path / "step-7"
