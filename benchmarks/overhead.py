@@ -5,6 +5,11 @@ Three variants run the same model from the same seed over the same pre-made batc
     raw       for batch: loss = loss_fn(model, batch); backward; step; zero_grad
     engine    Engine(...).fit() with no plugins
     defaults  Engine(...).fit() with the default built-in plugins (whatever is installed)
+    mlflow    Engine(...).fit() with the mlflow tracker alone (local sqlite store), on request
+    wandb     Engine(...).fit() with the wandb tracker alone (offline), on request
+
+A tracker variant starts timing once its run is open (opening it is a one-off of seconds, on
+the tracker's thread) and stops at the last step (the upload at the end is a one-off too).
 
 Each variant records a timestamp after every optimizer step; the per-step time of a round is
 the median of the differences (so a rare checkpoint write does not hide the steady state) and
@@ -13,6 +18,7 @@ machine noise hits all of them alike; the table gives the median over rounds wit
 
     python benchmarks/overhead.py                   # both models
     python benchmarks/overhead.py --model mlp --steps 2000 --rounds 7
+    python benchmarks/overhead.py --model mlp --variants raw,engine,mlflow,wandb
     python benchmarks/overhead.py --model transformer --device cuda
 
 On CUDA the steps run asynchronously, so per-step timestamps say little: there the time of a
@@ -95,6 +101,50 @@ def raw_loop(model, optimizer, batches, loss_fn, stamps: list[float]) -> None:
 
 
 PLUGIN_COSTS: dict[str, list[float]] = {}
+TRACKERS = ("mlflow", "wandb")
+
+
+class TrackerOpen:
+    """Waits at the start of fit() until the tracker's run is open, then restarts the clock;
+    at the last step, records the seconds spent inside the tracker's hooks since then."""
+
+    name = "tracker_open"
+
+    def __init__(self, tracker: Any, stamps: list[float]) -> None:
+        self.tracker, self.stamps = tracker, stamps
+        self.engine: Any = None
+        self.start = 0.0
+
+    @hookimpl(trylast=True)
+    def on_fit_start(self, engine: Engine) -> None:
+        self.tracker._worker.wait_for_run(120)
+        self.engine, self.start = engine, self.seconds(engine)
+        self.stamps[0] = time.perf_counter()
+
+    @hookimpl(trylast=True)
+    def after_step(self, state: Any) -> None:
+        if state.step == self.engine.max_steps:
+            us = (self.seconds(self.engine) - self.start) * 1e6 / state.step
+            PLUGIN_COSTS.setdefault(self.tracker.name, []).append(us)
+
+    def seconds(self, engine: Engine) -> float:
+        return engine.hooks.seconds_by_plugin().get(self.tracker.name, 0.0)
+
+
+def tracker_plugins(variant: str, stamps: list[float]) -> list[Any]:
+    """The tracker of a tracker variant, with its defaults, and the plugin that waits for it."""
+    import os
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    if variant == "mlflow":
+        from hookloop.plugins.mlflow import MLflow
+
+        tracker: Any = MLflow()
+    else:
+        from hookloop.plugins.wandb import WandB
+
+        tracker = WandB(mode="offline")
+    return [tracker, TrackerOpen(tracker, stamps)]
 
 
 def run_variant(variant: str, setup: Callable, steps: int, seed: int) -> list[float]:
@@ -111,6 +161,8 @@ def run_variant(variant: str, setup: Callable, steps: int, seed: int) -> list[fl
         plugins: list[Any] = [Clock(stamps)]
         if variant == "defaults":
             plugins += load_plugins()
+        elif variant in TRACKERS:
+            plugins += tracker_plugins(variant, stamps)
         engine = Engine(
             model,
             optimizer,
@@ -124,7 +176,8 @@ def run_variant(variant: str, setup: Callable, steps: int, seed: int) -> list[fl
         stamps[0] = time.perf_counter()
         engine.fit(max_steps=steps)
         synchronize()
-        stamps[-1] = time.perf_counter()
+        if variant not in TRACKERS:  # a tracker's upload at the end is not a step's cost
+            stamps[-1] = time.perf_counter()
         if variant == "defaults":
             for name, ms in engine.plugin_costs().items():
                 PLUGIN_COSTS.setdefault(name, []).append(ms * 1000)
@@ -146,8 +199,14 @@ def per_step(stamps: list[float], warmup: int) -> tuple[float, float]:
     return statistics.median(diffs), sum(diffs) / len(diffs)
 
 
-def bench(name: str, setup: Callable, steps: int, rounds: int, seed: int) -> list[str]:
-    variants = ("raw", "engine", "defaults")
+def bench(
+    name: str,
+    setup: Callable,
+    steps: int,
+    rounds: int,
+    seed: int,
+    variants: tuple[str, ...] = ("raw", "engine", "defaults"),
+) -> list[str]:
     medians: dict[str, list[float]] = {v: [] for v in variants}
     means: dict[str, list[float]] = {v: [] for v in variants}
     if DEVICE.type == "cuda":
@@ -173,6 +232,21 @@ def bench(name: str, setup: Callable, steps: int, rounds: int, seed: int) -> lis
             f"| {statistics.median(means[v]) * 1e6:.1f} | {med / raw:.4f} "
             f"| {(med - raw) * 1e6:+.1f} |"
         )
+    trackers = [v for v in variants if v in TRACKERS]
+    if trackers:
+        rows.append(
+            "\nTime inside the tracker's hooks on the training thread, µs/step over the timed "
+            "steps (median, min-max over rounds): "
+            + ", ".join(
+                f"{t} {statistics.median(PLUGIN_COSTS[t]):.1f} "
+                f"({min(PLUGIN_COSTS[t]):.1f}-{max(PLUGIN_COSTS[t]):.1f})"
+                for t in trackers
+            )
+        )
+        for t in trackers:
+            PLUGIN_COSTS.pop(t)
+    if "defaults" not in variants:
+        return rows
     costs = ", ".join(
         f"{name} {statistics.median(us):.1f}"
         for name, us in sorted(PLUGIN_COSTS.items(), key=lambda kv: -statistics.median(kv[1]))
@@ -193,7 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--variants",
+        default="raw,engine,defaults",
+        help="comma-separated, raw first: raw, engine, defaults, mlflow, wandb",
+    )
     args = parser.parse_args(argv)
+    variants = tuple(args.variants.split(","))
+    if variants[0] != "raw" or not set(variants) <= {"raw", "engine", "defaults", *TRACKERS}:
+        parser.error(f"--variants must start with raw and name known variants: {args.variants}")
     global DEVICE
     DEVICE = torch.device(args.device)
     torch.set_num_threads(1)  # two threads stall intermittently on 2-core hosts
@@ -207,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     models = {"mlp": (mlp_setup, 3000), "transformer": (transformer_setup, 150)}
     for name in models if args.model == "both" else [args.model]:
         setup, default_steps = models[name]
-        for row in bench(name, setup, args.steps or default_steps, args.rounds, args.seed):
+        steps = args.steps or default_steps
+        for row in bench(name, setup, steps, args.rounds, args.seed, variants):
             print(row, flush=True)
     return 0
 

@@ -32,6 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "hookloop.commands.plot",
         "plot a run's loss, learning rate and gradient norm to a PNG",
     ),
+    "export": (
+        "hookloop.commands.export",
+        "export a trained model as a Hugging Face GPT-2 directory",
+    ),
     "doctor": ("hookloop.commands.doctor", "check a configured run before training it"),
     "verify-resume": (
         "hookloop.commands.verify_resume",

@@ -517,3 +517,103 @@ def tiny_lm_data_args(tiny_lm_overrides: list[str]) -> list[str]:
 
 def _set_args(overrides: list[str]) -> list[str]:
     return [arg for override in overrides for arg in ("--set", override)]
+
+
+# --- tracker tests: a run killed with SIGKILL right after a step reached the tracker --------
+
+TRACKER_RUN = r"""
+import os, signal, sys, time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from hookloop import Engine, hookimpl
+from hookloop.checkpoint import latest_valid_checkpoint, load_checkpoint
+from hookloop.plugins.checkpoint import Checkpoint
+
+tracker_name, run_dir, kill_at = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+
+
+def logged_steps(tracker):
+    run_id = tracker._worker.run_id
+    if not run_id:
+        return []
+    if tracker_name == "mlflow":
+        from mlflow import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+        return [m.step for m in client.get_metric_history(run_id, "loss")]
+    from hookloop.plugins._wandbfile import history_steps, offline_run_files
+
+    files = offline_run_files(run_dir / "wandb", run_id)
+    return history_steps(files[-1]) if files else []
+
+
+class KillOnceLogged:
+    # kill -9 once step `kill_at` is in the tracker, before the checkpoint that covers it
+    name = "killer"
+    after = (tracker_name,)
+
+    @hookimpl
+    def after_step(self, engine, state):
+        if state.step != kill_at:
+            return
+        tracker = engine.plugins[tracker_name].plugin
+        # W&B writes a step's row once a later step arrives: the step before is on disk
+        wait_for = kill_at if tracker_name == "mlflow" else kill_at - 1
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if wait_for in logged_steps(tracker):
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(0.05)
+        sys.exit("the step never reached the tracker")
+
+
+if tracker_name == "mlflow":
+    from hookloop.plugins.mlflow import MLflow as Tracker
+else:
+    from hookloop.plugins.wandb import WandB as Tracker
+torch.manual_seed(0)
+model = torch.nn.Linear(4, 4)
+g = torch.Generator().manual_seed(0)
+data = [(torch.randn(2, 4, generator=g), torch.randn(2, 4, generator=g)) for _ in range(12)]
+plugins = [Tracker(flush_every=1), Checkpoint(every_steps=4, save_on_exception=False)]
+if kill_at:
+    plugins.append(KillOnceLogged())
+engine = Engine(
+    model,
+    torch.optim.SGD(model.parameters(), lr=0.1),
+    data,
+    loss_fn=lambda m, b: F.mse_loss(m(b[0]), b[1]),
+    plugins=plugins,
+    run_dir=run_dir,
+)
+if not kill_at:
+    load_checkpoint(engine, latest_valid_checkpoint(run_dir))
+engine.fit(max_steps=10)
+"""
+
+
+@pytest.fixture
+def tracker_run(tmp_path: Any) -> Callable[..., Any]:
+    """Run 10 steps of a tiny model with a tracker (`mlflow` or `wandb`) and checkpoints every
+    4 steps in a subprocess: `run(tracker, run_dir, kill_at)` kills it with SIGKILL in step
+    `kill_at`, before its checkpoint, once the step (W&B: the step before) is in the tracker;
+    `kill_at=0` resumes from the latest checkpoint."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "tracker_run.py"
+    script.write_text(TRACKER_RUN)
+
+    def run(tracker: str, run_dir: Any, kill_at: int) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(script), tracker, str(run_dir), str(kill_at)],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env={**__import__("os").environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"},
+        )
+
+    return run

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         if checkpoint is not None and (run_dir / name).is_file()
     }
     try:
-        built = build_run(config, run_dir)
+        built = build_run(config, run_dir, init_weights=checkpoint is None)
         if checkpoint is not None:
             from hookloop.checkpoint import load_checkpoint
 

@@ -90,6 +90,7 @@ def load_config(
         section_key, value = parse_override(item)
         _merge(config, _nest(section_key, value), where=f"in --set {item}")
     _fill_schedule(config)
+    _fill_from_init(config)
     return validate(config)
 
 
@@ -145,6 +146,15 @@ def _fill_schedule(config: dict[str, Any]) -> None:
             min(DEFAULT_WARMUP_STEPS, total // 10) if isinstance(total, int) else 0
         )
     schedule.setdefault("min_lr", config["optimizer"]["lr"] / 10)
+
+
+def _fill_from_init(config: dict[str, Any]) -> None:
+    """`model.init_from = "hf:PATH"`: the model's shape is the imported model's."""
+    init_from = config["model"].get("init_from")
+    if isinstance(init_from, str) and init_from.startswith("hf:"):
+        from hookloop.lm.hf import hf_model_options
+
+        config["model"].update(hf_model_options(init_from))
 
 
 def _nest(dotted: str, value: Any) -> dict[str, Any]:

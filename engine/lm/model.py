@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TinyTransformerLM"]
+__all__ = ["ACTIVATIONS", "TinyTransformerLM"]
 
 
 class CausalSelfAttention(nn.Module):
@@ -46,31 +46,49 @@ class CausalSelfAttention(nn.Module):
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))
 
 
+ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}
+"""The MLP's activation: exact GELU (erf), or GPT-2's tanh approximation of it; the value is
+`F.gelu`'s `approximate` argument."""
+
+
 class MLP(nn.Module):
     """Position-wise feed-forward: C -> d_ff -> GELU -> C."""
 
-    def __init__(self, d_model: int, d_ff: int, dropout: float, bias: bool = True) -> None:
+    def __init__(
+        self, d_model: int, d_ff: int, dropout: float, bias: bool = True, activation: str = "gelu"
+    ) -> None:
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}"
+            )
+        self.approximate = ACTIVATIONS[activation]
         self.fc = nn.Linear(d_model, d_ff, bias=bias)
         self.proj = nn.Linear(d_ff, d_model, bias=bias)  # a residual projection: init scaled down
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> (B, T, C)."""
-        return self.drop(self.proj(F.gelu(self.fc(x))))
+        return self.drop(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
 
 
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
     def __init__(
-        self, d_model: int, n_heads: int, d_ff: int, dropout: float, bias: bool = True
+        self,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        dropout: float,
+        bias: bool = True,
+        activation: str = "gelu",
     ) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(d_model, bias=bias)
         self.attn = CausalSelfAttention(d_model, n_heads, dropout, bias)
         self.ln2 = nn.LayerNorm(d_model, bias=bias)
-        self.mlp = MLP(d_model, d_ff, dropout, bias)
+        self.mlp = MLP(d_model, d_ff, dropout, bias, activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> (B, T, C)."""
@@ -91,6 +109,7 @@ class TinyTransformerLM(nn.Module):
         dropout: Dropout probability on embeddings, attention weights and residual branches.
         bias: Biases in the linear layers and LayerNorms (GPT-2 style); nanoGPT's
             `bias=False` is a little faster and often a little better.
+        activation: `gelu` (exact) or `gelu_tanh` (GPT-2's tanh approximation).
     """
 
     def __init__(
@@ -104,6 +123,7 @@ class TinyTransformerLM(nn.Module):
         dropout: float = 0.0,
         *,
         bias: bool = True,
+        activation: str = "gelu",
     ) -> None:
         super().__init__()
         self.vocab_size, self.max_seq_len = vocab_size, max_seq_len
@@ -111,7 +131,7 @@ class TinyTransformerLM(nn.Module):
         self.pos_emb = nn.Embedding(max_seq_len, d_model)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            Block(d_model, n_heads, d_ff, dropout, bias) for _ in range(n_layers)
+            Block(d_model, n_heads, d_ff, dropout, bias, activation) for _ in range(n_layers)
         )
         self.ln_f = nn.LayerNorm(d_model, bias=bias)
         self._init_weights(n_layers)

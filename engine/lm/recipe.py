@@ -77,12 +77,16 @@ class Run:
         return self.engine.fit(max_steps=self.max_steps, epochs=self.epochs)
 
 
-def build_run(config: dict[str, Any], run_dir: str | Path | None = None) -> Run:
+def build_run(
+    config: dict[str, Any], run_dir: str | Path | None = None, *, init_weights: bool = True
+) -> Run:
     """Build the run a resolved config describes (see `hookloop.lm.config.load_config`).
 
     Args:
         config: The resolved config.
         run_dir: The run directory; created, and given `config.toml` and `tokenizer.json`.
+        init_weights: Load `model.init_from`'s weights (False when a checkpoint will
+            replace them anyway, on resume).
 
     Raises:
         ConfigError: the data and the model disagree (e.g. a too small model.vocab_size).
@@ -96,6 +100,11 @@ def build_run(config: dict[str, Any], run_dir: str | Path | None = None) -> Run:
     tokenizer = load_tokenizer(directory / "tokenizer.json")
     torch.manual_seed(training["seed"])
     model = build_model(config, tokenizer.vocab_size)
+    if init_weights and config["model"]["init_from"]:
+        from hookloop.lm.hf import load_hf_weights
+
+        load_hf_weights(model, config["model"]["init_from"])
+        log.info("model_imported", init_from=config["model"]["init_from"])
     optimizer = build_adamw(model, **config["optimizer"])
     train = TokenDataset(
         directory / "train.bin",
@@ -168,6 +177,7 @@ def build_model(config: dict[str, Any], tokenizer_vocab: int) -> TinyTransformer
         m["max_seq_len"],
         m["dropout"],
         bias=m["bias"],
+        activation=m["activation"],
     )
 
 

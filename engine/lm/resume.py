@@ -70,12 +70,25 @@ def _flatten(table: Any, prefix: str = "") -> dict[str, Any]:
 def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> list[Change]:
     """Every key whose value differs between two configs, as dotted names, sorted."""
     old_flat, new_flat = _flatten(saved), _flatten(new)
+    # A key added to the schema after the checkpoint was written holds its default there.
+    old_flat = {**_defaults_of(set(new_flat) - set(old_flat)), **old_flat}
     keys = sorted(set(old_flat) | set(new_flat))
     return [
         Change(k, old_flat.get(k, _MISSING), new_flat.get(k, _MISSING))
         for k in keys
         if _normal(old_flat.get(k, _MISSING)) != _normal(new_flat.get(k, _MISSING))
     ]
+
+
+def _defaults_of(keys: set[str]) -> dict[str, Any]:
+    from hookloop.lm.schema import SCHEMA
+
+    defaults = {}
+    for key in keys:
+        section, _, name = key.partition(".")
+        if name in SCHEMA.get(section, {}):
+            defaults[key] = SCHEMA[section][name].default
+    return defaults
 
 
 def _normal(value: Any) -> Any:

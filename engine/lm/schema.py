@@ -101,6 +101,19 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "bool",
             "Biases in the linear layers and LayerNorms (false: none, as nanoGPT's `bias=False`).",
         ),
+        "activation": _key(
+            "gelu",
+            "str",
+            "The MLP's activation: `gelu` (exact) or `gelu_tanh` (GPT-2's tanh approximation).",
+            (lambda v: v in ("gelu", "gelu_tanh"), "one of gelu, gelu_tanh"),
+        ),
+        "init_from": _key(
+            "",
+            "str",
+            "Start from existing weights: `hf:PATH`, a local GPT-2-format directory "
+            "(`save_pretrained`); its shape replaces this section's. Empty = random init.",
+            (lambda v: v == "" or v.startswith("hf:"), "empty or hf:PATH"),
+        ),
     },
     "optimizer": {
         "lr": _key(

@@ -1,0 +1,344 @@
+"""Hugging Face GPT-2 format in and out: `hookloop export --format hf` and
+`model.init_from = "hf:PATH"`.
+
+`TinyTransformerLM` is GPT-2's architecture (pre-norm blocks, learned positions, fused QKV,
+tied output head), so the conversion is a renaming plus a transpose: GPT-2 stores its linear
+layers as `Conv1D`, whose weight is `(in, out)` where `nn.Linear`'s is `(out, in)`.
+
+| hookloop                      | GPT-2 (`GPT2LMHeadModel`)                 |
+|-------------------------------|-------------------------------------------|
+| `tok_emb.weight`              | `transformer.wte.weight` (and `lm_head`)  |
+| `pos_emb.weight`              | `transformer.wpe.weight`                  |
+| `blocks.N.ln1.*`              | `transformer.h.N.ln_1.*`                  |
+| `blocks.N.attn.qkv.weight`    | `transformer.h.N.attn.c_attn.weight` (T)  |
+| `blocks.N.attn.proj.weight`   | `transformer.h.N.attn.c_proj.weight` (T)  |
+| `blocks.N.ln2.*`              | `transformer.h.N.ln_2.*`                  |
+| `blocks.N.mlp.fc.weight`      | `transformer.h.N.mlp.c_fc.weight` (T)     |
+| `blocks.N.mlp.proj.weight`    | `transformer.h.N.mlp.c_proj.weight` (T)   |
+| `ln_f.*`                      | `transformer.ln_f.*`                      |
+
+Biases keep their names (`.bias`, no transpose); a model trained with `bias = false`
+exports zero biases, which compute the same function. `activation = "gelu"` exports as
+GPT-2's `activation_function = "gelu"` (exact erf GELU, as hookloop computes it) and
+`gelu_tanh` as `gelu_pytorch_tanh`; on import, `gelu_new`, `gelu_fast` and
+`gelu_pytorch_tanh` (the tanh approximation under three names) become `gelu_tanh`.
+
+This module reads and writes only safetensors and JSON: nothing is unpickled. It imports
+torch only inside the functions that need it, so the config loader can call
+`hf_model_options` without it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hookloop.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+    from hookloop.lm.tokenizers import Tokenizer
+
+__all__ = [
+    "HF_PREFIX",
+    "export_hf",
+    "from_gpt2_state",
+    "gpt2_config",
+    "hf_model_options",
+    "load_hf_weights",
+    "to_gpt2_state",
+]
+
+HF_PREFIX = "hf:"
+_TO_HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
+_FROM_HF_ACTIVATION = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+}
+_BLOCK = [  # (hookloop name in blocks.N, GPT-2 name in transformer.h.N, transposed)
+    ("ln1.weight", "ln_1.weight", False),
+    ("ln1.bias", "ln_1.bias", False),
+    ("attn.qkv.weight", "attn.c_attn.weight", True),
+    ("attn.qkv.bias", "attn.c_attn.bias", False),
+    ("attn.proj.weight", "attn.c_proj.weight", True),
+    ("attn.proj.bias", "attn.c_proj.bias", False),
+    ("ln2.weight", "ln_2.weight", False),
+    ("ln2.bias", "ln_2.bias", False),
+    ("mlp.fc.weight", "mlp.c_fc.weight", True),
+    ("mlp.fc.bias", "mlp.c_fc.bias", False),
+    ("mlp.proj.weight", "mlp.c_proj.weight", True),
+    ("mlp.proj.bias", "mlp.c_proj.bias", False),
+]
+_TOP = [
+    ("tok_emb.weight", "transformer.wte.weight"),
+    ("pos_emb.weight", "transformer.wpe.weight"),
+    ("ln_f.weight", "transformer.ln_f.weight"),
+    ("ln_f.bias", "transformer.ln_f.bias"),
+]
+# GPT-2 options whose non-default values change the computation in ways hookloop lacks
+_UNSUPPORTED = {
+    "scale_attn_weights": True,
+    "scale_attn_by_inverse_layer_idx": False,
+    "reorder_and_upcast_attn": False,
+    "add_cross_attention": False,
+    "tie_word_embeddings": True,
+}
+
+
+def gpt2_config(model_config: dict[str, Any], vocab_size: int) -> dict[str, Any]:
+    """The `config.json` of the GPT-2 model equal to a hookloop `[model]` section."""
+    m = model_config
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": vocab_size,
+        "n_positions": m["max_seq_len"],
+        "n_embd": m["d_model"],
+        "n_layer": m["n_layers"],
+        "n_head": m["n_heads"],
+        "n_inner": m["d_ff"],
+        "activation_function": _TO_HF_ACTIVATION[m.get("activation", "gelu")],
+        "resid_pdrop": m["dropout"],
+        "embd_pdrop": m["dropout"],
+        "attn_pdrop": m["dropout"],
+        "layer_norm_epsilon": 1e-5,
+        "initializer_range": 0.02,
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "tie_word_embeddings": True,
+        "torch_dtype": "float32",
+    }
+
+
+def to_gpt2_state(state: dict[str, torch.Tensor], n_layers: int) -> dict[str, torch.Tensor]:
+    """A `TinyTransformerLM` state dict under GPT-2's names and layouts (missing biases of a
+    `bias = false` model become zeros)."""
+    import torch
+
+    out = {hf: state[ours].contiguous() for ours, hf in _TOP if ours in state}
+    d_model = state["tok_emb.weight"].shape[1]
+    out.setdefault("transformer.ln_f.bias", torch.zeros(d_model))
+    for i in range(n_layers):
+        for ours, hf, transpose in _BLOCK:
+            key = f"blocks.{i}.{ours}"
+            if key in state:
+                tensor = state[key].t() if transpose else state[key]
+            else:  # a bias of a bias-free model: the matching weight says its size
+                weight = state[f"blocks.{i}.{ours.removesuffix('bias')}weight"]
+                tensor = torch.zeros(weight.shape[0], dtype=weight.dtype)
+            out[f"transformer.h.{i}.{hf}"] = tensor.contiguous()
+    return out
+
+
+def from_gpt2_state(
+    hf_state: dict[str, torch.Tensor], n_layers: int, source: str
+) -> dict[str, torch.Tensor]:
+    """GPT-2 tensors under `TinyTransformerLM`'s names (biases included: GPT-2 has them).
+
+    Raises:
+        CheckpointError: a tensor the model needs is missing (naming it and `source`).
+    """
+    state = {k.removeprefix("model."): v for k, v in hf_state.items()}
+    if not any(k.startswith("transformer.") for k in state):  # saved from GPT2Model
+        state = {f"transformer.{k}": v for k, v in state.items()}
+    pairs = [(ours, hf, False) for ours, hf in _TOP]
+    pairs += [
+        (f"blocks.{i}.{ours}", f"transformer.h.{i}.{hf}", t)
+        for i in range(n_layers)
+        for ours, hf, t in _BLOCK
+    ]
+    out = {}
+    for ours, hf, transpose in pairs:
+        if hf not in state:
+            raise CheckpointError(f"{source} has no tensor {hf}; is it a GPT-2 model?")
+        out[ours] = (state[hf].t() if transpose else state[hf]).contiguous().float()
+    return out
+
+
+def _read_hf_config(directory: Path) -> dict[str, Any]:
+    path = directory / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"model.init_from: {directory} has no config.json; give a directory written by "
+            "save_pretrained (a GPT-2 model)"
+        ) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"model.init_from: {path} is not valid JSON: {exc}") from None
+    if config.get("model_type") != "gpt2":
+        raise ConfigError(
+            f"model.init_from: {path} describes a {config.get('model_type')!r} model; "
+            "only GPT-2-format models (model_type gpt2) can be imported"
+        )
+    for key, wanted in _UNSUPPORTED.items():
+        if config.get(key, wanted) != wanted:
+            raise ConfigError(
+                f"model.init_from: {path} sets {key} = {config[key]!r}, which hookloop's model "
+                f"does not implement (it needs {wanted!r})"
+            )
+    return config
+
+
+def hf_model_options(init_from: str) -> dict[str, Any]:
+    """The `[model]` options of the GPT-2 directory that `init_from = "hf:PATH"` names.
+
+    Raises:
+        ConfigError: the directory is missing, not GPT-2, or uses an unsupported option.
+    """
+    directory = Path(init_from.removeprefix(HF_PREFIX))
+    if not directory.is_dir():
+        raise ConfigError(
+            f"model.init_from: {directory} is not a directory; give hf:PATH to a local "
+            "GPT-2-format directory (nothing is downloaded)"
+        )
+    c = _read_hf_config(directory)
+    activation = c.get("activation_function", "gelu_new")
+    if activation not in _FROM_HF_ACTIVATION:
+        raise ConfigError(
+            f"model.init_from: {directory}/config.json has activation_function "
+            f"{activation!r}; hookloop supports {', '.join(_FROM_HF_ACTIVATION)}"
+        )
+    n_embd = c.get("n_embd", 768)
+    return {
+        "vocab_size": c.get("vocab_size", 50257),
+        "d_model": n_embd,
+        "n_heads": c.get("n_head", 12),
+        "n_layers": c.get("n_layer", 12),
+        "d_ff": c.get("n_inner") or 4 * n_embd,
+        "max_seq_len": c.get("n_positions", 1024),
+        "activation": _FROM_HF_ACTIVATION[activation],
+        "bias": True,
+    }
+
+
+def load_hf_weights(model: torch.nn.Module, init_from: str) -> None:
+    """Copy the weights of the GPT-2 directory `init_from = "hf:PATH"` names into `model`
+    (a `TinyTransformerLM` built with `hf_model_options`). Reads `model.safetensors` (or
+    the shards its index names); `pytorch_model.bin` is refused: it would be unpickled.
+
+    Raises:
+        CheckpointError: no safetensors weights, or tensors that do not fit the model.
+    """
+    from safetensors.torch import load_file
+
+    directory = Path(init_from.removeprefix(HF_PREFIX))
+    files = [directory / "model.safetensors"]
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        shards = json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()
+        files = [directory / name for name in sorted(set(shards))]
+    if not all(f.is_file() for f in files):
+        raise CheckpointError(
+            f"model.init_from: {directory} has no model.safetensors (only safetensors weights "
+            "are read; re-save the model with save_pretrained(..., safe_serialization=True))"
+        )
+    hf_state: dict[str, Any] = {}
+    for f in files:
+        hf_state.update(load_file(f))
+    n_layers = len(getattr(model, "blocks", []))
+    state = from_gpt2_state(hf_state, n_layers, str(directory))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"model.init_from: {directory} does not fit: {first}") from exc
+
+
+def export_hf(
+    model_state: dict[str, torch.Tensor],
+    model_config: dict[str, Any],
+    tokenizer: Tokenizer,
+    tokenizer_file: Path,
+    out: Path,
+) -> list[Path]:
+    """Write a GPT-2 directory `transformers.AutoModelForCausalLM.from_pretrained` loads.
+
+    Args:
+        model_state: The `TinyTransformerLM` state dict (aliases resolved).
+        model_config: The run's `[model]` section.
+        tokenizer: The run's tokenizer.
+        tokenizer_file: The run's `tokenizer.json` (copied as `hookloop_tokenizer.json`).
+        out: The directory to write (created; existing files of the same names replaced).
+
+    Returns:
+        The files written.
+    """
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = model_state["tok_emb.weight"].shape[0]
+    n_layers = len({k.split(".")[1] for k in model_state if k.startswith("blocks.")})
+    config = gpt2_config(model_config, vocab)
+    written = [out / "config.json", out / "model.safetensors"]
+    written[0].write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    save_file(to_gpt2_state(model_state, n_layers), str(written[1]), metadata={"format": "pt"})
+    shutil.copyfile(tokenizer_file, out / "hookloop_tokenizer.json")
+    written.append(out / "hookloop_tokenizer.json")
+    hf_tokenizer = _hf_tokenizer_json(tokenizer)
+    if hf_tokenizer is not None:
+        (out / "tokenizer.json").write_text(json.dumps(hf_tokenizer), encoding="utf-8")
+        (out / "tokenizer_config.json").write_text(
+            json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}) + "\n", encoding="utf-8"
+        )
+        written += [out / "tokenizer.json", out / "tokenizer_config.json"]
+    return written
+
+
+def _hf_tokenizer_json(tokenizer: Tokenizer) -> dict[str, Any] | None:
+    """A `tokenizers` JSON for byte and bpe tokenizers; None for char (see the module doc)."""
+    if tokenizer.kind == "bpe":
+        return tokenizer.to_json()["tokenizer"]
+    if tokenizer.kind != "byte":
+        return None
+    # id i is byte i: a byte-level BPE with the 256 byte symbols and no merges
+    symbols = _byte_symbols()
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [],
+        "normalizer": None,
+        "pre_tokenizer": {
+            "type": "ByteLevel",
+            "add_prefix_space": False,
+            "trim_offsets": False,
+            "use_regex": False,
+        },
+        "post_processor": None,
+        "decoder": {
+            "type": "ByteLevel",
+            "add_prefix_space": False,
+            "trim_offsets": False,
+            "use_regex": False,
+        },
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "vocab": {symbols[b]: b for b in range(256)},
+            "merges": [],
+        },
+    }
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2's printable stand-in character for each byte value (`bytes_to_unicode`)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    symbols, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            symbols[b] = chr(b)
+        else:
+            symbols[b] = chr(256 + extra)
+            extra += 1
+    return [symbols[b] for b in range(256)]
