@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -14,6 +18,143 @@ from hookloop.testing import TINY_RUN
 
 # `make_engine` (an Engine over a tiny MLP) comes from hookloop's own pytest plugin,
 # `hookloop.pytest_plugin`, exactly as plugin authors get it.
+
+
+# --- subprocesses that fail fast and leave nothing behind -----------------------------------
+
+SUBPROCESS_TIMEOUT = 40.0
+"""Seconds a test subprocess may run on an idle machine (a working one takes a few)."""
+
+
+def hang_limit(seconds: float) -> float:
+    """`seconds` stretched by how oversubscribed the CPUs are (1-minute load per core), so a
+    loaded machine does not pass for a hang; an idle one keeps the limit as given."""
+    load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    return seconds * min(max(load, 1.0), 8.0)
+
+
+_started: list[subprocess.Popen] = []
+
+
+def start_process(
+    cmd: Sequence[str], *, env: dict | None = None, **kwargs: Any
+) -> subprocess.Popen:
+    """Start `cmd` in a new session (its own process group), pipes as text.
+
+    Every process started here is killed with its whole group (DDP workers, spawned children)
+    when the test ends, passed or failed; `env` entries are added to the environment.
+    """
+    kwargs.setdefault("stdout", subprocess.PIPE)
+    kwargs.setdefault("stderr", subprocess.PIPE)
+    proc = subprocess.Popen(
+        [str(c) for c in cmd],
+        text=True,
+        start_new_session=True,
+        # faulthandler: a hung process killed with SIGABRT prints where each thread was
+        env={**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})},
+        **kwargs,
+    )
+    _started.append(proc)
+    return proc
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL every process in `proc`'s group (the process and all it started)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _fail_hung(proc: subprocess.Popen, timeout: float, what: str) -> None:
+    """Kill a hung process group and fail the test with its output, including the Python
+    stack of every process in the group (SIGABRT first, so faulthandler prints them)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGABRT)
+    try:
+        out, err = proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        out, err = proc.communicate()
+    kill_group(proc)  # workers that outlived the leader
+    pytest.fail(
+        f"{' '.join(map(str, proc.args))} {what} after {timeout:.0f}s: killed its process "
+        f"group\n--- stderr (end) ---\n{(err or '')[-6000:]}\n--- stdout (end) ---\n"
+        f"{(out or '')[-2000:]}",
+        pytrace=False,
+    )
+
+
+def finish_process(proc: subprocess.Popen, timeout: float = SUBPROCESS_TIMEOUT) -> tuple[str, str]:
+    """Wait for `proc` and return its (stdout, stderr); past `timeout`, kill its whole group and
+    fail the test with the end of its stderr. Children it left running are killed either way.
+    The limit is stretched on a loaded machine (`hang_limit`)."""
+    timeout = hang_limit(timeout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            out, err = proc.communicate(timeout=min(0.5, max(deadline - time.monotonic(), 0)))
+        except subprocess.TimeoutExpired:
+            if proc.poll() is None:
+                continue
+            kill_group(proc)  # it exited; what it left behind holds the pipes
+            out, err = proc.communicate()
+        kill_group(proc)  # children it left running
+        return out, err
+    _fail_hung(proc, timeout, "still running")
+    raise AssertionError("unreachable: pytest.fail raised")
+
+
+def read_line(proc: subprocess.Popen, timeout: float = SUBPROCESS_TIMEOUT) -> str:
+    """The next line `proc` prints; fail the test (killing the group) if none comes in time."""
+    timeout = hang_limit(timeout)
+    line: list[str] = []
+    reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if reader.is_alive():
+        _fail_hung(proc, timeout, "printed no line")
+    return line[0]
+
+
+def run_process(
+    cmd: Sequence[str], *, timeout: float = SUBPROCESS_TIMEOUT, **kwargs: Any
+) -> subprocess.CompletedProcess:
+    """`subprocess.run` that fails fast: see `start_process` and `finish_process`."""
+    proc = start_process(cmd, **kwargs)
+    out, err = finish_process(proc, timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def python_script(*args: Any) -> list[str]:
+    """A command line running this interpreter."""
+    return [sys.executable, *map(str, args)]
+
+
+@pytest.fixture(autouse=True)
+def _kill_leftover_processes() -> Any:
+    """After each test, kill the process group of every subprocess it started."""
+    yield
+    while _started:
+        proc = _started.pop()
+        kill_group(proc)
+        proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+@pytest.fixture
+def procs() -> Any:
+    """The fail-fast subprocess helpers: `procs.run`, `procs.start`, `procs.finish`,
+    `procs.read_line` (importlib mode keeps conftest off sys.path, so tests take them here)."""
+
+    class Procs:
+        run = staticmethod(run_process)
+        start = staticmethod(start_process)
+        finish = staticmethod(finish_process)
+        read_line = staticmethod(read_line)
+        timeout = SUBPROCESS_TIMEOUT
+
+    return Procs()
 
 
 # --- checkpoint tests: a tiny LM trained in this process or in a subprocess -----------------
@@ -173,21 +314,13 @@ class CkptWorker:
         self.build = self.namespace["build"]
 
     def popen(self, run_dir: Any, *args: str, env: dict | None = None) -> Any:
-        import os
-        import subprocess
-        import sys
-
-        return subprocess.Popen(
-            [sys.executable, str(self.path), str(run_dir), *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
+        """Start the worker in its own process group (killed when the test ends)."""
+        return start_process(python_script(self.path, run_dir, *args), env=env)
 
     def run(self, run_dir: Any, *args: str, env: dict | None = None) -> Any:
+        """Run the worker to the end: `(returncode, stdout, stderr)`; fails the test if hung."""
         proc = self.popen(run_dir, *args, env=env)
-        out, err = proc.communicate(timeout=120)
+        out, err = finish_process(proc)
         return proc.returncode, out, err
 
 
@@ -212,13 +345,8 @@ def _run_hookloop(
     environ = {**os.environ, **(env or {})}
     if not autoload:  # only the built-ins and what a config names, not every installed plugin
         environ["HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD"] = "1"
-    return subprocess.run(
-        [sys.executable, "-m", "hookloop", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=environ,
-        timeout=timeout,
+    return run_process(
+        [sys.executable, "-m", "hookloop", *args], cwd=cwd, env=environ, timeout=timeout
     )
 
 
@@ -284,19 +412,14 @@ def run_ddp(tmp_path: Any) -> Callable[[str], list[Any]]:
     program runs as a script of its own.
     """
     import json
-    import subprocess
-    import sys
 
     def run(body: str) -> list[Any]:
         script = tmp_path / "ddp.py"
         script.write_text(DDP_SCRIPT.format(body=body))
-        out = subprocess.run(
-            [sys.executable, str(script), str(tmp_path)],
-            timeout=120,
-            capture_output=True,
-            text=True,
-        )
-        assert out.returncode == 0, out.stderr[-3000:]
+        # A rank that misses a collective waits in it forever: the time limit then kills the
+        # whole group and fails with every worker's stack (see finish_process).
+        out = run_process([sys.executable, script, tmp_path])
+        assert out.returncode == 0, out.stderr[-6000:]
         return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
 
     return run

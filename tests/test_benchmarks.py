@@ -69,3 +69,19 @@ def test_engine_versions_compares_this_tree_with_a_commit():
     rows = re.findall(r"^\| (raw|ref|tree) \| ([\d.]+) \(", out.stdout, flags=re.MULTILINE)
     assert [r[0] for r in rows] == ["raw", "ref", "tree"], out.stdout
     assert all(float(us) > 0 for _, us in rows)
+
+
+def test_the_mutation_script_names_existing_core_modules_and_tests(tmp_path):
+    import runpy
+
+    root = SCRIPT.parents[1]
+    mutation = runpy.run_path(str(root / "benchmarks" / "mutation.py"), run_name="mutation")
+    fast_tests = mutation["FAST_TESTS"]
+    core = {"engine/engine.py", "engine/dispatch.py", "engine/loading.py"}
+    core |= {f"engine/checkpoint/{p.name}" for p in (root / "engine/checkpoint").glob("[!_]*.py")}
+    assert set(fast_tests) == core  # every core module has its fast tests, and only those
+    assert all((root / t).is_file() for tests in fast_tests.values() for t in tests)
+    mutation["scratch_copy"](tmp_path, "engine/dispatch.py", fast_tests["engine/dispatch.py"])
+    assert (tmp_path / "hookloop" / "dispatch.py").is_file()
+    assert (tmp_path / "hookloop" / "plugins" / "clip.py").is_file()
+    assert 'source_paths = ["hookloop/dispatch.py"]' in (tmp_path / "pyproject.toml").read_text()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -133,3 +135,52 @@ def test_a_rank_outside_the_world_is_a_data_error(tmp_path):
     path = token_file(tmp_path, np.arange(100) % 50)
     with pytest.raises(DataError, match="rank 2 is outside world_size 2"):
         TokenDataset(path, seq_len=4, batch_size=2, rank=2, world_size=2)
+
+
+# --- memory: the token file is mapped, never loaded, and its pages do not pile up --------------
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def test_reading_a_file_much_larger_than_the_bound_keeps_resident_memory_flat(tmp_path):
+    mib = 1024 * 1024
+    size, bound = 64 * mib, 8 * mib  # every window of a 64 MiB file, read with < 8 MiB growth
+    path = tmp_path / "big.bin"
+    with open(path, "wb") as f:
+        for start in range(0, size // 2, mib):
+            (np.arange(start, start + mib, dtype=np.uint32) % 50_000).astype("<u2").tofile(f)
+    data = TokenDataset(path, seq_len=4096, batch_size=8, sampling="sequential", shuffle=False)
+    assert data.num_tokens == size // 2 and len(data) >= 1000
+
+    exact_peak = _reset_peak_rss()
+    baseline = peak = _status_kib("VmRSS")
+    seen = 0
+    for i, (x, y) in enumerate(data):
+        if i % 8 == 0:
+            peak = max(peak, _status_kib("VmRSS"))
+        seen += x.numel()
+        if i == 123:  # the right tokens, not just few pages: window w starts at token w*T
+            w = i * 8 + 5
+            expected = (np.arange(w * 4096, w * 4096 + 4097) % 50_000).astype(np.int64)
+            assert x[5].tolist() == expected[:-1].tolist()
+            assert y[5].tolist() == expected[1:].tolist()
+    if exact_peak:
+        peak = max(peak, _status_kib("VmHWM"))
+    assert seen == len(data) * 8 * 4096 >= size // 2 - 8 * 4096 * 2
+    growth = (peak - baseline) * 1024
+    assert growth < bound, f"resident memory grew by {growth / mib:.1f} MiB reading 64 MiB"

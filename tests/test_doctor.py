@@ -205,3 +205,103 @@ def test_format_findings_prints_one_line_per_check_and_a_summary(status):
     text = format_findings([Finding("a", PASS, "1.0"), Finding("bb", status, "2.0")])
     assert text.splitlines()[1] == f"{status}  bb  2.0"
     assert text.splitlines()[-1].startswith("1 pass" if status == FAIL else "2 pass")
+
+
+# --- each check's failing path, with one injected fault ------------------------------------
+
+
+class Wrapped(torch.nn.Module):
+    """TinyLM with its logits passed through `transform` (the injected fault)."""
+
+    def __init__(self, transform, **model_kwargs) -> None:
+        super().__init__()
+        self.inner, self.transform = TinyLM(**model_kwargs), transform
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.transform(self.inner(x))
+
+
+def faulty(transform=None, *, loss_scale: float = 1.0, batches=None, lr: float = 1e-2) -> Subject:
+    """A subject with a fault injected into its logits, its loss or its batches."""
+    torch.manual_seed(0)
+    model = Wrapped(transform or (lambda z: z))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+
+    def loss_fn(m, b):
+        return next_token_loss(m, b) * loss_scale
+
+    return Subject(model, optimizer, batches or lm_batches(), loss_fn, vocab_size=VOCAB)
+
+
+def with_nan(z):
+    z = z.clone()
+    z[0, 0, 0] = float("nan")
+    return z
+
+
+FAULTS = {
+    "nan logits": (lambda: faulty(with_nan), "logits_range", FAIL, "1 non-finite logits"),
+    "flat logits": (
+        lambda: faulty(lambda z: z.flatten(0, 1)),
+        "logits_range",
+        FAIL,
+        "expected (B, T, V)",
+    ),
+    "huge logits": (lambda: faulty(lambda z: z * 1e4), "logits_range", WARN, "range ["),
+    "confident init": (lambda: faulty(lambda z: z * 300), "initial_loss", FAIL, "off)"),
+    "slightly off init": (
+        lambda: faulty(lambda z: z + torch.linspace(0, 3.5, VOCAB)),
+        "initial_loss",
+        WARN,
+        "(26% off)",
+    ),
+    "nan loss": (lambda: faulty(with_nan), "initial_loss", FAIL, "loss nan"),
+    "exploding grads": (
+        lambda: faulty(loss_scale=1e6),
+        "grad_norm_range",
+        FAIL,
+        "grad norm",
+    ),
+    "large grads": (lambda: faulty(loss_scale=2e3), "grad_norm_range", WARN, "grad norm"),
+    "zero grads": (lambda: faulty(loss_scale=0.0), "grad_norm_range", FAIL, "to 0 over"),
+    "nan grads": (lambda: faulty(with_nan), "grad_norm_range", FAIL, "nan"),
+    "tiny grads": (lambda: faulty(loss_scale=1e-12), "gradients", WARN, "tiny:"),
+    "tiny lr": (lambda: faulty(lr=1e-9), "learning_rate", WARN, "lr 1e-09"),
+    "mismatched shapes": (
+        lambda: faulty(batches=[(x, y[:, :-1]) for x, y in lm_batches()]),
+        "batch_shapes",
+        FAIL,
+        "expected two (B, T) tensors",
+    ),
+    "random targets": (
+        lambda: faulty(batches=[(x, y.roll(1, 0)) for x, y in lm_batches()]),
+        "targets_shifted",
+        FAIL,
+        "only",
+    ),
+    "inputs ignored": (
+        lambda: faulty(lambda z: z.mean(1, keepdim=True).expand_as(z) * 0),
+        "causal_mask",
+        WARN,
+        "later logits did not change",
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_each_injected_fault_fails_or_warns_in_its_check(fault):
+    build, check, status, detail = FAULTS[fault]
+    found = checklist(build())
+    assert found[check].status == status, found[check]
+    assert detail in found[check].detail, found[check]
+
+
+def test_a_parameter_left_out_of_the_optimizer_is_named_by_optimizer_step():
+    s = subject()
+    s.optimizer = torch.optim.AdamW(
+        [p for n, p in s.model.named_parameters() if not n.startswith("head")], lr=1e-2
+    )
+    found = checklist(s)
+    assert found["learning_rate"].status == PASS
+    assert found["optimizer_step"].status == FAIL
+    assert "unchanged: head.weight, head.bias" in found["optimizer_step"].detail

@@ -229,6 +229,30 @@ def test_batches_are_moved_to_the_engine_device(make_engine):
     assert nested["a"][0].device.type == "cpu" and nested["b"][1] == 3
 
 
+def test_to_device_really_moves_nested_batches_off_the_cpu(make_engine):
+    engine = make_engine(device="meta")  # a real device other than the CPU, on any machine
+    assert all(p.device.type == "meta" for p in engine.model.parameters())
+    batch = {"a": [torch.ones(2, 3)], "b": (torch.zeros(1, dtype=torch.int64), 3, "text")}
+    moved = engine.to_device(batch)
+    assert type(moved) is dict and type(moved["a"]) is list and type(moved["b"]) is tuple
+    assert moved["a"][0].device.type == "meta" and moved["a"][0].shape == (2, 3)
+    assert moved["b"][0].device.type == "meta" and moved["b"][0].dtype == torch.int64
+    assert moved["b"][1:] == (3, "text")
+    assert batch["a"][0].device.type == "cpu"  # the input is left as it was
+
+
+def test_the_loop_moves_every_micro_batch_to_the_engine_device(make_engine):
+    seen = []
+
+    def loss_fn(model, batch):
+        seen.append({t.device.type for t in batch})
+        return model(batch[0]).sum() * 0 + torch.ones((), device="meta", requires_grad=True)
+
+    engine = make_engine(loss_fn=loss_fn, device="meta", accumulate=2, val_data=None)
+    engine.fit(max_steps=2)
+    assert seen == [{"meta"}] * 4
+
+
 def test_tokens_seen_counts_elements_of_the_first_tensor(make_engine):
     engine = make_engine(batches=6)
     assert engine.fit(max_steps=5).tokens_seen == 5 * 4 * 8

@@ -11,7 +11,6 @@ import json
 import random
 import resource
 import signal
-import subprocess
 import sys
 import time
 
@@ -84,7 +83,9 @@ def test_kill_9_right_after_checkpoint_k_resumes_bitwise(ckpt_worker, straight, 
 
 
 @pytest.mark.slow
-def test_ten_random_kills_including_mid_write_then_same_weights(ckpt_worker, straight, tmp_path):
+def test_ten_random_kills_including_mid_write_then_same_weights(
+    ckpt_worker, straight, tmp_path, procs
+):
     rng = random.Random(5)
     slow_writes = {"HOOKLOOP_CHECKPOINT_WRITE_DELAY": "0.02"}  # most of the time is in saves
     ready_steps, mid_write = [], 0
@@ -92,8 +93,8 @@ def test_ten_random_kills_including_mid_write_then_same_weights(ckpt_worker, str
         proc = ckpt_worker.popen(
             tmp_path, "--steps", str(STEPS), "--every", "1", "--sleep", "0.005", env=slow_writes
         )
-        line = proc.stdout.readline()
-        assert line.startswith("READY"), proc.communicate()[1]
+        line = procs.read_line(proc)
+        assert line.startswith("READY"), procs.finish(proc)[1]
         ready_steps.append(int(line.split()[1]))
         # On a loaded machine a step can outlast the window: widen it while nothing progresses.
         stuck = len(ready_steps) - 1 - ready_steps.index(ready_steps[-1])
@@ -116,7 +117,7 @@ def test_ten_random_kills_including_mid_write_then_same_weights(ckpt_worker, str
     print(f"resumed from steps {ready_steps}; {mid_write} kills landed mid-write")
 
 
-def test_full_disk_keeps_previous_checkpoint_and_says_so(ckpt_worker, tmp_path):
+def test_full_disk_keeps_previous_checkpoint_and_says_so(ckpt_worker, tmp_path, procs):
     ckpt_worker.build(tmp_path).fit(max_steps=4)
     before = latest_valid_checkpoint(tmp_path)
     assert before.name == checkpoint_name(4)
@@ -126,12 +127,8 @@ def test_full_disk_keeps_previous_checkpoint_and_says_so(ckpt_worker, tmp_path):
         limit = state_json // 2
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    out = subprocess.run(
-        [sys.executable, str(ckpt_worker.path), str(tmp_path), "--steps", "6"],
-        capture_output=True,
-        text=True,
-        preexec_fn=small_disk,
-        timeout=120,
+    out = procs.run(
+        [sys.executable, ckpt_worker.path, tmp_path, "--steps", "6"], preexec_fn=small_disk
     )
     assert out.returncode != 0
     last = out.stderr.strip().splitlines()[-1]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from hookloop import checkpoint as ckpt
 from hookloop import hookimpl
@@ -132,9 +133,17 @@ def test_background_save_writes_the_same_bytes(make_engine, tmp_path):
         engines[mode].fit(max_steps=6)
     for step in (2, 4, 6):
         name = ckpt.checkpoint_name(step)
-        a = load_file(tmp_path / "sync" / "checkpoints" / name / "model.safetensors")
-        b = load_file(tmp_path / "background" / "checkpoints" / name / "model.safetensors")
-        assert all(torch.equal(a[k], b[k]) for k in a)
+        sync, background = (tmp_path / m / "checkpoints" / name for m in ("sync", "background"))
+        files = sorted(p.name for p in sync.iterdir())
+        assert files == sorted(p.name for p in background.iterdir())
+        assert files == ["model.safetensors", "optimizer.safetensors", "state.json"]
+        for tensors in ("model.safetensors", "optimizer.safetensors"):
+            assert (sync / tensors).read_bytes() == (background / tensors).read_bytes(), tensors
+        a, b = (json.loads((d / "state.json").read_text()) for d in (sync, background))
+        for state in (a, b):  # when and where it ran: the only fields that may differ
+            del state["saved_at"]
+            state["config"] = None
+        assert a == b
     saved = events(engines["background"], "checkpoint_saved")
     assert [e["step"] for e in saved] == [2, 4, 6] and all("stall_ms" in e for e in saved[:2])
 

@@ -15,18 +15,20 @@ from hookloop.errors import PluginError
 from hookloop.plugins.preemption import Preemption
 
 
-def wait_ready(proc):
-    line = proc.stdout.readline()
-    assert line.startswith("READY"), proc.communicate()[1]
+def wait_ready(procs, proc):
+    line = procs.read_line(proc)
+    assert line.startswith("READY"), procs.finish(proc)[1]
     return int(line.split()[1])
 
 
-def test_sigterm_to_a_training_process_stops_cleanly_with_a_checkpoint(ckpt_worker, tmp_path):
+def test_sigterm_to_a_training_process_stops_cleanly_with_a_checkpoint(
+    ckpt_worker, tmp_path, procs
+):
     proc = ckpt_worker.popen(tmp_path, "--steps", "1000", "--every", "0", "--sleep", "0.01")
-    wait_ready(proc)
+    wait_ready(procs, proc)
     time.sleep(0.3)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    _, err = procs.finish(proc)
     assert proc.returncode == 0, err
     assert "received SIGTERM: finishing step" in err
     assert f"hookloop train --resume auto --run-dir {tmp_path}" in err
@@ -41,17 +43,17 @@ def test_sigterm_to_a_training_process_stops_cleanly_with_a_checkpoint(ckpt_work
     assert saved in (["preempted by SIGTERM"], ["best"]), saved
 
 
-def test_a_second_signal_aborts_at_once(ckpt_worker, tmp_path):
+def test_a_second_signal_aborts_at_once(ckpt_worker, tmp_path, procs):
     slow_save = {"HOOKLOOP_CHECKPOINT_WRITE_DELAY": "20"}
     proc = ckpt_worker.popen(
         tmp_path, "--steps", "1000", "--every", "0", "--sleep", "0.01", env=slow_save
     )
-    wait_ready(proc)
+    wait_ready(procs, proc)
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.5)  # the step ends and the (slow) save begins
     start = time.perf_counter()
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=10)
+    _, err = procs.finish(proc, timeout=10)
     assert time.perf_counter() - start < 2
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "second SIGTERM: aborting now" in err
