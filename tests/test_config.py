@@ -176,7 +176,8 @@ def test_dump_of_defaults_has_every_section():
 def test_configuration_page_lists_every_key_with_its_default():
     from pathlib import Path
 
-    from hookloop.lm.config import PLUGIN_DEFAULTS, _toml_value
+    from hookloop.lm.config import PLUGIN_DEFAULTS
+    from hookloop.lm.toml_writer import _toml_value
 
     page = (Path(__file__).resolve().parents[1] / "docs" / "guide" / "configuration.md").read_text()
     rows = {
