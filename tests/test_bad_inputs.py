@@ -271,7 +271,7 @@ ROWS = [
     Row("state-json-path-escape", [*EVAL, "--checkpoint", "step-00000002"], "must be a plain file name", "earlier checkpoint", edit_json(f"{CKPT}/state.json", lambda s: s["files"].update({"../../config.toml": s["files"]["model.safetensors"]}))),
     Row("state-json-future-format", [*EVAL, "--checkpoint", "step-00000002"], "format version 99", "use the hookloop version that wrote it", edit_json(f"{CKPT}/state.json", lambda s: s.update(format_version=99))),
     Row("state-json-bad-rng", ["train", "--resume", CKPT], "field rng.numpy is not a generator state", "earlier checkpoint", edit_json(f"{CKPT}/state.json", lambda s: s["rng"].update(numpy=[1]))),
-    Row("checkpoint-missing", [*EVAL, "--checkpoint", "step-99"], "checkpoint run/checkpoints/step-99 does not exist", "pass a directory name"),
+    Row("checkpoint-missing", [*EVAL, "--checkpoint", "step-99"], "run run has no checkpoint step-99", "it has: step-00000002"),
     # --- data and tokenizer files -------------------------------------------------------------
     Row("meta-json-wrong-type", TRAIN, "data/meta.json is malformed: field dtype must be a string", "prepare the data again", edit_json("data/meta.json", lambda m: m.update(dtype=5))),
     Row("meta-json-missing-key", TRAIN, "field vocab_size is missing", "prepare the data again", edit_json("data/meta.json", lambda m: m.pop("vocab_size")), subprocess=True),

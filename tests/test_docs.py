@@ -39,6 +39,7 @@ newest run, checkpoint names (`step-00000400`) its newest checkpoint.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -355,6 +356,12 @@ def fixture_files(cwd: Path) -> None:
     for i in range(3):
         (cwd / "notes" / f"n{i}.md").write_text(TEXT[i * 2000 : (i + 1) * 2000], encoding="utf-8")
     (cwd / "run.toml").write_text("# an empty config: the defaults\n", encoding="utf-8")
+    for name, part in (
+        ("stories.jsonl", TEXT[: len(TEXT) // 2]),
+        ("more.jsonl", TEXT[len(TEXT) // 2 :]),
+    ):
+        lines = [json.dumps({"text": chunk}) for chunk in part.split("\n\n") if chunk.strip()]
+        (cwd / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 @pytest.fixture(scope="module")

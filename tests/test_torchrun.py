@@ -203,9 +203,9 @@ from hookloop.lm import recipe
 _build = recipe.build_run
 
 
-def build_run(config, run_dir=None):
+def build_run(config, run_dir=None, **options):
     """The recipe's run, whose loss is NaN on rank 1 only in the third step."""
-    run = _build(config, run_dir)
+    run = _build(config, run_dir, **options)
     loss_fn = run.engine.loss_fn
 
     def poisoned(model, batch):

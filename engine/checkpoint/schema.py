@@ -84,7 +84,12 @@ def check_state(state: Any, path: Path) -> dict[str, Any]:
     if state.get("tokenizer") is not None:
         get("tokenizer.sha256", "sha256")
     _check_optimizer_meta(get, file)
-    _check_rng(get, file)
+    _check_rng(get, file, "rng")
+    for i, _ in enumerate(get("rng_ranks", "list", default=[])):  # one per rank that saved
+        get(f"rng_ranks.{i}", "dict")
+        _check_rng(get, file, f"rng_ranks.{i}")
+    get("world_size", "count", default=1, check=lambda v: v >= 1, allowed=">= 1")
+    get("data", "dict", default={})
     return state
 
 
@@ -146,7 +151,7 @@ def _numbers(value: Any, depth: int = 0) -> bool:
     return isinstance(value, (int, float))
 
 
-def _check_rng(get: Any, file: Path) -> None:
+def _check_rng(get: Any, file: Path, where: str) -> None:
     def b64(name: str) -> None:
         text = get(name, "str")
         try:
@@ -156,9 +161,9 @@ def _check_rng(get: Any, file: Path) -> None:
                 f"{file} is malformed: field {name} must be base64 text; {_FIX}"
             ) from None
 
-    b64("rng.torch")
-    numpy = get("rng.numpy", "list")
-    python = get("rng.python", "list")
+    b64(f"{where}.torch")
+    numpy = get(f"{where}.numpy", "list")
+    python = get(f"{where}.python", "list")
     ok_numpy = (
         len(numpy) == 5
         and isinstance(numpy[0], str)
@@ -178,12 +183,12 @@ def _check_rng(get: Any, file: Path) -> None:
         and (python[2] is None or isinstance(python[2], float))
     )
     if not ok_numpy or not ok_python:
-        which = "rng.numpy" if not ok_numpy else "rng.python"
+        which = f"{where}.numpy" if not ok_numpy else f"{where}.python"
         raise CheckpointError(
             f"{file} is malformed: field {which} is not a generator state; {_FIX}"
         )
-    for i, _ in enumerate(get("rng.cuda", "list", default=[])):
-        b64(f"rng.cuda.{i}")
+    for i, _ in enumerate(get(f"{where}.cuda", "list", default=[])):
+        b64(f"{where}.cuda.{i}")
 
 
 def check_optimizer_names(names: Any, path: Path) -> None:

@@ -10,9 +10,8 @@ result with `--set data.path=DIR`.
 
 Examples:
     hookloop prepare input.txt --out data/mytext
-    hookloop prepare corpus/ --glob "*.md" --tokenizer byte --out data/notes
+    hookloop prepare notes/ --glob "*.md" --tokenizer byte --out data/notes
     hookloop prepare stories.jsonl --text-field text --tokenizer bpe --out data/stories
-    hookloop prepare --hf-dataset saved/ --split train --tokenizer byte --out data/hf
     hookloop prepare train.txt --val val.txt --tokenizer bpe --bpe-vocab-size 2048 --out data/bpe
     hookloop prepare more.jsonl --tokenizer-from data/stories --out data/more
 """

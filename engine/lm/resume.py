@@ -94,7 +94,7 @@ def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> list[Change]:
     return [
         Change(k, old_flat.get(k, _MISSING), new_flat.get(k, _MISSING))
         for k in keys
-        if _normal(old_flat.get(k, _MISSING)) != _normal(new_flat.get(k, _MISSING))
+        if _normal(k, old_flat.get(k, _MISSING)) != _normal(k, new_flat.get(k, _MISSING))
     ]
 
 
@@ -109,7 +109,11 @@ def _defaults_of(keys: set[str]) -> dict[str, Any]:
     return defaults
 
 
-def _normal(value: Any) -> Any:
+def _normal(key: str, value: Any) -> Any:
+    if key == "data.path" and isinstance(value, str) and value:
+        # A run written before paths were stored absolute names its data relative to the
+        # working directory; the same directory spelled either way is no change.
+        return str(Path(value).expanduser().resolve())
     return list(value) if isinstance(value, tuple) else value
 
 

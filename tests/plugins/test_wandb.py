@@ -5,6 +5,7 @@ offline run files: offline without a key (no prompt, no network), config, every 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -98,6 +99,9 @@ def test_kill_9_between_a_logged_step_and_its_checkpoint_then_resume(tmp_path, t
     before = history_rows(first)
     assert [s for s, _ in before][:7] == list(range(1, 8))
 
+    # W&B names an offline run's folder by the second it starts and the run id; a resume
+    # in the same second as the killed start would share its folder.
+    time.sleep(1.1)
     resumed = tracker_run("wandb", run_dir, 0)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     files = offline_run_files(run_dir / "wandb", run_id)  # the same run id, started twice
