@@ -85,7 +85,9 @@ def check_state(state: Any, path: Path) -> dict[str, Any]:
         get("tokenizer.sha256", "sha256")
     _check_optimizer_meta(get, file)
     _check_rng(get, file, "rng")
-    for i, _ in enumerate(get("rng_ranks", "list", default=[])):  # one per rank that saved
+    # One state per rank under torchrun; None in a single process.
+    ranks = [] if state.get("rng_ranks") is None else get("rng_ranks", "list")
+    for i, _ in enumerate(ranks):
         get(f"rng_ranks.{i}", "dict")
         _check_rng(get, file, f"rng_ranks.{i}")
     get("world_size", "count", default=1, check=lambda v: v >= 1, allowed=">= 1")
