@@ -93,7 +93,8 @@ def field(
 ) -> Any:
     """`data[name]` (dotted: `model.aliases`), checked to be of `kind` and pass `check`.
 
-    A key of `data` that itself holds a dot (`model.safetensors`) is taken as it is.
+    A key of `data` that itself holds a dot (`model.safetensors`) is taken as it is; a
+    number after a dot indexes a list (`rng_ranks.1`).
 
     Args:
         data: The parsed file (or a part of it).
@@ -108,10 +109,13 @@ def field(
     value = data
     parts = [name] if isinstance(data, dict) and name in data else name.split(".")
     for part in parts:
-        if not isinstance(value, dict):
+        if isinstance(value, list) and part.isdigit():  # `rng_ranks.1`: an item of a list
+            value = value[int(part)] if int(part) < len(value) else _MISSING
+        elif isinstance(value, dict):
+            value = value.get(part, _MISSING)
+        else:
             where = name.rsplit(".", 1)[0] if "." in name else "the top level"
             raise error(f"{file} is malformed: {where} must be an object; {fix}")
-        value = value.get(part, _MISSING)
         if value is _MISSING:
             if default is not _MISSING:
                 return default

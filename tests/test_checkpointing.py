@@ -245,3 +245,20 @@ def test_a_damaged_pointer_is_ignored_and_never_leaves_the_checkpoints_folder(tm
         assert read_pointer(tmp_path, "latest") is None
     tmp_path.joinpath("latest").write_text("step-00000002\n")
     assert read_pointer(tmp_path, "latest") == tmp_path / "step-00000002"
+
+
+def test_a_multi_rank_state_json_passes_the_schema_and_a_damaged_rank_is_named(
+    ckpt_worker, tmp_path
+):
+    """Under torchrun `rng_ranks` is a list with one RNG state per rank (see test_torchrun)."""
+    from hookloop.checkpoint.schema import check_state
+
+    engine = ckpt_worker.build(tmp_path)
+    engine.fit(max_steps=2)
+    path = tmp_path / "checkpoints" / ckpt.checkpoint_name(2)
+    state = json.loads((path / "state.json").read_text())
+    state.update(world_size=2, rng_ranks=[state["rng"], dict(state["rng"])])
+    assert check_state(state, path) is state
+    state["rng_ranks"][1] = {**state["rng"], "numpy": [1]}
+    with pytest.raises(CheckpointError, match=r"field rng_ranks\.1\.numpy is not a generator"):
+        check_state(state, path)

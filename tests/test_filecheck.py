@@ -47,6 +47,12 @@ def test_field_checks_kind_presence_and_range_by_dotted_name():
         field([1], "a", "int", **get)
     with pytest.raises(DataError, match="field a.b must be >= 5, got 3"):
         field(data, "a.b", "int", check=lambda v: v >= 5, allowed=">= 5", **get)
+    ranks = {"r": [{"x": 1}, {"x": "no"}]}  # a number after a dot indexes a list
+    assert field(ranks, "r.0.x", "int", **get) == 1
+    with pytest.raises(DataError, match="field r.1.x must be an integer"):
+        field(ranks, "r.1.x", "int", **get)
+    with pytest.raises(DataError, match="field r.2 is missing"):
+        field(ranks, "r.2", "dict", **get)
     with pytest.raises(DataError, match="plain file name"):
         field({"n": "../x"}, "n", "filename", **get)
 
