@@ -335,16 +335,153 @@ def ckpt_worker(tmp_path_factory: pytest.TempPathFactory) -> CkptWorker:
 # --- the command line as a subprocess ---------------------------------------------------------
 
 
+class CliServer:
+    """A client of `tests/cli_server.py`: `hookloop` commands in processes forked from one
+    that has already imported torch and the commands (see that module's docstring).
+
+    Started on first use; one per test session (per xdist worker).
+    """
+
+    def __init__(self) -> None:
+        import itertools
+        import json
+        import tempfile
+        from pathlib import Path
+
+        self._json = json
+        self._dir = Path(tempfile.mkdtemp(prefix="hookloop-cli-"))
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._pids: dict[int, int] = {}  # request id -> pid
+        self._ends: dict[int, int] = {}  # pid -> returncode
+        self._changed = threading.Condition(self._lock)
+        server = Path(__file__).with_name("cli_server.py")
+        self._proc = subprocess.Popen(
+            [sys.executable, str(server)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            start_new_session=True,
+        )
+        ready = read_line(self._proc, timeout=120)  # the imports: seconds
+        assert json.loads(ready) == {"ready": True}, ready
+        threading.Thread(target=self._read_replies, daemon=True).start()
+
+    def _read_replies(self) -> None:
+        for line in self._proc.stdout:
+            message = self._json.loads(line)
+            with self._changed:
+                if "returncode" in message:
+                    self._ends[message["pid"]] = message["returncode"]
+                else:
+                    self._pids[message["id"]] = message["pid"]
+                self._changed.notify_all()
+
+    def _wait(self, found: Callable[[], Any], timeout: float) -> Any:
+        with self._changed:
+            self._changed.wait_for(lambda: found() is not None, timeout)
+            return found()
+
+    def run(
+        self, args: Sequence[str], *, cwd: Any, env: dict[str, str], timeout: float, merge: bool
+    ) -> subprocess.CompletedProcess:
+        """`python -m hookloop ARGS` forked from the server; output as text. `merge`: stderr
+        goes into stdout, as `stderr=subprocess.STDOUT`."""
+        number = next(self._ids)
+        out, err = self._dir / f"{number}.out", self._dir / f"{number}.err"
+        request = {
+            "id": number,
+            "argv": [str(a) for a in args],
+            "cwd": os.path.abspath(cwd or os.getcwd()),
+            "env": env,
+            "stdout": str(out),
+            "stderr": str(out if merge else err),
+        }
+        with self._lock:
+            self._proc.stdin.write((self._json.dumps(request) + "\n").encode())
+            self._proc.stdin.flush()
+        pid = self._wait(lambda: self._pids.get(number), 60)
+        assert pid is not None, "the hookloop fork server did not answer"
+        limit = hang_limit(timeout)
+        returncode = self._wait(lambda: self._ends.get(pid), limit)
+        hung = returncode is None
+        if hung:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGABRT)  # faulthandler prints every thread's stack
+            returncode = self._wait(lambda: self._ends.get(pid), 5)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)  # what it left running
+        stdout = out.read_text(errors="replace")
+        stderr = "" if merge else err.read_text(errors="replace")
+        out.unlink()
+        err.unlink(missing_ok=True)
+        argv = [sys.executable, "-m", "hookloop", *request["argv"]]
+        if hung:
+            pytest.fail(
+                f"{' '.join(argv)} still running after {limit:.0f}s: killed its process group"
+                f"\n--- stderr (end) ---\n{stderr[-6000:]}\n--- stdout (end) ---\n"
+                f"{stdout[-2000:]}",
+                pytrace=False,
+            )
+        return subprocess.CompletedProcess(argv, returncode, stdout, stderr)
+
+    def close(self) -> None:
+        """Stop the server (it kills what still runs) and remove the output files."""
+        import shutil
+
+        self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            kill_group(self._proc)
+            self._proc.wait()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+_server: list[CliServer] = []
+
+
+def forked_hookloop(
+    args: Sequence[str],
+    *,
+    cwd: Any = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    merge: bool = False,
+) -> subprocess.CompletedProcess:
+    """`python -m hookloop ARGS` as a process forked from the session's fork server; `env` is
+    the whole environment (default: this one)."""
+    if not _server:
+        _server.append(CliServer())
+    environ = dict(os.environ if env is None else env)
+    return _server[0].run(args, cwd=cwd, env=environ, timeout=timeout, merge=merge)
+
+
+@pytest.fixture(scope="session", name="forked_hookloop")
+def _forked_hookloop_fixture() -> Callable[..., subprocess.CompletedProcess]:
+    """`forked_hookloop(ARGS, cwd=, env=, timeout=, merge=)`: see that function."""
+    return forked_hookloop
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_cli_server() -> Any:
+    yield
+    while _server:
+        _server.pop().close()
+
+
 def _run_hookloop(
     *args: str,
     cwd: Any = None,
     env: dict[str, str] | None = None,
     timeout: float = 120,
     autoload: bool = False,
+    real: bool = False,
 ) -> subprocess.CompletedProcess:
     environ = {**os.environ, **(env or {})}
     if not autoload:  # only the built-ins and what a config names, not every installed plugin
         environ["HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    if not real:
+        return forked_hookloop(args, cwd=cwd, env=environ, timeout=timeout)
     return run_process(
         [sys.executable, "-m", "hookloop", *args], cwd=cwd, env=environ, timeout=timeout
     )
@@ -354,8 +491,13 @@ def _run_hookloop(
 def hookloop_cli() -> Callable[..., subprocess.CompletedProcess]:
     """Run `python -m hookloop ARGS` and return the completed process (text output).
 
+    The process is forked from a server that has imported torch and the commands already
+    (`tests/cli_server.py`): a real process with its own exit status, output and environment,
+    without seconds of start-up. `real=True` starts a real interpreter instead, for what the
+    start-up itself proves (`python -m` and each command's own imports).
+
     Keywords: `cwd`, `env` (added to the environment), `timeout` (120 s), `autoload` (False:
-    third-party plugins load only when a config names them).
+    third-party plugins load only when a config names them), `real` (False).
     """
     return _run_hookloop
 

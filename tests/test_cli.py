@@ -1,4 +1,5 @@
-"""The `hookloop` command line, run as a subprocess."""
+"""The `hookloop` command line, run as a subprocess (forked from the conftest server but for
+one real start-up)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def test_help_lists_every_command_without_importing_torch():
 
 
 def test_plugins_lists_name_origin_enabled_and_hooks(hookloop_cli):
-    out = hookloop_cli("plugins")
+    out = hookloop_cli("plugins", real=True)  # a real start-up; the others fork (conftest)
     assert out.returncode == 0, out.stderr
     (row,) = [line for line in out.stdout.splitlines() if line.startswith("token_budget")]
     assert "hookloop-example 0.1.0" in row and " yes " in row

@@ -1,4 +1,7 @@
-"""The recipe's commands as subprocesses: prepare, train, sample, eval."""
+"""The recipe's commands as subprocesses: prepare, train, sample, eval.
+
+The first test runs each of them as a real `python -m hookloop` (`real=True`): the start-up and
+every import a command needs. The others fork from the `hookloop_cli` server."""
 
 from __future__ import annotations
 
@@ -15,14 +18,14 @@ def test_prepare_then_train_then_sample_then_eval(
 ):
     text = "".join(f"line {i % 17}: the cat sat on the mat.\n" for i in range(600))
     (tmp_path / "input.txt").write_text(text)
-    out = hookloop_cli("prepare", "input.txt", "--out", "data", cwd=tmp_path)
+    out = hookloop_cli("prepare", "input.txt", "--out", "data", cwd=tmp_path, real=True)
     assert out.returncode == 0, out.stderr
     assert "-m hookloop train --set data.path=data\n" in out.stdout  # works as printed
     meta = json.loads((tmp_path / "data" / "meta.json").read_text())
     assert meta["dtype"] == "uint16" and meta["tokenizer"] == "char"
 
     tiny = [*tiny_lm_args, "--set", "training.max_steps=3", "--set", "data.path=data"]
-    out = hookloop_cli("train", *tiny, cwd=tmp_path)
+    out = hookloop_cli("train", *tiny, cwd=tmp_path, real=True)
     assert out.returncode == 0, out.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert f"run directory: runs/{run_dir.name}" in out.stdout
@@ -36,7 +39,15 @@ def test_prepare_then_train_then_sample_then_eval(
     # the checkpoint plugin (on by default) saved the final weights and the `latest` pointer
     latest = (run_dir / "checkpoints" / "latest").read_text().strip()
     out = hookloop_cli(
-        "sample", "--prompt", "line 1", "--max-new-tokens", "20", "--temperature", "0", cwd=tmp_path
+        "sample",
+        "--prompt",
+        "line 1",
+        "--max-new-tokens",
+        "20",
+        "--temperature",
+        "0",
+        cwd=tmp_path,
+        real=True,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("line 1") and len(out.stdout.rstrip("\n")) >= 6
@@ -71,7 +82,7 @@ def test_prepare_then_train_then_sample_then_eval(
     assert main(["sample", "--top-p", "2"]) == 2
     assert "--top-p must be in (0, 1]" in capsys.readouterr().err
 
-    out = hookloop_cli("eval", cwd=tmp_path)
+    out = hookloop_cli("eval", cwd=tmp_path, real=True)
     assert out.returncode == 0, out.stderr
     assert "val_loss" in out.stdout and latest in out.stdout
     weights = load_file(run_dir / "checkpoints" / latest / "model.safetensors")
