@@ -46,8 +46,10 @@ import shlex
 import subprocess
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -198,10 +200,13 @@ def _same_log_line(actual: str, shown: str) -> bool:
 
 
 class Page:
-    """Runs one page's blocks in order in `cwd`."""
+    """Runs one page's blocks in order in `cwd`; `run_hookloop` runs a command (the
+    `forked_hookloop` fixture: a `python -m hookloop` process without the start-up)."""
 
-    def __init__(self, page: Path, cwd: Path, env: dict[str, str]) -> None:
-        self.page, self.cwd, self.env = page, cwd, env
+    def __init__(
+        self, page: Path, cwd: Path, env: dict[str, str], run_hookloop: Callable[..., Any]
+    ) -> None:
+        self.page, self.cwd, self.env, self.run_hookloop = page, cwd, env, run_hookloop
         self.namespace: dict[str, object] = {"__name__": "__docs__"}
         self.last: tuple[list[str], str, int] | None = None  # (command, output, status)
         self.name = str(page.relative_to(REPO))
@@ -245,15 +250,7 @@ class Page:
             if sub == "doctor":  # trains nothing itself: keep the run's length and schedule
                 shorten = [o for o in shorten if not o.startswith(KEEP_FOR_DOCTOR)]
             argv += [arg for item in shorten for arg in ("--set", item)]
-        result = subprocess.run(
-            argv,
-            cwd=self.cwd,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=300,
-        )
+        result = self.run_hookloop(argv[3:], cwd=self.cwd, env=self.env, timeout=300, merge=True)
         output = result.stdout
         shows_error = any(": error: " in ln for ln in shown)
         title = f"{where}: `hookloop {shlex.join(words)}`"
@@ -382,7 +379,9 @@ def _page_param(page: Path) -> object:
 
 
 @pytest.mark.parametrize("page", [_page_param(p) for p in PAGES])
-def test_page_runs_as_written(page: Path, tmp_path: Path, docs_home: Path) -> None:
+def test_page_runs_as_written(
+    page: Path, tmp_path: Path, docs_home: Path, forked_hookloop: Callable[..., Any]
+) -> None:
     blocks, skip_page = parse(page)
     if skip_page is not None:
         pytest.skip(skip_page or "skip-page without a reason (test_markers_are_understood fails)")
@@ -394,7 +393,7 @@ def test_page_runs_as_written(page: Path, tmp_path: Path, docs_home: Path) -> No
     }
     env.pop("HOOKLOOP_DEBUG", None)
     fixture_files(tmp_path)
-    Page(page, tmp_path, env).run(blocks)
+    Page(page, tmp_path, env, forked_hookloop).run(blocks)
 
 
 def test_markers_are_understood() -> None:
@@ -422,7 +421,9 @@ HELP_ORDER = ("prepare", "train", "sample", "eval", "plot", "schedule", "doctor"
 
 
 @pytest.mark.slow
-def test_every_help_example_runs(tmp_path: Path, docs_home: Path) -> None:
+def test_every_help_example_runs(
+    tmp_path: Path, docs_home: Path, forked_hookloop: Callable[..., Any]
+) -> None:
     """The `Examples:` of each command's --help, in the order a user meets them (prepare,
     train, sample, ...), shortened like the pages' commands."""
     import ast
@@ -438,4 +439,4 @@ def test_every_help_example_runs(tmp_path: Path, docs_home: Path) -> None:
         blocks.append(Block("bash", examples, 0))
     env = {**os.environ, "HOME": str(docs_home), "HOOKLOOP_CACHE": str(docs_home / "cache")}
     fixture_files(tmp_path)
-    Page(REPO / "engine" / "commands" / "__init__.py", tmp_path, env).run(blocks)
+    Page(REPO / "engine" / "commands" / "__init__.py", tmp_path, env, forked_hookloop).run(blocks)

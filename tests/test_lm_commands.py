@@ -38,39 +38,15 @@ def test_prepare_then_train_then_sample_then_eval(
 
     # the checkpoint plugin (on by default) saved the final weights and the `latest` pointer
     latest = (run_dir / "checkpoints" / "latest").read_text().strip()
-    out = hookloop_cli(
-        "sample",
-        "--prompt",
-        "line 1",
-        "--max-new-tokens",
-        "20",
-        "--temperature",
-        "0",
-        cwd=tmp_path,
-        real=True,
-    )
+    greedy = ["sample", "--prompt", "line 1", "--max-new-tokens", "20", "--temperature", "0"]
+    out = hookloop_cli(*greedy, cwd=tmp_path, real=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("line 1") and len(out.stdout.rstrip("\n")) >= 6
     # The variations run in-process (no torch import each); logging stays unconfigured so
     # structlog keeps no handle on pytest's captured stderr.
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("hookloop.logs.configure_logging", lambda *a, **k: None)
-    assert (
-        main(
-            [
-                "sample",
-                "--prompt",
-                "line 1",
-                "--max-new-tokens",
-                "20",
-                "--temperature",
-                "0",
-                "--run",
-                str(run_dir),
-            ]
-        )
-        == 0
-    )
+    assert main([*greedy, "--run", str(run_dir)]) == 0
     assert capsys.readouterr().out == out.stdout
     seeded = []
     for _ in range(2):
