@@ -7,9 +7,10 @@ Three variants run the same model from the same seed over the same pre-made batc
     defaults  Engine(...).fit() with the default built-in plugins (whatever is installed)
     mlflow    Engine(...).fit() with the mlflow tracker alone (local sqlite store), on request
     wandb     Engine(...).fit() with the wandb tracker alone (offline), on request
+              (benchmarks/tracker_cost.py measures the trackers in CPU time, too)
 
-A tracker variant starts timing once its run is open (opening it is a one-off of seconds, on
-the tracker's thread) and stops at the last step (the upload at the end is a one-off too).
+A tracker variant starts timing once its run is open (opening it is a one-off of seconds, in
+the tracker process) and stops at the last step (the upload at the end is a one-off too).
 
 Each variant records a timestamp after every optimizer step; the per-step time of a round is
 the median of the differences (so a rare checkpoint write does not hide the steady state) and
@@ -117,7 +118,7 @@ class TrackerOpen:
 
     @hookimpl(trylast=True)
     def on_fit_start(self, engine: Engine) -> None:
-        self.tracker._worker.wait_for_run(120)
+        self.tracker._link.wait_for_run(120)
         self.engine, self.start = engine, self.seconds(engine)
         self.stamps[0] = time.perf_counter()
 
