@@ -6,6 +6,8 @@ seed over the same pre-made batches, one torch thread:
 
     raw      the hand-written loop
     engine   Engine(...).fit() with no plugins
+    null     the engine with a tracker plugin whose tracker process does nothing: what the
+             loop itself pays for a tracker (keeping references, flushing, sending)
     mlflow   the engine with the mlflow plugin alone (local sqlite store, defaults)
     wandb    the engine with the wandb plugin alone (offline, defaults)
 
@@ -17,6 +19,8 @@ Three figures per variant and round:
              timed step to the last: what the loop pays, flush steps included; CPU time
              hardly moves when other work loads the machine, unlike wall time
     wall     median wall time of a step (flush steps are rare, so this is a plain step)
+    hooks    CPU time of the training thread inside the tracker's after_step per step
+             (thread CPU time: no waiting, no preemption counted), flush steps included
     tracker  CPU time of the tracker process per step: work done outside the loop
 
 The table gives the median over rounds with min-max, and each variant's cpu against raw and
@@ -45,7 +49,27 @@ from overhead import mlp_setup, raw_loop  # noqa: E402
 from hookloop import Engine, hookimpl  # noqa: E402
 from hookloop.logs import configure_logging  # noqa: E402
 
-VARIANTS = ("raw", "engine", "mlflow", "wandb")
+VARIANTS = ("raw", "engine", "null", "mlflow", "wandb")
+
+
+class NullBackend:
+    """A tracker backend that does nothing (built in the tracker process, which finds this
+    module through PYTHONPATH)."""
+
+    def __init__(self, **options: Any) -> None:
+        pass
+
+    def open(self, run_id: str | None) -> tuple[str, dict[str, int]]:
+        return "null", {}
+
+    def log_params(self, params: dict[str, str], tags: dict[str, str]) -> None:
+        pass
+
+    def log_rows(self, rows: list[Any]) -> None:
+        pass
+
+    def finish(self, status: str, artifacts: list[Path]) -> None:
+        pass
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -119,16 +143,23 @@ def run_variant(variant: str, steps: int, seed: int) -> dict[str, float]:
         clocks.stamp()
         raw_loop(model, optimizer, batches, loss_fn, clocks.wall)
         clocks.cpu.append(time.process_time())
-        return clocks.figures(steps)
+        return {**clocks.figures(steps), "hooks": 0.0}
     tracker: Any = None
-    if variant == "mlflow":
+    if variant == "null":
         from hookloop.plugins.mlflow import MLflow
 
-        tracker = MLflow()
+        class Null(MLflow):
+            backend_class = "tracker_cost:NullBackend"
+
+        tracker = timed(Null)()
+    elif variant == "mlflow":
+        from hookloop.plugins.mlflow import MLflow
+
+        tracker = timed(MLflow)()
     elif variant == "wandb":
         from hookloop.plugins.wandb import WandB
 
-        tracker = WandB(mode="offline")
+        tracker = timed(WandB)(mode="offline")
     clocks = Clocks(tracker)
     plugins = [p for p in (tracker, clocks, LastStep(clocks, steps)) if p is not None]
     with tempfile.TemporaryDirectory() as run_dir:
@@ -136,7 +167,24 @@ def run_variant(variant: str, steps: int, seed: int) -> dict[str, float]:
             model, optimizer, batches, loss_fn=loss_fn, plugins=plugins, run_dir=Path(run_dir)
         )
         engine.fit(max_steps=steps)
-    return clocks.figures(steps)
+    return {**clocks.figures(steps), "hooks": tracker.hook_ns / 1e3 / steps if tracker else 0.0}
+
+
+def timed(cls: type) -> type:
+    """`cls` with its `after_step` timed in thread CPU time (`hook_ns`)."""
+
+    class Timed(cls):  # type: ignore[misc, valid-type]
+        hook_ns = 0
+
+        @hookimpl
+        def after_step(self, state: Any) -> None:
+            start = time.thread_time_ns()
+            try:
+                super().after_step(state)
+            finally:
+                self.hook_ns += time.thread_time_ns() - start
+
+    return Timed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     configure_logging(stream=io.StringIO())
     os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH", "")]
+    )
     results: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
     for _ in range(args.rounds):
         for variant in VARIANTS:
@@ -158,9 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         "| variant | cpu µs/step (min–max) | cpu − raw | cpu − engine | wall µs/step (min–max) "
-        "| tracker process cpu µs/step |"
+        "| hooks cpu µs/step (min–max) | tracker process cpu µs/step |"
     )
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
 
     def med(variant: str, key: str) -> float:
         return statistics.median(r[key] for r in results[variant])
@@ -173,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"| {v} | {span(v, 'cpu')} | {med(v, 'cpu') - med('raw', 'cpu'):+.1f} "
             f"| {med(v, 'cpu') - med('engine', 'cpu'):+.1f} | {span(v, 'wall')} "
-            f"| {med(v, 'tracker'):.1f} |"
+            f"| {span(v, 'hooks')} | {med(v, 'tracker'):.1f} |"
         )
     return 0
 
