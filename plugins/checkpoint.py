@@ -16,6 +16,7 @@ unsharded tensors) at the same step. An engine without a
     save_on_end = true        # save when fit() ends (also after a stop request)
     save_on_exception = true  # save when fit() raises, if every parameter is still finite
     background = false        # copy tensors to CPU, then write on a thread
+    checksum = "crc32"        # checksum of each tensor file: "crc32" (fast) or "sha256"
 
 `every_steps`, the option's old name, still works and logs a deprecation warning.
 
@@ -67,6 +68,7 @@ class Checkpoint:
         save_on_end: bool = True,
         save_on_exception: bool = True,
         background: bool = False,
+        checksum: str = ckpt.DEFAULT_CHECKSUM,
         every_steps: int | None = None,
     ) -> None:
         if every_steps is not None:
@@ -82,10 +84,11 @@ class Checkpoint:
         check_int(self.name, "keep_last", keep_last, minimum=0)
         check_number(self.name, "every_minutes", every_minutes, low=0)
         check_choice(self.name, "mode", mode, ("min", "max"))
+        check_choice(self.name, "checksum", checksum, tuple(ckpt.CHECKSUMS))
         self.every, self.every_minutes, self.keep_last = every, every_minutes, keep_last
         self.monitor, self.mode = monitor, mode
         self.save_on_end, self.save_on_exception = save_on_end, save_on_exception
-        self.background = background
+        self.background, self.checksum = background, checksum
         # Persisted: the checkpoints this run wrote and has not pruned (oldest first), the
         # best one and its value.
         self.written: list[str] = []
@@ -258,7 +261,7 @@ class Checkpoint:
                 stall_ms=round(1000 * (time.perf_counter() - start), 3),
             )
             return directory
-        ckpt.write_snapshot(snap, directory)
+        ckpt.write_snapshot(snap, directory, checksum=self.checksum)
         self._last_saved_counters = key
         self._record_written(engine, directory, info, time.perf_counter() - start)
         return directory
@@ -268,7 +271,7 @@ class Checkpoint:
     ) -> None:
         stall = time.perf_counter() - start
         try:
-            ckpt.write_snapshot(snap, directory)
+            ckpt.write_snapshot(snap, directory, checksum=self.checksum)
             self._thread_result = (
                 engine,
                 directory,
