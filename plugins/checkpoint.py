@@ -24,6 +24,9 @@ Hooks: `on_fit_start`, `after_step` and `on_epoch_end` (trylast), `on_eval_end`,
 `on_fit_end`, `on_exception`, `on_save_checkpoint` / `on_load_checkpoint`.
 Cost: a modulo and a clock read per step; a save costs what writing the tensors costs
 (with `background`, only the copy to CPU stalls the loop; `checkpoint_saved` records it).
+A background save keeps its CPU copy after the write (one copy of the model and optimizer
+state in host memory) and copies the next save into it, which costs a fraction of copying
+into new memory.
 """
 
 from __future__ import annotations
@@ -101,6 +104,8 @@ class Checkpoint:
         self._said_off = False  # the no-run_dir warning is given once
         self._thread: threading.Thread | None = None
         self._thread_result: tuple[Engine, Path, dict, float] | BaseException | None = None
+        # The last background save's CPU tensors, once written: reused by the next one.
+        self._spare: ckpt.Snapshot | None = None
 
     # --- hooks -----------------------------------------------------------------------
 
@@ -235,12 +240,10 @@ class Checkpoint:
         self.written.append(directory.name)
         self._last_save_time = time.monotonic()
         start = time.perf_counter()
+        copy = self.background and not wait
+        spare, self._spare = (self._spare, None) if copy else (None, self._spare)
         snap = ckpt.snapshot(
-            engine,
-            extra={"reason": reason},
-            counters=counters,
-            copy=self.background and not wait,
-            local=local,
+            engine, extra={"reason": reason}, counters=counters, copy=copy, local=local, reuse=spare
         )
         if not main:  # rank 0 writes what every rank helped gather
             self._last_saved_counters = key
@@ -280,6 +283,8 @@ class Checkpoint:
             )
         except BaseException as exc:  # re-raised in the training thread by _collect_background_save
             self._thread_result = exc
+        finally:
+            self._spare = snap  # the next background save copies into these buffers
 
     def wait(self, engine: Engine) -> None:
         """Wait for a background save in flight, then record it (re-raising its error)."""

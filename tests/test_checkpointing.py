@@ -378,3 +378,32 @@ def test_the_checkpoint_plugin_option_picks_the_checksum(make_engine, tmp_path):
     path = ckpt.latest_valid_checkpoint(tmp_path)
     files = json.loads((path / "state.json").read_text())["files"]
     assert all(info["checksum"].startswith("sha256:") for info in files.values())
+
+
+def test_background_saves_copy_into_the_buffers_of_the_last_one(make_engine, tmp_path, monkeypatch):
+    from hookloop.plugins.checkpoint import Checkpoint
+
+    taken = []
+    real = ckpt.snapshot
+
+    def spy(engine, **kwargs):
+        taken.append((kwargs.get("reuse"), real(engine, **kwargs)))
+        return taken[-1][1]
+
+    monkeypatch.setattr(ckpt, "snapshot", spy)
+    engine = make_engine(
+        batches=20, run_dir=tmp_path, plugins=[Checkpoint(every=2, keep_last=0, background=True)]
+    )
+    engine.fit(max_steps=6)
+    assert [reuse for reuse, _ in taken] == [None, taken[0][1], taken[1][1]]
+    first, last = taken[0][1], taken[2][1]
+    assert all(last.model[k] is first.model[k] for k in first.model)  # the same memory again
+    assert all(last.optimizer[k] is first.optimizer[k] for k in first.optimizer)
+    on_disk = load_file(tmp_path / "checkpoints" / ckpt.checkpoint_name(6) / "model.safetensors")
+    assert all(torch.equal(on_disk[k], v) for k, v in engine.model.state_dict().items())
+
+    engine.model.fc1 = torch.nn.Linear(4, 3)  # another shape: that tensor gets new memory
+    again = real(engine, copy=True, reuse=last)
+    assert again.model["fc1.weight"] is not last.model["fc1.weight"]
+    assert again.model["fc2.weight"] is last.model["fc2.weight"]
+    assert torch.equal(again.model["fc1.weight"], engine.model.fc1.weight)
