@@ -81,13 +81,16 @@ def measure(layers: int, rounds: int, work: Path, ref: Any) -> tuple[dict, dict]
     """Seconds of each variant per round, and the sizes on disk."""
     engine, fresh = make_engine(layers), make_engine(layers)
     spare = ckpt.snapshot(engine, copy=True)
-    pt = work / "state.pt"
+    # Each round writes new files (as periodic saves do), so no save pays for deleting or
+    # truncating the last round's; they are removed between rounds, outside the timings.
+    round_dir = work / "round"
+    pt = round_dir / "state.pt"
 
     def save(module: Any, name: str, **kw: Any) -> Callable[[], object]:
-        return lambda: module.save_checkpoint(engine, work / name, **kw)
+        return lambda: module.save_checkpoint(engine, round_dir / name, **kw)
 
     def load(module: Any, name: str) -> Callable[[], object]:
-        return lambda: module.load_checkpoint(fresh, work / name)
+        return lambda: module.load_checkpoint(fresh, round_dir / name)
 
     variants: dict[str, Callable[[], object]] = {
         "torch.save": lambda: torch_save(engine, pt),
@@ -105,10 +108,13 @@ def measure(layers: int, rounds: int, work: Path, ref: Any) -> tuple[dict, dict]
     times: dict[str, list[float]] = {k: [] for k in variants}
     order = sorted(variants, key=lambda k: ("load" in k, "stall" in k))  # saves before loads
     for r in range(rounds):
+        shutil.rmtree(round_dir, ignore_errors=True)
+        os.sync()  # the deletions reach the disk before the next round's writes start
+        round_dir.mkdir()
         for name in order if r % 2 == 0 else _reversed_within(order):
             times[name].append(timed(variants[name]))
     sizes = {
-        "hookloop": sum(p.stat().st_size for p in (work / "crc32").iterdir()),
+        "hookloop": sum(p.stat().st_size for p in (round_dir / "crc32").iterdir()),
         "torch": pt.stat().st_size,
     }
     return times, sizes

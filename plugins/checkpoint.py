@@ -106,6 +106,7 @@ class Checkpoint:
         self._thread_result: tuple[Engine, Path, dict, float] | BaseException | None = None
         # The last background save's CPU tensors, once written: reused by the next one.
         self._spare: ckpt.Snapshot | None = None
+        self._deleting: list[threading.Thread] = []  # pruned checkpoints being deleted
 
     # --- hooks -----------------------------------------------------------------------
 
@@ -230,7 +231,7 @@ class Checkpoint:
         key = tuple((counters or state.counters()).values())
         if key == self._last_saved_counters and not self._best_due(state):
             return directory if main else None
-        self.wait(engine)
+        self.wait(engine, deletions=False)
         is_best = self._best_due(state)
         if is_best:
             self.best, self.best_value = directory.name, self._pending_best[1]
@@ -286,11 +287,14 @@ class Checkpoint:
         finally:
             self._spare = snap  # the next background save copies into these buffers
 
-    def wait(self, engine: Engine) -> None:
-        """Wait for a background save in flight, then record it (re-raising its error)."""
+    def wait(self, engine: Engine, *, deletions: bool = True) -> None:
+        """Wait for a background save in flight, then record it (re-raising its error), and
+        (with `deletions`) for the deletion of pruned checkpoints."""
         if self._thread is not None:
             self._thread.join()
             self._collect_background_save(engine)
+        while deletions and self._deleting:
+            self._deleting.pop().join()
 
     def _collect_background_save(self, engine: Engine) -> None:
         """Record the finished background write, or re-raise its error here."""
@@ -325,7 +329,9 @@ class Checkpoint:
         keep = set(self.written[-self.keep_last :]) | {self.best}
         for name in [n for n in self.written if n not in keep]:
             self.written.remove(name)
-            remove_dir(checkpoints / name)
+            deleting = remove_dir(checkpoints / name, wait=not self.background)
+            if deleting is not None:  # background: the loop does not wait for the disk
+                self._deleting = [t for t in self._deleting if t.is_alive()] + [deleting]
             engine.journal.record(
                 "checkpoint_pruned",
                 step=engine.state.step,
