@@ -20,6 +20,7 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy
 import torch
 
 from hookloop.distributed import all_reduce_sum
@@ -155,8 +156,12 @@ class LateRead:
         """Queue the copy of the 1-D float32 tensor `values`, with `note` (not None)."""
         cuda = values.device.type == "cuda"
         if self._host is None or self._host.shape != values.shape:
-            self._host = torch.empty(values.shape, dtype=torch.float32, pin_memory=cuda)
-            self._view = self._host.numpy()
+            if cuda:
+                self._host = torch.empty(values.shape, dtype=torch.float32, pin_memory=True)
+                self._view = self._host.numpy()
+            else:
+                self._view = numpy.empty(values.shape, dtype=numpy.float32)
+                self._host = torch.from_numpy(self._view)
         self._host.copy_(values.detach(), non_blocking=cuda)
         if cuda:
             self._event = torch.cuda.Event()
