@@ -19,9 +19,16 @@ the step and, in `after_step`, reloads the last valid checkpoint with the lr mul
 The averages and counters are saved in checkpoints, so a resumed run judges spikes against
 the same history; a rollback restores the averages of the checkpoint it goes back to.
 
-Hooks: `after_backward`, `after_step`, `on_save_checkpoint`, `on_load_checkpoint`.
-Cost: a few float operations. The loss and norm come from `hookloop.plugins._guards.step_scalars`,
-the one host sync per step that `nan_guard` already paid (or pays here when it is off).
+With `warn` the step's loss and norm are copied to the host without waiting and judged one
+step late (the journal keeps the spiking step's number). With `rollback`/`stop` and a fused
+optimizer the spike test runs on the device, the optimizer skips a spiking update itself,
+and the host acts a step late, as `nan_guard` does; with other optimizers the values are
+read on the host before the update and it acts at once.
+
+Hooks: `after_backward`, `after_step`, `on_fit_end`, `on_exception`, `on_save_checkpoint`,
+`on_load_checkpoint`. Cost: a few float operations on the host; the loss and norm come from
+`hookloop.plugins._stepvalues.step_tensors`, measured once per step for all guards. No host
+sync with `warn`, nor with a fused optimizer; else one per step shared with `nan_guard`.
 """
 
 from __future__ import annotations

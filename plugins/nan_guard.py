@@ -24,9 +24,18 @@ gradients went bad, journals `nan_detected`, and then, by `action`:
 Under fp16 the GradScaler already skips steps whose gradients overflow, so there only a
 non-finite *loss* counts as bad.
 
-Hooks: `after_backward`, `after_step`, `on_save_checkpoint`, `on_load_checkpoint`.
-Cost: one pass over the gradients for their norm (reused from `clip` when it ran first) and
-one host sync per step, shared with `divergence` (see `hookloop.plugins._guards`).
+With a fused optimizer (`AdamW(fused=True)`, outside fp16) the check is a flag on the
+device that makes the optimizer skip a bad update itself (`Engine.skip_update_if`), and the
+host reads it **one step late**, in the next step's `after_backward` or at the end of fit():
+the journal and message keep the bad step's number; `stop` and `rollback` leave that next
+step unapplied too, and the emergency checkpoint is named after it (with the weights from
+before the bad step). Other optimizers cannot skip on the device: there the step's values
+are read on the host before the update and the guard acts at once.
+
+Hooks: `after_backward`, `after_step`, `on_fit_end`, `on_exception`, `on_save_checkpoint`,
+`on_load_checkpoint`. Cost: one fused pass over the gradients for their norms (reused by
+`clip`), a few scalar ops on the device; no host sync with a fused optimizer, else one per
+step, shared with `divergence` (see `hookloop.plugins._guards`).
 """
 
 from __future__ import annotations
