@@ -25,14 +25,7 @@ from safetensors.torch import load_file
 from hookloop.checkpoint import latest_valid_checkpoint, read_pointer, verify_checkpoint
 from hookloop.cli import main
 
-pytestmark = [
-    pytest.mark.slow,
-    # Known failing since the merge of issue 12's run plan into the torchrun launch (the
-    # clean-clone CI run failed three of these five); open in issue 11, to fix first.
-    pytest.mark.xfail(
-        reason="multi-rank paths broken by the run-plan merge; see issue 11", strict=False
-    ),
-]
+pytestmark = pytest.mark.slow
 
 B = 4  # per-rank batch; the 1-rank reference uses 2 * B
 TINY = [
