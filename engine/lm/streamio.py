@@ -36,13 +36,17 @@ class TokenWriter:
         self.tokens = self.chars = self.documents = 0
         self.background = background
 
-    def write(self, ids: np.ndarray) -> None:
-        """Append `ids` (written and hashed on the background thread)."""
-        data = np.ascontiguousarray(ids, dtype=self.dtype)
-        self.tokens += data.size
-        self.background.put(self._append, data)
+    def write(self, parts: list[np.ndarray]) -> None:
+        """Append the ids of `parts`, one after the other (joined into this file's dtype,
+        written and hashed on the background thread)."""
+        self.tokens += sum(part.size for part in parts)
+        self.background.put(self._append, parts)
 
-    def _append(self, data: np.ndarray) -> None:
+    def _append(self, parts: list[np.ndarray]) -> None:
+        if len(parts) == 1:
+            data = np.ascontiguousarray(parts[0], dtype=self.dtype)
+        else:
+            data = np.concatenate(parts, dtype=self.dtype, casting="unsafe")
         self.file.write(data.data)
         self.sha.update(data.data)
 
