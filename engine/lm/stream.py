@@ -91,14 +91,17 @@ def prepare_sources(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         tok = _build(tokenizer, plan, bpe_vocab_size, bar)
-        background = Background()
-        writers = {s: TokenWriter(tmp / f"{s}.bin", tok, background) for s in SPLITS}
+        writing, hashing = Background(), Background()  # two threads: a pipeline
+        writers = {s: TokenWriter(tmp / f"{s}.bin", tok, writing, hashing) for s in SPLITS}
         try:
             _tokenize(plan, tok, writers, bar.stage("tokenize"))
         finally:
-            background.join()
-            for writer in writers.values():
-                writer.close()
+            try:
+                writing.join()
+            finally:
+                hashing.join()
+                for writer in writers.values():
+                    writer.close()
         bar.close()
         split = {"val_fraction": None if val else val_fraction, "split_seed": seed}
         meta = _finish(tmp, tok, writers, source or _files(plan), split)
