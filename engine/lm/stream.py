@@ -91,15 +91,14 @@ def prepare_sources(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         tok = _build(tokenizer, plan, bpe_vocab_size, bar)
-        writing, hashing = Background(), Background()  # two threads: a pipeline
-        writers = {s: TokenWriter(tmp / f"{s}.bin", tok, writing, hashing) for s in SPLITS}
+        background = Background()
+        writers = {s: TokenWriter(tmp / f"{s}.bin", tok, background) for s in SPLITS}
         try:
             _tokenize(plan, tok, writers, bar.stage("tokenize"))
         finally:
             try:
-                writing.join()
+                background.join()
             finally:
-                hashing.join()
                 for writer in writers.values():
                     writer.close()
         bar.close()

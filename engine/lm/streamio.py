@@ -1,5 +1,5 @@
-"""The plumbing of streaming prepare: token files appended and hashed on background
-threads, and a progress bar that shows only on a terminal."""
+"""The plumbing of streaming prepare: token files appended on a background thread, and a
+progress bar that shows only on a terminal."""
 
 from __future__ import annotations
 
@@ -26,45 +26,39 @@ def token_dtype(vocab_size: int) -> str:
 
 
 class TokenWriter:
-    """Appends ids to one token file, hashing them on the way.
+    """Appends ids to one token file, hashing them on the way."""
 
-    Each batch is converted and written on the `writing` thread, then hashed on the
-    `hashing` one, so reading and tokenizing, writing, and hashing run at the same time
-    (all three release the GIL for their heavy part).
-    """
-
-    def __init__(
-        self, path: Path, tok: Tokenizer, writing: Background, hashing: Background
-    ) -> None:
+    def __init__(self, path: Path, tok: Tokenizer, background: Background) -> None:
         self.path = path
         self.dtype = np.dtype(token_dtype(tok.vocab_size)).newbyteorder("<")
         self.file = open(path, "wb")  # noqa: SIM115 - closed by close()
         self.sha = hashlib.sha256()
         self.tokens = self.chars = self.documents = 0
-        self.writing, self.hashing = writing, hashing
+        self.background = background
 
     def write(self, parts: list[np.ndarray]) -> None:
-        """Append the ids of `parts`, one after the other (joined into this file's dtype,
-        written and hashed on the background threads)."""
-        self.tokens += sum(part.size for part in parts)
-        self.writing.put(self._append, parts)
-
-    def _append(self, parts: list[np.ndarray]) -> None:
+        """Append the ids of `parts`, one after the other: joined into this file's dtype
+        here, written and hashed on the background thread (which balances the work of the
+        two threads for the byte tokenizer, whose ids need no other work)."""
         if len(parts) == 1:
             data = np.ascontiguousarray(parts[0], dtype=self.dtype)
         else:
             data = np.concatenate(parts, dtype=self.dtype, casting="unsafe")
+        self.tokens += data.size
+        self.background.put(self._append, data)
+
+    def _append(self, data: np.ndarray) -> None:
         self.file.write(data.data)
-        self.hashing.put(self.sha.update, data.data)
+        self.sha.update(data.data)
 
     def close(self) -> None:
-        """Close the file (after the background threads are done with it)."""
+        """Close the file (after the background thread wrote everything)."""
         self.file.close()
 
 
 class Background:
-    """One thread that runs queued calls in order, so calls that release the GIL (writing,
-    hashing) overlap with the caller's work. At most `depth` calls wait, so memory stays
+    """One thread that runs queued calls in order: writing and hashing (both release the
+    GIL) overlap with reading and tokenizing. At most `depth` calls wait, so memory stays
     bounded; an error on the thread is raised by the next `put` or by `join`."""
 
     def __init__(self, depth: int = 2) -> None:
