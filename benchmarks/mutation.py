@@ -50,6 +50,7 @@ FAST_TESTS: dict[str, list[str]] = {
     "engine/checkpoint/capture.py": CHECKPOINT_TESTS,
     "engine/checkpoint/rng.py": CHECKPOINT_TESTS,
     "engine/checkpoint/tensorfile.py": CHECKPOINT_TESTS,
+    "engine/checkpoint/checksum.py": CHECKPOINT_TESTS,
     "engine/checkpoint/schema.py": [*CHECKPOINT_TESTS, "tests/test_fuzz_inputs.py"],
     "engine/checkpoint/datastate.py": ["tests/test_datastate.py"],
     "engine/checkpoint/gather.py": CHECKPOINT_TESTS,  # one process: the gather is the identity

@@ -1,7 +1,7 @@
 """Streaming prepare at 10 MB, 100 MB and 1 GB: peak memory and throughput per tokenizer.
 
     .venv/bin/python benchmarks/prepare_scale.py [--sizes 10,100,1000] [--rounds 3]
-        [--tokenizers char,byte,bpe] [--text FILE]
+        [--tokenizers char,byte,bpe] [--text FILE] [--baseline GIT-REF]
 
 Writes synthetic corpora of each size into a temporary directory (a text file repeated to
 the size, tiny Shakespeare by default when it is there, else generated lines), then, each in
@@ -14,7 +14,12 @@ Two baselines run in the same way, interleaved with the prepares (A B A B per ro
 `copy`, reading the corpus in 4 MB pieces and writing it out again (the disk's ceiling on
 this machine at that moment), and `bpe-own`, the `tokenizers` package's own parallel
 `encode_batch_fast` over the same text in the same pieces, writing nothing (the ceiling for
-BPE). Medians with min-max over the rounds; MB/s counts corpus bytes. Everything is deleted
+BPE). With `--baseline REF`, the `char` and `byte` prepares of the code at git commit REF
+(its `engine/` extracted into the temporary directory and imported in place of this one)
+run interleaved too, as `old-char` and `old-byte`, and each round's new/old speed ratio is
+reported: on a machine loaded by other jobs the ratio of runs made seconds apart is the
+trustworthy figure. Medians with min-max over the rounds; MB/s counts corpus bytes, over
+wall-clock seconds and over CPU seconds (user + system, all threads). Everything is deleted
 at the end.
 """
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -32,46 +38,69 @@ import time
 from pathlib import Path
 
 SHAKESPEARE = Path("/work/shared/data/tinyshakespeare.txt")
+REPO = Path(__file__).resolve().parent.parent
 PIECE = 1 << 22
 
 
 def child(kind: str, corpus: str, out: str, tokenizer_file: str) -> None:
-    """One measured run in this process; prints seconds and peak RSS as JSON."""
+    """One measured run in this process; prints wall and CPU seconds and peak RSS as JSON."""
     import torch
 
     torch.set_num_threads(1)
-    start = time.perf_counter()
+    from hookloop.lm.sources import open_source
+    from hookloop.lm.stream import prepare_sources
+    from hookloop.lm.tokenizers import load_tokenizer
+
+    start, cpu = time.perf_counter(), time.process_time()  # imports done: throughput only
     if kind == "copy":
         with open(corpus, "rb") as src, open(out, "wb") as dst:
             while data := src.read(PIECE):
                 dst.write(data)
     elif kind == "bpe-own":
-        from hookloop.lm.tokenizers import load_tokenizer
-
         tok = load_tokenizer(tokenizer_file)._tok
         with open(corpus, encoding="utf-8") as f:
             while text := f.read(PIECE * 2):
                 tok.encode_batch_fast([text[i : i + 65536] for i in range(0, len(text), 65536)])
     else:
-        from hookloop.lm.sources import open_source
-        from hookloop.lm.stream import prepare_sources
-        from hookloop.lm.tokenizers import load_tokenizer
-
-        tokenizer = load_tokenizer(tokenizer_file) if kind == "bpe" else kind
+        tokenizer = load_tokenizer(tokenizer_file) if kind == "bpe" else kind.removeprefix("old-")
         prepare_sources(open_source(corpus), out, tokenizer=tokenizer, progress=False)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "peak_mb": peak}))
+    import hookloop
+
+    print(json.dumps({"seconds": seconds, "cpu": cpu, "peak_mb": peak, "code": hookloop.__file__}))
 
 
-def measure(kind: str, corpus: Path, work: Path, tokenizer_file: Path) -> dict[str, float]:
+def extract(ref: str, work: Path) -> Path:
+    """The `engine/` package of git commit `ref`, importable as `hookloop` from the result."""
+    root = work / "baseline"
+    root.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", ref, "engine"], capture_output=True, check=True, cwd=REPO
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    (root / "engine").rename(root / "hookloop")
+    return root
+
+
+def measure(
+    kind: str, corpus: Path, work: Path, tokenizer_file: Path, baseline: Path | None
+) -> dict[str, float]:
     out = work / f"out-{kind}"
     args = [sys.executable, __file__, "--child", kind, str(corpus), str(out), str(tokenizer_file)]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=3600, check=False)
+    env = dict(os.environ)
+    if kind.startswith("old-"):
+        assert baseline is not None
+        env["PYTHONPATH"] = str(baseline)
+    result = subprocess.run(
+        args, capture_output=True, text=True, timeout=3600, check=False, env=env
+    )
     shutil.rmtree(out, ignore_errors=True) if out.is_dir() else out.unlink(missing_ok=True)
     if result.returncode:
         raise SystemExit(f"{kind} on {corpus} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (str(baseline) in measured["code"]) == kind.startswith("old-"), measured["code"]
+    return measured
 
 
 def write_corpus(path: Path, size_mb: int, source: Path | None) -> None:
@@ -106,10 +135,12 @@ def main() -> None:
     parser.add_argument("--tokenizers", default="char,byte,bpe")
     parser.add_argument("--text", type=Path, default=SHAKESPEARE, help="text repeated to size")
     parser.add_argument("--dir", type=Path, default=None, help="where the corpora go (a temp dir)")
+    parser.add_argument("--baseline", metavar="REF", help="also run char/byte of git commit REF")
     args = parser.parse_args()
     kinds = args.tokenizers.split(",")
     work = Path(tempfile.mkdtemp(prefix="prepare-scale-", dir=args.dir))
     try:
+        baseline = extract(args.baseline, work) if args.baseline else None
         tokenizer_file = work / "bpe.json"
         if "bpe" in kinds:
             from hookloop.lm.tokenizers import BpeTokenizer
@@ -117,26 +148,40 @@ def main() -> None:
             sample = work / "sample.txt"
             write_corpus(sample, 4, args.text)
             BpeTokenizer.train(sample.read_text(encoding="utf-8"), 4096).save(tokenizer_file)
-        runs = [*kinds, "copy", *(["bpe-own"] if "bpe" in kinds else [])]
-        print("| corpus | run | MB/s | seconds | peak RSS (MB) |")
-        print("| ---: | --- | ---: | ---: | ---: |")
+        old = [f"old-{k}" for k in kinds if baseline and k in ("char", "byte")]
+        runs = [*kinds, *old, "copy", *(["bpe-own"] if "bpe" in kinds else [])]
+        print("| corpus | run | MB/s | MB per CPU-second | seconds | peak RSS (MB) |")
+        print("| ---: | --- | ---: | ---: | ---: | ---: |")
+        ratios = []
         for size in (int(s) for s in args.sizes.split(",")):
             corpus = work / f"corpus-{size}mb.txt"
             write_corpus(corpus, size, args.text)
             results: dict[str, list[dict[str, float]]] = {k: [] for k in runs}
             for _ in range(args.rounds_large if size >= 1000 else args.rounds):
                 for kind in runs:
-                    results[kind].append(measure(kind, corpus, work, tokenizer_file))
+                    results[kind].append(measure(kind, corpus, work, tokenizer_file, baseline))
             for kind in runs:
                 seconds = [r["seconds"] for r in results[kind]]
-                rates = [size / s for s in seconds]
+                cpu = [size / r["cpu"] for r in results[kind]]
                 peaks = [r["peak_mb"] for r in results[kind]]
+                rates = [size / s for s in seconds]
                 print(
-                    f"| {size:,} MB | {kind} | {summary(rates)} | {summary(seconds)} | "
-                    f"{summary(peaks)} |",
+                    f"| {size:,} MB | {kind} | {summary(rates)} | {summary(cpu)} | "
+                    f"{summary(seconds)} | {summary(peaks)} |",
                     flush=True,
                 )
+            for kind in old:
+                new = kind.removeprefix("old-")
+                pairs = zip(results[kind], results[new], strict=True)
+                wall = [o["seconds"] / n["seconds"] for o, n in pairs]
+                pairs = zip(results[kind], results[new], strict=True)
+                cpu = [o["cpu"] / n["cpu"] for o, n in pairs]
+                ratios.append(f"| {size:,} MB | {new} | {summary(wall)} | {summary(cpu)} |")
             corpus.unlink()
+        if ratios:
+            print(f"\nSpeed-up over {args.baseline}, per round (old seconds / new seconds):\n")
+            print("| corpus | tokenizer | wall-clock | CPU |\n| ---: | --- | ---: | ---: |")
+            print("\n".join(ratios))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -11,6 +11,7 @@ reading stops there.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,5 +73,14 @@ def history_steps(path: Path) -> list[int]:
 
 
 def offline_run_files(wandb_dir: Path, run_id: str) -> list[Path]:
-    """Every offline run file of run `run_id` under a `wandb/` directory (one per start)."""
-    return sorted(Path(wandb_dir).glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
+    """Every offline run file of run `run_id` under a `wandb/` directory, one per start, in
+    the order they started.
+
+    W&B names a start's folder `offline-run-<YYYYMMDD_HHMMSS>-<id>`, adding `-1`, `-2`, ...
+    when a start of the same id falls in the same second as an earlier one."""
+    pattern = re.compile(rf"offline-run-(\d{{8}}_\d{{6}})-{re.escape(run_id)}(?:-(\d+))?")
+    found = []
+    for path in Path(wandb_dir).glob(f"offline-run-*/run-{run_id}.wandb"):
+        if match := pattern.fullmatch(path.parent.name):
+            found.append(((match[1], int(match[2] or 0)), path))
+    return [path for _, path in sorted(found)]

@@ -101,6 +101,10 @@ class Preemption:
 
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, handler)
+            # Restart system calls the signal interrupts: a rank blocked in a gloo/NCCL
+            # collective must not see EINTR (gloo aborts the process on it); the handler
+            # only sets a flag, which the loop reads at the end of the step.
+            signal.siginterrupt(sig, False)
 
     @hookimpl
     def on_fit_end(self, engine: Engine, state: State) -> None:

@@ -23,34 +23,34 @@ artifact `hookloop-<run id>` with `config.toml`, `metrics.csv`, `metrics.png` an
 Resume: the W&B run id is saved in the checkpoint; `--resume` calls `wandb.init(id=...,
 resume="allow")`. W&B drops steps that go backwards, so the steps the run already holds
 (online: the server's step; offline: the earlier offline files of the run, read by
-`hookloop.plugins._wandbfile`) are not logged again: each step appears once.
+`hookloop.plugins._wandbfile`) are not logged again: each step appears once. Offline, each
+start writes a folder of its own with the same run id; `wandb sync` uploads them in order.
 
-Non-critical, rank 0 only. Every W&B call runs on a worker thread (see
-`hookloop.plugins._tracker`): a failure is logged once, journaled and the plugin disabled;
+Non-critical, rank 0 only. Every W&B call runs in a tracker process of its own (see
+`hookloop.plugins._trackerproc`), which starts its own W&B service (an inherited
+`WANDB_SERVICE` is not used): a failure is logged once, journaled and the plugin disabled;
 training goes on. Hooks: `on_fit_start`, `after_step`, `on_eval_end`, `on_fit_end`,
 `on_exception`, `on_save_checkpoint`, `on_load_checkpoint`.
-Cost: a few scalar reads per logged step (one asynchronous copy on a GPU), and a batch handed
-to the worker every `flush_every` logged steps.
+Cost: a reference kept per step; every `flush_every` logged steps one stacked copy to the host
+(asynchronous on a GPU) and one JSON line to the tracker process.
 """
 
 from __future__ import annotations
 
 import netrc
 import os
-import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from hookloop import PluginError
 from hookloop.options import check_choice
-from hookloop.plugins._tracker import Row, TrackerBackend, TrackerPlugin
-from hookloop.plugins._wandbfile import history_steps, offline_run_files
+from hookloop.plugins._tracker import TrackerPlugin
 
 if TYPE_CHECKING:
     from hookloop import Engine
 
-__all__ = ["WandB", "WandBBackend", "api_key_configured", "resolve_mode"]
+__all__ = ["WandB", "api_key_configured", "resolve_mode"]
 
 MODES = ("online", "offline", "disabled")
 
@@ -80,6 +80,7 @@ class WandB(TrackerPlugin):
     """Log the run to W&B (see the module docstring for options)."""
 
     name = "wandb"
+    backend_class = "hookloop.plugins._wandbbackend:WandBBackend"
 
     def __init__(
         self,
@@ -107,7 +108,7 @@ class WandB(TrackerPlugin):
         self.project, self.entity, self.run_name = project or "hookloop", entity, name
         self.mode, self.dir = mode, dir
 
-    def backend(self, engine: Engine) -> WandBBackend:
+    def backend_options(self, engine: Engine) -> dict[str, Any]:
         if self.dir:
             directory = Path(self.dir)
         elif engine.run_dir is not None:
@@ -115,72 +116,11 @@ class WandB(TrackerPlugin):
         else:
             raise PluginError("wandb: the engine has no run_dir; set [plugins.wandb] dir")
         name = self.run_name or (engine.run_dir.name if engine.run_dir else None)
-        return WandBBackend(
-            project=self.project,
-            entity=self.entity or None,
-            name=name,
-            mode=resolve_mode(self.mode),
-            directory=directory.resolve(),
-            timeout=self.timeout,
-        )
-
-
-class WandBBackend(TrackerBackend):
-    """The W&B calls: one `wandb.init` run, logged with explicit steps."""
-
-    def __init__(
-        self,
-        *,
-        project: str,
-        entity: str | None,
-        name: str | None,
-        mode: str,
-        directory: Path,
-        timeout: float,
-    ) -> None:
-        self.project, self.entity, self.name, self.mode = project, entity, name, mode
-        self.directory, self.timeout = directory, timeout
-        self.run: Any = None
-
-    def open(self, run_id: str | None) -> tuple[str, dict[str, int]]:
-        import wandb
-
-        self.directory.mkdir(parents=True, exist_ok=True)
-        run_id = run_id or secrets.token_hex(4)
-        # earlier offline starts of this run (before the one init creates now)
-        earlier = offline_run_files(self.directory / "wandb", run_id)
-        self.run = wandb.init(
-            project=self.project,
-            entity=self.entity,
-            name=self.name,
-            id=run_id,
-            resume="allow",
-            dir=str(self.directory),
-            mode=self.mode,
-            reinit="create_new",
-            settings=wandb.Settings(
-                silent=True, console="off", init_timeout=self.timeout, disable_code=True
-            ),
-        )
-        last = self.run.step - 1 if self.run.resumed else -1  # online: the server's step
-        for path in earlier:
-            last = max([last, *history_steps(path)])
-        return run_id, {"*": last}
-
-    def log_params(self, params: dict[str, str], tags: dict[str, str]) -> None:
-        self.run.config.update(params, allow_val_change=True)
-        self.run.tags = tuple(sorted({*self.run.tags, *(f"{k}={v}"[:64] for k, v in tags.items())}))
-
-    def log_rows(self, rows: list[Row]) -> None:
-        for step, values in rows:
-            self.run.log(values, step=step)
-
-    def finish(self, status: str, artifacts: list[Path]) -> None:
-        import wandb
-
-        if artifacts:
-            artifact = wandb.Artifact(f"hookloop-{self.run.id}", type="hookloop-run")
-            for path in artifacts:
-                artifact.add_file(str(path), name=path.name)
-            self.run.log_artifact(artifact)
-        self.run.finish(exit_code=0 if status == "FINISHED" else 1)
+        return {
+            "project": self.project,
+            "entity": self.entity or None,
+            "name": name,
+            "mode": resolve_mode(self.mode),
+            "directory": str(directory.resolve()),
+            "timeout": self.timeout,
+        }

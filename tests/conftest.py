@@ -610,101 +610,115 @@ def _set_args(overrides: list[str]) -> list[str]:
     return [arg for override in overrides for arg in ("--set", override)]
 
 
-# --- tracker tests: a run killed with SIGKILL right after a step reached the tracker --------
+# --- tracker tests: a run killed with SIGKILL once steps past its checkpoint are logged --
 
 TRACKER_RUN = r"""
-import os, signal, sys, time
+import os, signal, sqlite3, sys, time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from hookloop import Engine, hookimpl
-from hookloop.checkpoint import latest_valid_checkpoint, load_checkpoint
 from hookloop.plugins.checkpoint import Checkpoint
 
-tracker_name, run_dir, kill_at = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 
-
-def logged_steps(tracker):
-    run_id = tracker._worker.run_id
-    if not run_id:
-        return []
+def logged_steps(tracker_name, run_dir):
+    # what the tracker holds, read from its files (importing the tracker here takes seconds)
     if tracker_name == "mlflow":
-        from mlflow import MlflowClient
+        try:
+            with sqlite3.connect(run_dir / "mlflow.db") as db:
+                return [s for (s,) in db.execute("SELECT step FROM metrics WHERE key = 'loss'")]
+        except sqlite3.Error:  # not created yet, or locked by a write
+            return []
+    from hookloop.plugins._wandbfile import history_steps
 
-        client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
-        return [m.step for m in client.get_metric_history(run_id, "loss")]
-    from hookloop.plugins._wandbfile import history_steps, offline_run_files
-
-    files = offline_run_files(run_dir / "wandb", run_id)
-    return history_steps(files[-1]) if files else []
+    return [s for f in (run_dir / "wandb").glob("offline-run-*/*.wandb") for s in history_steps(f)]
 
 
 class KillOnceLogged:
-    # kill -9 once step `kill_at` is in the tracker, before the checkpoint that covers it
+    # at step `kill_at`, once the tracker holds step 5 (past the checkpoint at 4): kill -9
     name = "killer"
-    after = (tracker_name,)
+
+    def __init__(self, tracker_name, run_dir, kill_at):
+        self.tracker_name, self.run_dir, self.kill_at = tracker_name, run_dir, kill_at
 
     @hookimpl
-    def after_step(self, engine, state):
-        if state.step != kill_at:
+    def after_step(self, state):
+        if state.step != self.kill_at:
             return
-        tracker = engine.plugins[tracker_name].plugin
-        # W&B writes a step's row once a later step arrives: the step before is on disk
-        wait_for = kill_at if tracker_name == "mlflow" else kill_at - 1
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if wait_for in logged_steps(tracker):
+            if 5 in logged_steps(self.tracker_name, self.run_dir):
                 os.kill(os.getpid(), signal.SIGKILL)
             time.sleep(0.05)
-        sys.exit("the step never reached the tracker")
+        sys.exit("step 5 never reached the tracker")
 
 
-if tracker_name == "mlflow":
-    from hookloop.plugins.mlflow import MLflow as Tracker
-else:
-    from hookloop.plugins.wandb import WandB as Tracker
-torch.manual_seed(0)
-model = torch.nn.Linear(4, 4)
-g = torch.Generator().manual_seed(0)
-data = [(torch.randn(2, 4, generator=g), torch.randn(2, 4, generator=g)) for _ in range(12)]
-plugins = [Tracker(flush_every=1), Checkpoint(every_steps=4, save_on_exception=False)]
-if kill_at:
-    plugins.append(KillOnceLogged())
-engine = Engine(
-    model,
-    torch.optim.SGD(model.parameters(), lr=0.1),
-    data,
-    loss_fn=lambda m, b: F.mse_loss(m(b[0]), b[1]),
-    plugins=plugins,
-    run_dir=run_dir,
-)
-if not kill_at:
-    load_checkpoint(engine, latest_valid_checkpoint(run_dir))
-engine.fit(max_steps=10)
+def build(tracker_name, run_dir, kill_at=0):
+    # 10 steps of a tiny model, a checkpoint every 4, the tracker sending every step
+    if tracker_name == "mlflow":
+        from hookloop.plugins.mlflow import MLflow as Tracker
+    else:
+        from hookloop.plugins.wandb import WandB as Tracker
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 4)
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(2, 4, generator=g), torch.randn(2, 4, generator=g)) for _ in range(12)]
+    plugins = [Tracker(flush_every=1), Checkpoint(every_steps=4, save_on_exception=False)]
+    if kill_at:
+        plugins.append(KillOnceLogged(tracker_name, run_dir, kill_at))
+    return Engine(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        data,
+        loss_fn=lambda m, b: F.mse_loss(m(b[0]), b[1]),
+        plugins=plugins,
+        run_dir=run_dir,
+    )
+
+
+if __name__ == "__main__":
+    build(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])).fit(max_steps=10)
 """
 
 
-@pytest.fixture
-def tracker_run(tmp_path: Any) -> Callable[..., Any]:
-    """Run 10 steps of a tiny model with a tracker (`mlflow` or `wandb`) and checkpoints every
-    4 steps in a subprocess: `run(tracker, run_dir, kill_at)` kills it with SIGKILL in step
-    `kill_at`, before its checkpoint, once the step (W&B: the step before) is in the tracker;
-    `kill_at=0` resumes from the latest checkpoint."""
-    import subprocess
-    import sys
+class TrackerRun:
+    """The tracker kill-and-resume harness: `kill(tracker, run_dir, kill_at)` trains in a
+    subprocess and kills it with SIGKILL in step `kill_at`, once the tracker holds step 5
+    (past the checkpoint at step 4); `resume(tracker, run_dir)` builds the same run in this
+    process, loads the latest checkpoint and trains to step 10."""
 
+    def __init__(self, script: Any) -> None:
+        self.script = script
+
+    def kill(self, tracker: str, run_dir: Any, kill_at: int) -> subprocess.CompletedProcess:
+        # Not run_process: that kills the process group as soon as the leader exits, and the
+        # killed run's tracker process must be left to end on its own, as after a real kill
+        # (the group is killed when the test ends).
+        cmd = python_script(self.script, tracker, run_dir, kill_at)
+        proc = start_process(cmd, env={"WANDB_SILENT": "true"})
+        timeout = hang_limit(SUBPROCESS_TIMEOUT * 3)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _fail_hung(proc, timeout, "still running")
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    def resume(self, tracker: str, run_dir: Any) -> Any:
+        import runpy
+
+        from hookloop.checkpoint import latest_valid_checkpoint, load_checkpoint
+
+        engine = runpy.run_path(str(self.script), run_name="tracker_run")["build"](tracker, run_dir)
+        load_checkpoint(engine, latest_valid_checkpoint(run_dir))
+        engine.fit(max_steps=10)
+        return engine
+
+
+@pytest.fixture
+def tracker_run(tmp_path: Any) -> TrackerRun:
+    """A `TrackerRun` for one test."""
     script = tmp_path / "tracker_run.py"
     script.write_text(TRACKER_RUN)
-
-    def run(tracker: str, run_dir: Any, kill_at: int) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, str(script), tracker, str(run_dir), str(kill_at)],
-            capture_output=True,
-            text=True,
-            timeout=240,
-            env={**__import__("os").environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"},
-        )
-
-    return run
+    return TrackerRun(script)

@@ -7,6 +7,7 @@ tables come out. The losses it reports and their targets live in benchmarks/RESU
 from __future__ import annotations
 
 import math
+import os
 import re
 import subprocess
 import sys
@@ -85,3 +86,72 @@ def test_the_mutation_script_names_existing_core_modules_and_tests(tmp_path):
     assert (tmp_path / "hookloop" / "dispatch.py").is_file()
     assert (tmp_path / "hookloop" / "plugins" / "clip.py").is_file()
     assert 'source_paths = ["hookloop/dispatch.py"]' in (tmp_path / "pyproject.toml").read_text()
+
+
+PEERS = SCRIPT.parent / "peers.py"
+
+
+def run_peers(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    out = subprocess.run(
+        [sys.executable, str(PEERS), "--steps", "12", "--rounds", "1", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def check_table(stdout: str, model: str, variants: list[str]) -> None:
+    """The table of `model` names every variant, and all of them end at the same loss."""
+    table = stdout.split(f"### {model}: 12 steps x 1 interleaved rounds")[1]
+    rows = re.findall(r"^\| (\w+) \| ([\d.]+) \(.* \| ([\d.]+) \|$", table, flags=re.M)
+    assert [r[0] for r in rows[: len(variants)]] == variants, stdout
+    assert len({r[2] for r in rows[: len(variants)]}) == 1, stdout  # same work, same loss
+    gap = re.search(r"every variant and round within (\S+) of raw's", table)
+    assert gap and float(gap[1]) < 1e-5, stdout
+
+
+def test_peers_runs_raw_and_hookloop_side_by_side_and_they_end_at_one_loss():
+    variants = ["raw", "hookloop", "defaults"]
+    out = run_peers("--model", "mlp", "--probe-rounds", "0", "--variants", ",".join(variants))
+    check_table(out.stdout, "mlp", variants)
+
+
+def test_a_peers_probe_times_the_import_and_the_first_step():
+    import json
+    import time
+
+    spawned = time.time()
+    out = run_peers("--probe", "hookloop", "--spawned", repr(spawned))
+    seconds = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(seconds) == {"import", "first_step"}
+    assert 0 < seconds["import"] < seconds["first_step"] < time.time() - spawned
+
+
+@pytest.mark.parametrize("peer", ["ignite", "lightning"])
+def test_peers_runs_a_peer_framework_on_the_same_work(peer):
+    import importlib.util
+
+    if importlib.util.find_spec(peer) is None:
+        pytest.skip(f"{peer} is not installed (the bench extra)")
+    out = run_peers("--model", "mlp", "--probe-rounds", "0", "--variants", f"raw,{peer}")
+    check_table(out.stdout, "mlp", ["raw", peer])
+
+
+def test_peers_without_the_bench_extra_is_one_clear_line(tmp_path):
+    fake = tmp_path / "ignite"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('No module named ignite')\n")
+    out = subprocess.run(
+        [sys.executable, str(PEERS), "--variants", "raw,hookloop,ignite"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "peers.py: ignite not installed: pip install -e '.[bench]' (or leave them out of --variants)"
+    ]
+    assert out.stdout == ""

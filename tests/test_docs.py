@@ -354,13 +354,13 @@ def fixture_files(cwd: Path) -> None:
         (cwd / "notes" / f"n{i}.md").write_text(TEXT[i * 2000 : (i + 1) * 2000], encoding="utf-8")
     (cwd / "run.toml").write_text("# an empty config: the defaults\n", encoding="utf-8")
     halves = (TEXT[: len(TEXT) // 2], TEXT[len(TEXT) // 2 :])
-    # stories/more: the prepare --help examples; speeches/sonnets: the tutorial's corpora
+    # stories/more: the prepare --help examples; speeches/royals: the tutorial's corpora
     # (its shell snippet makes speeches.jsonl from input.txt; the runner runs only hookloop)
     for name, part in (
         ("stories.jsonl", halves[0]),
         ("more.jsonl", halves[1]),
         ("speeches.jsonl", halves[0]),
-        ("sonnets.jsonl", halves[1]),
+        ("royals.jsonl", halves[1]),
     ):
         lines = [json.dumps({"text": chunk}) for chunk in part.split("\n\n") if chunk.strip()]
         (cwd / name).write_text("\n".join(lines) + "\n", encoding="utf-8")

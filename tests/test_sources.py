@@ -26,6 +26,9 @@ def test_a_text_file_is_one_document_read_in_pieces(tmp_path):
         source = open_source(tmp_path / "t.txt", piece_bytes=piece)
         assert texts(source) == [text.replace("\r\n", "\n").replace("\r", "\n")]
         assert source.count_documents() == 1 and source.bytes_read == len(text.encode())
+        (pieces,) = [list(doc) for doc in source.documents(utf8=True)]
+        assert all(isinstance(p, bytes) and p.decode("utf-8") for p in pieces)  # whole chars
+        assert b"".join(pieces) == texts(source)[0].encode("utf-8")
 
 
 def test_a_directory_reads_each_file_by_its_suffix_in_sorted_order(tmp_path):
@@ -69,10 +72,15 @@ def test_invalid_json_and_other_fields(tmp_path):
     assert texts(open_source(path, text_field="body")) == ["a", "b"]
 
 
-def test_not_utf8_names_the_file_and_byte(tmp_path):
-    (tmp_path / "bad.txt").write_bytes(b"fine text\n" * 10 + b"\xff\xfe")
-    with pytest.raises(DataError, match=r"bad.txt is not UTF-8 text .* byte 100"):
-        texts(open_source(tmp_path / "bad.txt", piece_bytes=16))
+@pytest.mark.parametrize("tail", [b"\xff\xfe", "é".encode()[:1] + b"x", "日".encode()[:2]])
+def test_not_utf8_names_the_file_and_byte(tmp_path, tail):
+    (tmp_path / "bad.txt").write_bytes("fine téxt\n".encode() * 10 + b"\r" + tail)
+    for piece in (16, 3, 1 << 20):
+        for utf8 in (False, True):
+            with pytest.raises(DataError, match=r"bad.txt is not UTF-8 text .* byte 111\)"):
+                list(
+                    next(open_source(tmp_path / "bad.txt", piece_bytes=piece).documents(utf8=utf8))
+                )
 
 
 def test_split_tail_cuts_at_a_newline_and_never_inside_a_character(tmp_path):

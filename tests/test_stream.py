@@ -54,6 +54,7 @@ def test_streaming_equals_whole_text_prepare(tmp_path, kind):
             tokenizer=kind,
         )
         assert meta["sha256"] == whole["sha256"] and meta["vocab_size"] == whole["vocab_size"]
+        assert meta["train_chars"] == whole["train_chars"] == len(train.replace("\r\n", "\n"))
         for split in ("train", "val"):
             assert np.array_equal(token_ids(out, split), token_ids(tmp_path / "whole", split))
         assert (out / "tokenizer.json").read_text() == (
@@ -142,7 +143,7 @@ def test_too_few_documents_to_split(tmp_path):
 @pytest.mark.parametrize(
     ("method", "error", "raised", "message"),
     [
-        ("write", KeyboardInterrupt(), KeyboardInterrupt, ""),  # Ctrl-C while tokenizing
+        ("write", KeyboardInterrupt(), KeyboardInterrupt, None),  # Ctrl-C while tokenizing
         ("_append", OSError(28, "No space left on device"), DataError, "device; nothing was"),
     ],
 )
@@ -158,6 +159,7 @@ def test_a_failed_prepare_leaves_nothing(tmp_path, monkeypatch, method, error, r
         original(self, ids)
 
     monkeypatch.setattr(TokenWriter, method, fail)
+    monkeypatch.setattr(stream, "_BATCH_CHARS", 64)  # many writes, so the third fails
     with pytest.raises(raised, match=message):
         prepare_sources(open_source(tmp_path / "t.txt", piece_bytes=64), tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.txt"]

@@ -40,6 +40,29 @@ def test_char_unknown_character_is_a_data_error():
         tok.decode([3])
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_char_encode_of_utf8_bytes_equals_encode_of_the_text(seed):
+    rng = np.random.default_rng(seed)
+    alphabet = list("ab cd\n\t'.!\x7fé日🙂\ud800ÿ") + [chr(0x10FFFF)]
+    tok = CharTokenizer(sorted(alphabet))
+    for n in (0, 1, 5, 300):
+        # mostly ASCII, sometimes all multi-byte: every mix of marked and plain bytes
+        weights = np.where(np.array([c.isascii() for c in alphabet]), 1.0, rng.uniform(0, 3))
+        text = "".join(rng.choice(alphabet, n, p=weights / weights.sum()))
+        ids = tok.encode_utf8(text.encode("utf-8", "surrogatepass"))
+        assert ids.tolist() == [tok.chars.index(c) for c in text]
+    narrow = CharTokenizer([c for c in alphabet if c not in "é."])
+    for text, unknown in (("ab é", "é"), ("ab.", "."), ("日é日.", ".é"), ("é", "é")):
+        with pytest.raises(DataError, match=f"not in the vocabulary of 15, e.g. '{unknown}'"):
+            narrow.encode_utf8(text.encode())
+    # more ids than uint16 holds; then the ASCII "a" given last, so its id is 70000
+    text = "a" + chr(0x4E00 + 69_999) + "a" + chr(0x4E00)
+    wide = CharTokenizer(["a"] + [chr(0x4E00 + i) for i in range(70_000)])
+    assert wide.encode_utf8(text.encode()).tolist() == [0, 70_000, 0, 1]
+    unsorted = CharTokenizer([chr(0x4E00 + i) for i in range(70_000)] + ["a"])
+    assert unsorted.encode_utf8(text.encode()).tolist() == [70_000, 69_999, 70_000, 0]
+
+
 def test_byte_round_trip_of_any_text():
     tok = ByteTokenizer()
     ids = tok.encode(TEXT)

@@ -25,14 +25,7 @@ from safetensors.torch import load_file
 from hookloop.checkpoint import latest_valid_checkpoint, read_pointer, verify_checkpoint
 from hookloop.cli import main
 
-pytestmark = [
-    pytest.mark.slow,
-    # Known failing since the merge of issue 12's run plan into the torchrun launch (the
-    # clean-clone CI run failed three of these five); open in issue 11, to fix first.
-    pytest.mark.xfail(
-        reason="multi-rank paths broken by the run-plan merge; see issue 11", strict=False
-    ),
-]
+pytestmark = pytest.mark.slow
 
 B = 4  # per-rank batch; the 1-rank reference uses 2 * B
 TINY = [
@@ -180,6 +173,82 @@ def test_killed_rank_ends_the_job_and_resumes_bitwise_on_two_and_close_on_one(wo
     finally:
         os.chdir(cwd)
     assert_close(workdir / "killed-1", workdir / "straight", steps=range(last_step(last) + 1, 21))
+
+
+def test_sigusr1_to_one_rank_saves_one_checkpoint_at_one_step_and_resume_auto_continues(
+    workdir,
+):
+    """SLURM's warning signal reaching only rank 1: both ranks stop at the same step, rank 0
+    writes one checkpoint of the 2-rank state, the run exits 0, and `--resume auto` goes on."""
+    args = ["train", *TINY, "--set", f"data.batch_size={B}", "--run-dir", "preempted"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    env = {**os.environ, "HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [*cmd, "2", "-m", "hookloop", *args, "--set", "training.max_steps=100000"],
+        cwd=workdir, env=env, text=True, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while read_pointer(workdir / "preempted" / "checkpoints", "latest") is None:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        os.kill(_worker_pid(proc.pid, rank=1), signal.SIGUSR1)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out + err
+    assert err.count("received SIGUSR1") == 1, err  # only rank 1 got it
+    run = workdir / "preempted"
+    journal = [json.loads(x) for x in (run / "journal.jsonl").read_text().splitlines()]
+    (entry,) = [e for e in journal if e["event"] == "signal_received"]
+    last = latest_valid_checkpoint(run)
+    assert last is not None and last_step(last) == entry["step"] > 0
+    assert verify_checkpoint(last)["world_size"] == 2
+    assert max(losses(run)) == entry["step"]  # no rank went a step further
+
+    target = entry["step"] + 3
+    ok(torchrun(*args, "--resume", "auto", "--set", f"training.max_steps={target}", cwd=workdir))
+    assert max(losses(run)) == target and last_step(latest_valid_checkpoint(run)) == target
+
+
+def test_eval_under_two_ranks_shards_the_batches_and_equals_one_process(workdir):
+    """A 1-rank checkpoint evaluated by 2 ranks gives the 1-process validation loss."""
+    one = subprocess.run(
+        [sys.executable, "-m", "hookloop", "eval", "--run", "ref"], cwd=workdir,
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD": "1"},
+    )  # fmt: skip
+    two = ok(torchrun("eval", "--run-dir", "ref", cwd=workdir))
+
+    def val_loss(out: str) -> float:
+        (line,) = [x for x in out.splitlines() if x.startswith("val_loss")]
+        return float(line.split()[1])
+
+    # Printed to 4 decimals; the all-reduce only reorders a float sum.
+    assert abs(val_loss(two) - val_loss(ok(one))) <= 1.01e-4, two
+
+
+def test_a_one_rank_checkpoint_resumes_on_two_ranks_with_half_the_batch(workdir):
+    """The reference run (1 rank, batch 2B) resumed from step 10 on 2 ranks with batch B
+    ends where it ended itself, within float rounding."""
+    run = workdir / "ref-on-2"
+    shutil.copytree(workdir / "ref", run)
+    for checkpoint in (run / "checkpoints").glob("step-*"):
+        if last_step(checkpoint) > 10:
+            shutil.rmtree(checkpoint)
+    for pointer in ("latest", "best"):
+        (run / "checkpoints" / pointer).unlink(missing_ok=True)
+    with open(run / "metrics.csv") as f:  # the rows after step 10 belong to the old run
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= 10]
+    with open(run / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    resume = ["--resume", "auto", "--set", "training.max_steps=20", "--run-dir", "ref-on-2"]
+    ok(torchrun("train", *TINY, "--set", f"data.batch_size={B}", *resume, cwd=workdir))
+    assert_close(run, workdir / "ref", steps=range(11, 21))
 
 
 def last_step(path: Path) -> int:

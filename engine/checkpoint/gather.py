@@ -96,6 +96,11 @@ def load_optimizer_state(engine: Engine, state: dict[str, Any]) -> None:
         return
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
+    # As `Optimizer.load_state_dict` does, the saved hyperparameters replace the groups' own
+    # first: a key that a plugin adds at fit start (the schedule's `initial_lr`) is not there
+    # yet, and `set_optimizer_state_dict` refuses a key the live groups lack.
+    for group, saved in zip(engine.optimizer.param_groups, state["param_groups"], strict=True):
+        group.update({k: v for k, v in saved.items() if k != "params"})
     names = _param_names(engine)
     flat = [n for group in names for n in group]
     by_name = {

@@ -24,6 +24,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """`--run`, `--runs` and `--checkpoint`: which trained weights a command reads."""
     parser.add_argument(
         "--run",
+        "--run-dir",  # as `train` spells it; under torchrun only this spelling works
         dest="run_dir",
         metavar="DIR",
         help="run directory (default: the latest under --runs)",

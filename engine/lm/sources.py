@@ -32,7 +32,7 @@ __all__ = ["PIECE_CHARS", "Source", "list_files", "open_source"]
 PIECE_CHARS = 1 << 22
 """Default size of a text piece read from a file, in bytes (4 MiB)."""
 _JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
-Document = Iterator[str]
+Document = Iterator[str]  # or Iterator[bytes], see `Source.documents`
 
 
 @dataclass
@@ -78,8 +78,23 @@ class Source:
             return len(self.dataset)
         return sum(_count_in_file(f) for f in self.files)
 
-    def documents(self) -> Iterator[Document]:
-        """Every document, in order, each an iterator of its text pieces."""
+    def documents(self, *, utf8: bool = False) -> Iterator[Document]:
+        """Every document, in order, each an iterator of its text pieces.
+
+        Args:
+            utf8: Give each piece as its UTF-8 `bytes` instead of a `str` (a text file's
+                bytes are then never decoded when they are ASCII: the fast path of the
+                `char` and `byte` tokenizers).
+        """
+        documents = self._documents(utf8)
+        if not utf8:
+            return documents
+        return (
+            (p if isinstance(p, bytes) else p.encode("utf-8", "surrogatepass") for p in doc)
+            for doc in documents
+        )
+
+    def _documents(self, utf8: bool) -> Iterator[Iterator[str | bytes]]:
         self.bytes_read = 0
         if self.texts is not None:
             for text in self.texts:
@@ -96,7 +111,7 @@ class Source:
             elif suffix == ".parquet":
                 yield from self._parquet_documents(path)
             else:
-                yield self._text_pieces(path)
+                yield self._text_bytes(path) if utf8 else self._text_pieces(path)
 
     def split_tail(self, fraction: float) -> tuple[Source, Source]:
         """A single text file cut in two at the last newline before `1 - fraction` of its
@@ -120,32 +135,34 @@ class Source:
     # --- readers -------------------------------------------------------------------------
 
     def _text_pieces(self, path: Path) -> Document:
+        return (piece.decode("utf-8") for piece in self._text_bytes(path))
+
+    def _text_bytes(self, path: Path) -> Iterator[bytes]:
+        """The file's UTF-8 bytes in pieces, checked, with universal newlines, each piece
+        ending at a character boundary (ASCII pieces are checked without decoding)."""
         start, stop = self.tail or (0, None)
-        decoder = codecs.getincrementaldecoder("utf-8")()
-        held = ""  # a trailing "\r" waits for the next piece (it may be half of "\r\n")
-        offset = start
+        held = b""  # an incomplete character, or a "\r" that may be half of "\r\n"
+        offset = start  # file offset of the first byte after `held`
         with open(path, "rb") as f:
             f.seek(start)
             while True:
                 size = self.piece_bytes if stop is None else min(self.piece_bytes, stop - offset)
-                data = f.read(size) if size > 0 else b""
-                try:
-                    text = held + decoder.decode(data, final=not data)
-                except UnicodeDecodeError as exc:
-                    raise DataError(
-                        f"{path} is not UTF-8 text ({exc.reason} near byte "
-                        f"{offset + exc.start}); convert it or leave it out with --glob"
-                    ) from None
-                offset += len(data)
-                self.bytes_read += len(data)
-                held = ""
-                if data and text.endswith("\r"):
-                    text, held = text[:-1], "\r"
-                if "\r" in text:
-                    text = text.replace("\r\n", "\n").replace("\r", "\n")
-                if text:
-                    yield text
-                if not data:
+                read = f.read(size) if size > 0 else b""
+                self.bytes_read += len(read)
+                data = held + read if held else read
+                if data.isascii():
+                    done = len(data)
+                else:
+                    done = _utf8_prefix(data, final=not read, path=path, at=offset - len(held))
+                offset += len(read)
+                piece, held = (data, b"") if done == len(data) else (data[:done], data[done:])
+                if read and piece.endswith(b"\r"):
+                    piece, held = piece[:-1], b"\r" + held
+                if b"\r" in piece:
+                    piece = piece.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+                if piece:
+                    yield piece
+                if not read:
                     return
 
     def _json_documents(self, path: Path) -> Iterator[Document]:
@@ -254,6 +271,18 @@ def list_files(path: str | Path, glob: str = "*") -> list[Path]:
     else:
         raise DataError(f"{path} does not exist; give a text file or a directory of them")
     return files
+
+
+def _utf8_prefix(data: bytes, *, final: bool, path: Path, at: int) -> int:
+    """How many bytes of `data` are whole UTF-8 characters (the rest starts a character
+    that the next read completes); a DataError naming the byte if it is not UTF-8."""
+    try:
+        return codecs.utf_8_decode(data, "strict", final)[1]
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path} is not UTF-8 text ({exc.reason} near byte {at + exc.start}); "
+            "convert it or leave it out with --glob"
+        ) from None
 
 
 def _checked_text(record: dict[str, Any], text_field: str, where: str) -> str:

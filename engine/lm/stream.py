@@ -96,9 +96,11 @@ def prepare_sources(
         try:
             _tokenize(plan, tok, writers, bar.stage("tokenize"))
         finally:
-            background.join()
-            for writer in writers.values():
-                writer.close()
+            try:
+                background.join()
+            finally:
+                for writer in writers.values():
+                    writer.close()
         bar.close()
         split = {"val_fraction": None if val else val_fraction, "split_seed": seed}
         meta = _finish(tmp, tok, writers, source or _files(plan), split)
@@ -149,9 +151,10 @@ def _is_plain_text(path: Path) -> bool:
     return path.suffix.lower() not in (".jsonl", ".json", ".ndjson", ".parquet")
 
 
-def _documents(plan: Plan) -> Iterator[tuple[str, Source, Iterator[str]]]:
+def _documents(plan: Plan, utf8: bool = False) -> Iterator[tuple[str, Source, Iterator[Any]]]:
+    """(split, source, document) of every document; `utf8` as in `Source.documents`."""
     for source, where in plan:
-        for index, document in enumerate(source.documents()):
+        for index, document in enumerate(source.documents(utf8=utf8)):
             if isinstance(where, str):
                 split = where
             else:
@@ -190,12 +193,12 @@ def _char_vocabulary(plan: Plan, bar: Progress) -> CharTokenizer:
     seen: set[str] = set()
     seen_ascii = b""  # the ASCII characters seen so far, deleted from each piece's bytes
     documents = {s: 0 for s in SPLITS}
-    for split, source, document in _documents(plan):
+    for split, source, document in _documents(plan, utf8=True):
         documents[split] += 1
         for piece in document:
             # Deleting known ASCII bytes leaves new ASCII characters and whole multi-byte
             # characters (their bytes are never ASCII); usually it leaves nothing.
-            rest = piece.encode("utf-8", "surrogatepass").translate(None, seen_ascii)
+            rest = piece.translate(None, seen_ascii)
             if rest:
                 seen.update(rest.decode("utf-8", "surrogatepass"))
                 seen_ascii = "".join(c for c in sorted(seen) if c.isascii()).encode("ascii")
@@ -216,16 +219,18 @@ def _separator(tok: Tokenizer) -> np.ndarray:
 
 def _tokenize(plan: Plan, tok: Tokenizer, writers: dict[str, TokenWriter], bar: Progress) -> None:
     separator = _separator(tok)
-    batch: list[tuple[str, str | None]] = []  # (split, text), None standing for a separator
+    bpe = isinstance(tok, BpeTokenizer)
+    # (split, text), None standing for a separator; text is str for BPE, else UTF-8 bytes
+    batch: list[tuple[str, Any]] = []
     size = 0
-    for split, source, document in _documents(plan):
+    for split, source, document in _documents(plan, utf8=not bpe):
         writer = writers[split]
         if writer.documents:
             batch.append((split, None))
         writer.documents += 1
-        for piece in _pieces(document, tok):
+        for piece in _recut(document) if bpe else document:
             batch.append((split, piece))
-            writer.chars += len(piece)
+            writer.chars += _characters(piece)
             size += len(piece)
             if size >= _BATCH_CHARS:
                 _flush(batch, tok, writers, separator)
@@ -235,9 +240,14 @@ def _tokenize(plan: Plan, tok: Tokenizer, writers: dict[str, TokenWriter], bar: 
     _flush(batch, tok, writers, separator)
 
 
-def _pieces(document: Iterator[str], tok: Tokenizer) -> Iterator[str]:
-    """A document's pieces; for BPE recut at safe points (see `_recut`)."""
-    return _recut(document) if isinstance(tok, BpeTokenizer) else document
+# every byte but those that continue a UTF-8 character (0x80-0xBF)
+_NOT_CONTINUATION = bytes(range(0x80)) + bytes(range(0xC0, 0x100))
+
+
+def _characters(piece: str | bytes) -> int:
+    if isinstance(piece, str) or piece.isascii():
+        return len(piece)
+    return len(piece) - len(piece.translate(None, _NOT_CONTINUATION))
 
 
 def _recut(document: Iterator[str]) -> Iterator[str]:
@@ -251,16 +261,20 @@ def _recut(document: Iterator[str]) -> Iterator[str]:
         yield from cut_pieces(carry, _BPE_PIECE)[0]
 
 
-def _flush(batch: list[tuple[str, str | None]], tok: Tokenizer, writers, separator) -> None:
+def _flush(batch: list[tuple[str, Any]], tok: Tokenizer, writers, separator) -> None:
+    """Tokenize a batch and hand each split's ids to its writer, one array per run of
+    consecutive entries of that split."""
     texts = [text for _, text in batch if text is not None]
     if isinstance(tok, BpeTokenizer):
         encoded = iter(tok.encode_each(texts))
-    elif isinstance(tok, ByteTokenizer):
-        encoded = (np.frombuffer(t.encode("utf-8", "surrogatepass"), np.uint8) for t in texts)
-    else:
-        encoded = (tok.encode(t) for t in texts)
-    for split, text in batch:
-        writers[split].write(separator if text is None else next(encoded))
+    else:  # char and byte: UTF-8 bytes, mapped without decoding when ASCII
+        encoded = (tok.encode_utf8(text) for text in texts)  # type: ignore[attr-defined]
+    run: list[np.ndarray] = []
+    for i, (split, text) in enumerate(batch):
+        run.append(separator if text is None else next(encoded))
+        if i + 1 == len(batch) or batch[i + 1][0] != split:
+            writers[split].write(run)
+            run = []
 
 
 def _files(plan: Plan) -> list[str]:

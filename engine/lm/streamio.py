@@ -36,9 +36,14 @@ class TokenWriter:
         self.tokens = self.chars = self.documents = 0
         self.background = background
 
-    def write(self, ids: np.ndarray) -> None:
-        """Append `ids` (written and hashed on the background thread)."""
-        data = np.ascontiguousarray(ids, dtype=self.dtype)
+    def write(self, parts: list[np.ndarray]) -> None:
+        """Append the ids of `parts`, one after the other: joined into this file's dtype
+        here, written and hashed on the background thread (which balances the work of the
+        two threads for the byte tokenizer, whose ids need no other work)."""
+        if len(parts) == 1:
+            data = np.ascontiguousarray(parts[0], dtype=self.dtype)
+        else:
+            data = np.concatenate(parts, dtype=self.dtype, casting="unsafe")
         self.tokens += data.size
         self.background.put(self._append, data)
 

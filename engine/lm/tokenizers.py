@@ -106,10 +106,12 @@ class CharTokenizer(_JsonSave):
         # code point -> id lookup table; -1 marks characters outside the alphabet
         self._lut = np.full(int(self._codes.max()) + 2, -1, dtype=np.int64)
         self._lut[self._codes] = np.arange(len(chars))
-        # The fast path for ASCII text: a byte translation table (ASCII characters sort
-        # first, so their ids are below 128); 255 marks a character outside the alphabet.
+        # The fast path for ASCII text: a byte translation table (in an alphabet in code-point
+        # order ASCII characters come first, so their ids are below 128); 255 marks a
+        # character outside the alphabet, or one whose id does not fit in a byte.
         ascii_ids = self._lut[:128].tolist() + [-1] * (128 - min(128, len(self._lut)))
-        self._ascii_table = bytes([i if i >= 0 else 255 for i in ascii_ids] + [255] * 128)
+        self._ascii_table = bytes([i if 0 <= i < 255 else 255 for i in ascii_ids] + [255] * 128)
+        self._ids_dtype = np.uint16 if len(chars) <= 1 << 16 else np.uint32
 
     @classmethod
     def from_text(cls, text: str) -> CharTokenizer:
@@ -125,16 +127,12 @@ class CharTokenizer(_JsonSave):
     def encode(self, text: str) -> np.ndarray:
         """Ids of every character; a character outside the alphabet is a DataError."""
         if text.isascii():
-            data = text.encode("ascii")
-            mapped = data.translate(self._ascii_table)
-            if 255 not in mapped:
-                return np.frombuffer(mapped, dtype=np.uint8)
-            codes = np.frombuffer(data, dtype=np.uint8)
-            ids = np.frombuffer(mapped, dtype=np.uint8).astype(np.int64)
-            ids[ids == 255] = -1
-        else:
-            codes = _code_points(text)
-            ids = self._lut[np.minimum(codes, len(self._lut) - 1)]
+            return self.encode_utf8(text.encode("ascii"))
+        return self._encode_code_points(text)
+
+    def _encode_code_points(self, text: str) -> np.ndarray:
+        codes = _code_points(text)
+        ids = self._lut[np.minimum(codes, len(self._lut) - 1)]
         if ids.size and ids.min() < 0:
             unknown = sorted({chr(c) for c in codes[ids < 0][:1000]})[:10]
             raise DataError(
@@ -142,6 +140,28 @@ class CharTokenizer(_JsonSave):
                 f"of {self.vocab_size}, e.g. {''.join(unknown)!r}; use characters of the "
                 "training text (or the byte tokenizer, which encodes anything)"
             )
+        return ids
+
+    def encode_utf8(self, data: bytes) -> np.ndarray:
+        """`encode` of the text whose UTF-8 encoding is `data` (whole characters).
+
+        ASCII bytes go through a translation table, without decoding. The same pass drops
+        the continuation bytes of multi-byte characters and marks their first bytes (255,
+        like characters outside the alphabet); only the non-ASCII bytes are then decoded,
+        so mostly-ASCII text costs about what ASCII does.
+        """
+        mapped = data.translate(self._ascii_table, _CONTINUATION_BYTES)
+        if 255 not in mapped:
+            return np.frombuffer(mapped, dtype=np.uint8)
+        marked = np.flatnonzero(np.frombuffer(mapped, dtype=np.uint8) == 255)
+        # The non-ASCII bytes alone are still whole UTF-8 characters, in text order.
+        codes = _code_points(data.translate(None, _ASCII_BYTES).decode("utf-8", "surrogatepass"))
+        found = self._lut[np.minimum(codes, len(self._lut) - 1)]
+        if codes.size < marked.size or found.min() < 0:  # unknown characters (this raises,
+            # naming them) or ASCII ones whose ids are above 254 (in an alphabet out of order)
+            return self._encode_code_points(data.decode("utf-8", "surrogatepass"))
+        ids = np.frombuffer(mapped, dtype=np.uint8).astype(self._ids_dtype)
+        ids[marked] = found
         return ids
 
     def decode(self, ids: Any) -> str:
@@ -175,7 +195,11 @@ class ByteTokenizer(_JsonSave):
 
     def encode(self, text: str) -> np.ndarray:
         """The UTF-8 bytes of `text` as ids."""
-        return np.frombuffer(text.encode("utf-8", errors="surrogatepass"), dtype=np.uint8)
+        return self.encode_utf8(text.encode("utf-8", errors="surrogatepass"))
+
+    def encode_utf8(self, data: bytes) -> np.ndarray:
+        """The ids of the text whose UTF-8 encoding is `data`: its bytes."""
+        return np.frombuffer(data, dtype=np.uint8)
 
     def decode(self, ids: Any) -> str:
         """The text of the bytes (end-of-text ids left out); an incomplete UTF-8 sequence
@@ -305,6 +329,10 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         f"tokenizer file {path} has unknown kind {kind!r}; "
         f"expected one of {', '.join(TOKENIZER_KINDS)}"
     )
+
+
+_ASCII_BYTES = bytes(range(0x80))
+_CONTINUATION_BYTES = bytes(range(0x80, 0xC0))  # the bytes after the first of a character
 
 
 def _code_points(text: str) -> np.ndarray:

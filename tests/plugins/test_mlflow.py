@@ -1,10 +1,14 @@
 """The mlflow plugin against a real MLflow with a local sqlite store, read back with
 MlflowClient: params, tags, every step once (also after kill -9 and resume), artifacts,
-failures that disable the plugin and leave training alone."""
+failures that disable the plugin and leave training alone.
+
+Every test starts from a copy of one migrated store (`store`): MLflow creates a new sqlite
+store by running its schema migrations, seconds each time."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -13,6 +17,20 @@ from hookloop.plugins.eval import Eval
 
 mlflow = pytest.importorskip("mlflow")
 from hookloop.plugins.mlflow import MLflow  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()  # creates the schema
+    return path
+
+
+@pytest.fixture
+def store(empty_store, tmp_path):
+    """`tmp_path/mlflow.db`, where the plugin stores a run whose run_dir is tmp_path."""
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
+    return tmp_path
 
 
 def client_for(run_dir):
@@ -29,7 +47,11 @@ def steps(client, run_id, key):
     return [m.step for m in client.get_metric_history(run_id, key)]
 
 
-def test_logs_config_metrics_tags_and_artifacts(make_engine, tmp_path):
+# Tests that end the tracker process (a tracker error, a timeout) come last: the others reuse
+# one warm tracker process instead of importing MLflow again.
+
+
+def test_logs_config_metrics_tags_and_artifacts(make_engine, store, tmp_path):
     config = {"model": {"d_model": 8, "bias": True}, "training": {"max_steps": 6}}
     engine = make_engine(
         batches=6,
@@ -61,7 +83,7 @@ def test_logs_config_metrics_tags_and_artifacts(make_engine, tmp_path):
     assert all((saved[k] == v).all() for k, v in engine.model.state_dict().items())
 
 
-def test_every_n_steps_still_logs_evaluations(make_engine, tmp_path):
+def test_every_n_steps_still_logs_evaluations(make_engine, store, tmp_path):
     engine = make_engine(
         batches=5, run_dir=tmp_path, plugins=[Eval(every=5, max_batches=1), MLflow(every=2)]
     )
@@ -72,12 +94,48 @@ def test_every_n_steps_still_logs_evaluations(make_engine, tmp_path):
     assert steps(client, run_id, "val_loss") == [5]
 
 
+def test_bad_options_are_one_line_errors():
+    with pytest.raises(PluginError, match="every must be an integer >= 1"):
+        MLflow(every=0)
+    with pytest.raises(PluginError, match="tracking_uri must be a string"):
+        MLflow(tracking_uri=3)
+
+
+@pytest.mark.slow
+def test_kill_9_between_a_logged_step_and_its_checkpoint_then_resume(
+    empty_store, tmp_path, tracker_run
+):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shutil.copy(empty_store, run_dir / "mlflow.db")
+    killed = tracker_run.kill("mlflow", run_dir, 7)  # steps past checkpoint 4 are in MLflow
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    client = client_for(run_dir)
+    run_before = only_run(client)
+    assert run_before.info.status == "RUNNING"
+    logged = steps(client, run_before.info.run_id, "loss")
+    assert logged == list(range(1, len(logged) + 1)) and len(logged) >= 5
+    values_before = [m.value for m in client.get_metric_history(run_before.info.run_id, "loss")]
+
+    engine = tracker_run.resume("mlflow", run_dir)  # from checkpoint 4
+    assert engine.state.step == 10 and not engine.hooks.disabled
+    run_after = only_run(client)  # the same MLflow run, not a second one
+    assert run_after.info.run_id == run_before.info.run_id
+    assert run_after.info.status == "FINISHED"
+    history = client.get_metric_history(run_after.info.run_id, "loss")
+    assert [m.step for m in history] == list(range(1, 11))  # each step exactly once
+    assert [m.value for m in history][: len(logged)] == values_before
+    assert history[-1].value == pytest.approx(float(engine.state.loss))
+
+
 def journaled_disables(run_dir):
     events = [json.loads(line) for line in (run_dir / "journal.jsonl").read_text().splitlines()]
     return [e for e in events if e["event"] == "plugin_disabled"]
 
 
-def test_a_tracker_error_disables_the_plugin_once_and_training_goes_on(make_engine, tmp_path):
+def test_a_tracker_error_disables_the_plugin_once_and_training_goes_on(
+    make_engine, store, tmp_path
+):
     client = client_for(tmp_path)  # an experiment that is deleted: creating a run fails
     client.delete_experiment(client.create_experiment("gone"))
     engine = make_engine(batches=6, run_dir=tmp_path, plugins=[MLflow(experiment="gone")])
@@ -95,35 +153,3 @@ def test_an_unreachable_store_never_stalls_a_step(make_engine, tmp_path):
     assert engine.fit(max_steps=4).step == 4
     (disabled,) = journaled_disables(tmp_path)
     assert disabled["plugin"] == "mlflow" and "within 1s" in disabled["reason"]
-
-
-def test_bad_options_are_one_line_errors():
-    with pytest.raises(PluginError, match="every must be an integer >= 1"):
-        MLflow(every=0)
-    with pytest.raises(PluginError, match="tracking_uri must be a string"):
-        MLflow(tracking_uri=3)
-
-
-@pytest.mark.slow
-def test_kill_9_between_a_logged_step_and_its_checkpoint_then_resume(tmp_path, tracker_run):
-    run_dir = tmp_path / "run"
-
-    def run(kill_at):
-        return tracker_run("mlflow", run_dir, kill_at)
-
-    killed = run(7)  # checkpoint at step 4; steps 5-7 are in MLflow when it dies
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    client = client_for(run_dir)
-    run_before = only_run(client)
-    assert run_before.info.status == "RUNNING"
-    assert steps(client, run_before.info.run_id, "loss") == list(range(1, 8))
-    values_before = [m.value for m in client.get_metric_history(run_before.info.run_id, "loss")]
-
-    resumed = run(0)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    run_after = only_run(client)  # the same MLflow run, not a second one
-    assert run_after.info.run_id == run_before.info.run_id
-    assert run_after.info.status == "FINISHED"
-    history = client.get_metric_history(run_after.info.run_id, "loss")
-    assert [m.step for m in history] == list(range(1, 11))  # each step exactly once
-    assert [m.value for m in history][:7] == values_before

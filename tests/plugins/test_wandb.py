@@ -5,7 +5,7 @@ offline run files: offline without a key (no prompt, no network), config, every 
 from __future__ import annotations
 
 import json
-import time
+import os
 
 import pytest
 
@@ -24,6 +24,9 @@ def no_key(monkeypatch, tmp_path):
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no ~/.config/wandb
     monkeypatch.setenv("WANDB_SILENT", "true")
+    # as under a launcher that used wandb: a parent's W&B service, which the tracker process
+    # must not use (it outlives a killed run); a dead socket fails any run that connects
+    monkeypatch.setenv("WANDB_SERVICE", f"3-{os.getppid()}-unix-{tmp_path}/gone.sock")
 
 
 def the_run_file(run_dir, run_id):
@@ -78,6 +81,50 @@ def test_bad_options_are_one_line_errors():
         WandB(every=0)
 
 
+@pytest.mark.slow
+def test_kill_9_between_a_logged_step_and_its_checkpoint_then_resume(tmp_path, tracker_run):
+    run_dir = tmp_path / "run"
+    killed = tracker_run.kill("wandb", run_dir, 7)  # steps past checkpoint 4 are on disk
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    (first,) = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    run_id = first.stem.removeprefix("run-")
+
+    # The killed run's tracker process ends its W&B run on its own (writing the last step it
+    # was given), holding the run's lock until then: the resume waits for it, so it never
+    # reads the killed start's file half-written. Its W&B service was its own (an inherited
+    # one, see no_key, would still hold the run id and refuse the resume: "run ID in use").
+    engine = tracker_run.resume("wandb", run_dir)  # from checkpoint 4
+    assert engine.state.step == 10 and not engine.hooks.disabled
+    files = offline_run_files(run_dir / "wandb", run_id)  # the same run id, started twice
+    assert files[0] == first and len(files) == 2
+    before, after = history_rows(first), history_rows(files[1])
+    assert len(before) >= 5  # steps past the checkpoint
+    assert [s for s, _ in before + after] == list(range(1, 11))  # each step exactly once
+    assert after[-1][1]["loss"] == pytest.approx(float(engine.state.loss))
+
+
+def test_offline_run_files_orders_the_starts_of_a_run(tmp_path):
+    for name in (
+        "offline-run-20260102_030405-abc-1",
+        "offline-run-20260102_030405-abc",
+        "offline-run-20260102_030405-abc-10",
+        "offline-run-20260102_030405-abc-2",
+        "offline-run-20260101_000000-abc",
+        "offline-run-20260101_000000-xabc",  # another run whose id ends the same
+    ):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / f"run-{name.split('-')[3]}.wandb").write_bytes(b"")
+    names = [p.parent.name.removeprefix("offline-run-") for p in offline_run_files(tmp_path, "abc")]
+    assert names == [
+        "20260101_000000-abc",
+        "20260102_030405-abc",
+        "20260102_030405-abc-1",
+        "20260102_030405-abc-2",
+        "20260102_030405-abc-10",
+    ]
+
+
 def test_a_tracker_error_disables_the_plugin_once_and_training_goes_on(make_engine, tmp_path):
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where W&B wants a directory")
@@ -87,28 +134,3 @@ def test_a_tracker_error_disables_the_plugin_once_and_training_goes_on(make_engi
     events = [json.loads(line) for line in (tmp_path / "journal.jsonl").read_text().splitlines()]
     (disabled,) = [e for e in events if e["event"] == "plugin_disabled"]
     assert disabled["plugin"] == "wandb"
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(
-    reason="in the clean-clone CI the resumed W&B run shares the killed run's offline folder; open in issue 16",
-    strict=False,
-)
-def test_kill_9_between_a_logged_step_and_its_checkpoint_then_resume(tmp_path, tracker_run):
-    run_dir = tmp_path / "run"
-    killed = tracker_run("wandb", run_dir, 8)  # checkpoint at 4; steps 5-7 logged when it dies
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    (first,) = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
-    run_id = first.stem.removeprefix("run-")
-    before = history_rows(first)
-    assert [s for s, _ in before][:7] == list(range(1, 8))
-
-    # W&B names an offline run's folder by the second it starts and the run id; a resume
-    # in the same second as the killed start would share its folder.
-    time.sleep(1.1)
-    resumed = tracker_run("wandb", run_dir, 0)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    files = offline_run_files(run_dir / "wandb", run_id)  # the same run id, started twice
-    assert len(files) == 2
-    after = history_rows(files[1])
-    assert [s for s, _ in before + after] == list(range(1, 11))  # each step exactly once
