@@ -45,6 +45,7 @@ def test_non_critical_plugin_is_logged_once_and_disabled(make_engine, tmp_path):
     assert "logger" in engine.disabled_plugins and "logger" not in engine.hook_order()["after_step"]
     (entry,) = engine.journal.read()
     assert entry["event"] == "plugin_disabled" and entry["plugin"] == "logger"
+    assert entry["hook"] == "after_step"
     assert "OSError: disk went away" in entry["reason"] and entry["step"] == 2
 
 
@@ -381,7 +382,8 @@ def test_a_wrapper_can_turn_an_error_into_a_result(make_engine):
 def test_a_failing_non_critical_wrapper_is_disabled_and_the_hook_still_answers(make_engine, when):
     engine = make_engine(plugins=[Shout(critical=False, fail=when), Returns()])
     assert engine.call_hook("after_step", engine=engine, state=engine.state) == [0]
-    assert "OSError: " + when + " yield" in engine.disabled_plugins["shout"]
+    reason = engine.disabled_plugins["shout"]
+    assert reason == f"failed in hook 'after_step': OSError: {when} yield"
     assert engine.call_hook("after_step", engine=engine, state=engine.state) == [0]
     assert engine.hook_order()["after_step"] == ["returns"]
 
@@ -464,3 +466,45 @@ def test_a_plugin_disabled_inside_a_nested_hook_call_is_not_called_again(make_en
     engine.call_hook("after_step", engine=engine, state=engine.state)
     # "fragile" was disabled while "caller" ran; its after_step, next in line, is skipped.
     assert calls == ["caller"] and "fragile" in engine.disabled_plugins
+
+
+def test_a_critical_wrapper_failing_before_it_yields_is_named_with_the_hook(make_engine):
+    engine = make_engine(plugins=[Shout(fail="before"), Returns()])
+    with pytest.raises(PluginError) as info:
+        engine.call_hook("after_step", engine=engine, state=engine.state)
+    assert str(info.value) == "plugin 'shout' failed in hook 'after_step': OSError: before yield"
+
+
+def test_a_firstresult_hook_nobody_answers_returns_none(make_engine):
+    from hookloop import hookspec
+
+    @hookspec(firstresult=True)
+    def thirdparty_maybe():
+        """Maybe answer."""
+
+    Specs = types.ModuleType("thirdparty_maybe_specs")
+    Specs.thirdparty_maybe = thirdparty_maybe
+
+    class Silent:
+        hookspecs = Specs
+
+        @hookimpl
+        def thirdparty_maybe(self):
+            return None
+
+    engine = make_engine(plugins=[Silent()])
+    assert engine.call_hook("thirdparty_maybe") is None
+
+
+def test_saving_plugin_states_hands_each_plugin_the_engine_and_state(make_engine):
+    class Remembers:
+        name = "remembers"
+
+        @hookimpl
+        def on_save_checkpoint(self, engine, state):
+            return {"step": state.step, "same_engine": engine is seen_engine}
+
+    engine = make_engine(plugins=[Remembers()])
+    seen_engine = engine
+    engine.fit(max_steps=2)
+    assert engine.plugin_states() == {"remembers": {"step": 2, "same_engine": True}}
