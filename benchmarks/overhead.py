@@ -7,6 +7,13 @@ Three variants run the same model from the same seed over the same pre-made batc
     defaults  Engine(...).fit() with the default built-in plugins (whatever is installed)
     mlflow    Engine(...).fit() with the mlflow tracker alone (local sqlite store), on request
     wandb     Engine(...).fit() with the wandb tracker alone (offline), on request
+    +NAME     Engine(...).fit() with the default plugin NAME alone (`--per-plugin`: each one)
+
+With `--ref REF` (a commit, e.g. main) every engine variant also runs as `VARIANT@REF`: the
+engine and plugins of that commit (extracted as in `benchmarks/engine_versions.py`),
+interleaved in the same rounds, so "before" and "after" see the same machine. `--fused`
+gives every variant (raw included) `AdamW(fused=True)`, the optimizer that lets the guards
+skip a bad update on the device instead of reading the step on the host.
 
 A tracker variant starts timing once its run is open (opening it is a one-off of seconds, on
 the tracker's thread) and stops at the last step (the upload at the end is a one-off too).
@@ -20,6 +27,7 @@ machine noise hits all of them alike; the table gives the median over rounds wit
     python benchmarks/overhead.py --model mlp --steps 2000 --rounds 7
     python benchmarks/overhead.py --model mlp --variants raw,engine,mlflow,wandb
     python benchmarks/overhead.py --model transformer --device cuda
+    python benchmarks/overhead.py --model mlp --per-plugin --ref main --rounds 7
 
 On CUDA the steps run asynchronously, so per-step timestamps say little: there the time of a
 round is the whole loop, from a synchronize before the first step to one after the last,
@@ -42,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from hookloop import Engine, hookimpl
-from hookloop.loading import load_plugins
+from hookloop.loading import DEFAULT_PLUGINS, discover, load_plugins
 from hookloop.logs import configure_logging
 
 
@@ -147,9 +155,31 @@ def tracker_plugins(variant: str, stamps: list[float]) -> list[Any]:
     return [tracker, TrackerOpen(tracker, stamps)]
 
 
+FUSED = False
+REF: Any = None  # the hookloop_ref package of --ref
+
+
+def default_plugins(names: list[str] | None, ref: bool) -> list[Any]:
+    """The built-in default plugins (or those `names`) with their default options, of this
+    tree or of the --ref commit; third-party plugins that autoload are left out."""
+    if not ref:
+        extra = [name for name, info in discover().items() if not info.builtin]
+        return load_plugins(enable=names or DEFAULT_PLUGINS, disable=extra)
+    import importlib
+    from importlib.metadata import entry_points
+
+    targets = {ep.name: ep.value for ep in entry_points(group="hookloop")}
+    plugins = []
+    for name in names or importlib.import_module(f"{REF.__name__}.loading").DEFAULT_PLUGINS:
+        module, cls = targets[name].split(":")
+        module = module.replace("hookloop", REF.__name__, 1)
+        plugins.append(getattr(importlib.import_module(module), cls)())
+    return plugins
+
+
 def run_variant(variant: str, setup: Callable, steps: int, seed: int) -> list[float]:
     model, batches, loss_fn, _ = setup(seed, steps)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=FUSED or None)
     synchronize()
     stamps: list[float] = [time.perf_counter()]
     if variant == "raw":
@@ -157,13 +187,16 @@ def run_variant(variant: str, setup: Callable, steps: int, seed: int) -> list[fl
         synchronize()
         stamps[-1] = time.perf_counter()
         return stamps
+    base, _, ref = variant.partition("@")
     with tempfile.TemporaryDirectory() as run_dir:
         plugins: list[Any] = [Clock(stamps)]
-        if variant == "defaults":
-            plugins += load_plugins()
+        if base == "defaults":
+            plugins += default_plugins(None, bool(ref))
+        elif base.startswith("+"):
+            plugins += default_plugins([base[1:]], bool(ref))
         elif variant in TRACKERS:
             plugins += tracker_plugins(variant, stamps)
-        engine = Engine(
+        engine = (REF.Engine if ref else Engine)(
             model,
             optimizer,
             batches,
@@ -178,10 +211,24 @@ def run_variant(variant: str, setup: Callable, steps: int, seed: int) -> list[fl
         synchronize()
         if variant not in TRACKERS:  # a tracker's upload at the end is not a step's cost
             stamps[-1] = time.perf_counter()
-        if variant == "defaults":
+        if base == "defaults" and not ref:
             for name, ms in engine.plugin_costs().items():
                 PLUGIN_COSTS.setdefault(name, []).append(ms * 1000)
     return stamps
+
+
+def import_ref(ref: str) -> Any:
+    """The engine and plugins of commit `ref`, importable as `hookloop_ref`."""
+    import atexit
+    import importlib
+
+    from engine_versions import extract_ref
+
+    tmp = tempfile.mkdtemp(prefix="hookloop-ref-")
+    atexit.register(lambda: __import__("shutil").rmtree(tmp, ignore_errors=True))
+    extract_ref(ref, Path(tmp))
+    sys.path.insert(0, tmp)
+    return importlib.import_module("hookloop_ref")
 
 
 def synchronize() -> None:
@@ -233,6 +280,15 @@ def bench(
             f"| {(med - raw) * 1e6:+.1f} |"
         )
     trackers = [v for v in variants if v in TRACKERS]
+    alone = [v for v in variants if v.startswith("+")]
+    if alone:
+        rows.append(
+            "\nEach plugin alone, µs/step over raw (median of the rounds' differences): "
+            + ", ".join(
+                f"{v[1:]} {statistics.median(a - b for a, b in zip(medians[v], medians['raw'], strict=True)) * 1e6:+.1f}"
+                for v in alone
+            )
+        )
     if trackers:
         rows.append(
             "\nTime inside the tracker's hooks on the training thread, µs/step over the timed "
@@ -270,21 +326,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--variants",
         default="raw,engine,defaults",
-        help="comma-separated, raw first: raw, engine, defaults, mlflow, wandb",
+        help="comma-separated, raw first: raw, engine, defaults, mlflow, wandb, +NAME",
+    )
+    parser.add_argument(
+        "--per-plugin", action="store_true", help="add +NAME for every default plugin"
+    )
+    parser.add_argument("--ref", help="also run the engine variants of this commit (VARIANT@REF)")
+    parser.add_argument("--fused", action="store_true", help="AdamW(fused=True) everywhere")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: stamp steps with the thread's CPU time, which other processes disturb less",
     )
     args = parser.parse_args(argv)
+    if args.clock == "cpu":
+        time.perf_counter = time.thread_time  # the benchmark's own stamps only
     variants = tuple(args.variants.split(","))
-    if variants[0] != "raw" or not set(variants) <= {"raw", "engine", "defaults", *TRACKERS}:
+    if args.per_plugin:
+        variants += tuple(f"+{name}" for name in DEFAULT_PLUGINS)
+    known = {"raw", "engine", "defaults", *TRACKERS}
+    if variants[0] != "raw" or not all(v in known or v.startswith("+") for v in variants):
         parser.error(f"--variants must start with raw and name known variants: {args.variants}")
-    global DEVICE
-    DEVICE = torch.device(args.device)
+    global DEVICE, FUSED, REF
+    DEVICE, FUSED = torch.device(args.device), args.fused
+    if args.ref:
+        REF = import_ref(args.ref)
+        variants = (
+            variants[:1]
+            + tuple(f"{v}@ref" for v in variants[1:] if v not in TRACKERS)
+            + variants[1:]
+        )
     torch.set_num_threads(1)  # two threads stall intermittently on 2-core hosts
     configure_logging(stream=io.StringIO())  # keep plugin log lines out of the table
-    default_plugins = [p.name for p in load_plugins()]
+    default_names = [p.name for p in default_plugins(None, False)]
     where = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu"
     print(
         f"torch {torch.__version__} on {where}, {torch.get_num_threads()} thread, "
-        f"default plugins: {', '.join(default_plugins) or '(none)'}"
+        f"AdamW{'(fused=True)' if FUSED else ''}{f', @ref = {args.ref}' if args.ref else ''}, "
+        f"{args.clock} clock, "
+        f"default plugins: {', '.join(default_names) or '(none)'}"
     )
     models = {"mlp": (mlp_setup, 3000), "transformer": (transformer_setup, 150)}
     for name in models if args.model == "both" else [args.model]:

@@ -36,6 +36,7 @@ from hookloop.loading import (
 )
 from hookloop.losses import next_token_loss
 from hookloop.state import State
+from hookloop.update import can_skip_on_device, either, step_unless
 
 __all__ = ["Engine"]
 
@@ -128,6 +129,7 @@ class Engine:
         self.scaler = execution.scaler
         self._autocast = execution.autocast
         self._unscaled = False
+        self._found_inf: torch.Tensor | None = None  # skip_update_if() of this step
         # Speed only (benchmarks/overhead.py): no context managers per micro-batch when
         # there is neither autocast nor DDP, and no batch move on the CPU.
         self._plain = execution.plain
@@ -272,7 +274,7 @@ class Engine:
         """One optimizer step over a group of micro-batches."""
         state = self.state
         state.metrics.clear()
-        state.skip_step = False
+        state.skip_step, self._found_inf = False, None
         self.hooks.call("before_step", engine=self, state=state)
 
         n, tokens_before = len(group), state.tokens_seen
@@ -289,7 +291,7 @@ class Engine:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
             else:
-                self.optimizer.step()
+                step_unless(self.optimizer, self._found_inf)
         elif self.scaler is not None and self._unscaled:
             self.scaler.update()  # the unscale_ of a skipped step must not leak into the next
         self._unscaled = False
@@ -323,11 +325,9 @@ class Engine:
 
     def _report_costs(self) -> None:
         costs = self.plugin_costs()
-        if costs and self.is_main_process:
-            log.debug(  # for plugin authors: `hookloop --log-level debug ...`
-                "plugin_cost_ms_per_step",
-                **{name: round(ms, 4) for name, ms in sorted(costs.items(), key=lambda kv: -kv[1])},
-            )
+        if costs and self.is_main_process:  # for plugin authors: `hookloop --log-level debug`
+            ranked = sorted(costs.items(), key=lambda kv: -kv[1])
+            log.debug("plugin_cost_ms_per_step", **{name: round(ms, 4) for name, ms in ranked})
 
     # --- helpers plugins use -----------------------------------------------------------
 
@@ -347,6 +347,15 @@ class Engine:
         if self.scaler is not None and not self._unscaled:
             self.scaler.unscale_(self.optimizer)
             self._unscaled = True
+
+    def skip_update_if(self, flag: torch.Tensor) -> bool:
+        """Skip this step's update on the device where `flag` (a scalar tensor) is nonzero,
+        unread by the host; from `after_backward`. False when the optimizer cannot (see
+        `hookloop.update`) or under fp16: then read the flag and set `state.skip_step`."""
+        if self.scaler is not None or not can_skip_on_device(self.optimizer):
+            return False
+        self._found_inf = either(self._found_inf, flag)
+        return True
 
     def evaluate(self, *, max_batches: int | None = None) -> dict[str, float]:
         """Mean validation loss (token-weighted) and its perplexity, then fire `on_eval_end`.
@@ -385,10 +394,7 @@ class Engine:
                 plugins=missing,
                 detail="these plugins saved state but are not enabled in this run",
             )
+        kwargs = {"engine": self, "state": self.state}
         self.hooks.call_each(
-            "on_load_checkpoint",
-            {
-                name: {"engine": self, "state": self.state, "saved": value}
-                for name, value in saved.items()
-            },
+            "on_load_checkpoint", {n: {**kwargs, "saved": v} for n, v in saved.items()}
         )

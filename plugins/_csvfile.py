@@ -42,8 +42,9 @@ class MetricsFile:
                 rows = [r for r in reader if r.get("step") and int(r["step"]) <= keep_through]
         self._file: IO[str] = self._rewrite(rows)
 
-    def write(self, row: dict[str, Any], *, replace_last: bool = False) -> None:
-        """Append `row` (or replace the last row with it) and flush it to the OS."""
+    def write(self, row: dict[str, Any], *, replace_last: bool = False, flush: bool = True) -> None:
+        """Append `row` (or replace the last row with it) and flush it to the OS (with
+        `flush` False, the next flushed write takes it along)."""
         new = sorted(k for k in row if k not in self.columns)
         if new:  # a metric first seen now: rewrite the file once with the wider header
             self.columns.extend(new)
@@ -59,7 +60,8 @@ class MetricsFile:
             self._file.truncate()
         self._last_offset = self._file.tell()
         self._writer.writerow([_cell(row.get(column)) for column in self.columns])
-        self._file.flush()
+        if flush:
+            self._file.flush()
         self.last_row = row
 
     def _rewrite(self, rows: list[dict[str, str]]) -> IO[str]:

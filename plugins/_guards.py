@@ -1,29 +1,28 @@
-"""What the `nan_guard` and `divergence` plugins share: one host read per step, the names
-of the parameters whose gradients went bad, what to do about a bad step (`GuardPolicy`:
-warn, skip, roll back to the last good checkpoint, or stop with an emergency save).
+"""What the `nan_guard` and `divergence` plugins share: what to do about a bad step
+(`GuardPolicy`: warn, skip, roll back to the last good checkpoint, or stop with an emergency
+save), and the step's values they judge it by (`hookloop.plugins._stepvalues`).
 
-**Cost.** Deciding whether a step is healthy needs two numbers on the host: the loss and the
-global gradient norm. `step_scalars()` reads both with a single device-to-host copy per
-step and caches them on the engine, so the guards together cost one host sync per step,
-however many of them ask. The norm is the one the `clip` plugin reports (`grad_norm`, before
-clipping); when no plugin wrote it yet, the per-parameter norms come from one fused pass
-over the gradients (`torch._foreach_norm`, as in `clip_grad_norm_`), travel to the host in
-the same copy as the loss, are combined there and written to `state.metrics["grad_norm"]`.
-A non-finite gradient makes the global norm non-finite, so the norm is also the fused
-finiteness flag of every gradient: parameters are only named on the failure path.
+**Cost.** The guards measure a step on the device (`step_tensors()`: one fused pass over the
+gradients, shared with `clip`). When the optimizer can skip an update on the device (fused
+Adam/AdamW, see `hookloop.update`), a bad step's update is skipped there, nothing waits for
+the device, and the guard reads its values one step late (`LateRead`) to journal, stop or
+roll back. Otherwise it reads them before the update (`step_scalars()`: one host sync per
+step, however many guards ask) and acts at once.
 """
 
 from __future__ import annotations
 
-import math
-import weakref
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
-import torch
 
 from hookloop.errors import HookloopError
+from hookloop.plugins._stepvalues import (
+    StepScalars,
+    bad_gradient_names,
+    local_tensor,
+    step_scalars,
+)
 
 if TYPE_CHECKING:
     from hookloop.engine import Engine
@@ -35,15 +34,12 @@ __all__ = [
     "TrainingHalted",
     "bad_gradient_names",
     "emergency_save",
+    "local_tensor",
     "rollback",
     "step_scalars",
 ]
 
 log = structlog.get_logger("hookloop")
-
-_CACHE: weakref.WeakKeyDictionary[Any, tuple[torch.Tensor, StepScalars]] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 class TrainingHalted(HookloopError):
@@ -57,108 +53,6 @@ class TrainingHalted(HookloopError):
     def __init__(self, message: str, *, checkpoint: str | None = None) -> None:
         super().__init__(message)
         self.checkpoint = checkpoint
-
-
-@dataclass(frozen=True, slots=True)
-class StepScalars:
-    """The current step's loss and pre-clip global gradient norm, as host floats."""
-
-    loss: float
-    grad_norm: float
-
-    @property
-    def finite(self) -> bool:
-        """True when both the loss and every gradient are finite."""
-        return math.isfinite(self.loss) and math.isfinite(self.grad_norm)
-
-
-def step_scalars(engine: Engine, state: State) -> StepScalars:
-    """The loss and gradient norm of the current step on the host: the one sync per step.
-
-    Call in `after_backward` (gradients must still exist). The norm is the pre-clip
-    `state.metrics["grad_norm"]` when `clip` ran first; otherwise the per-parameter norms
-    come from one fused `torch._foreach_norm` (under fp16 after unscaling), travel to the
-    host together with the loss, are combined there, and the result is written to
-    `state.metrics["grad_norm"]` as a float. Later calls in the same step, from any plugin,
-    return the cached values without touching the device. Under DDP the values are averaged
-    over the ranks first, so every rank takes the same decision.
-    """
-    assert state.loss is not None, "step_scalars() is for after_backward"
-    cached = _CACHE.get(engine)
-    if cached is not None and cached[0] is state.loss:
-        return cached[1]
-    loss = state.loss.detach().float().reshape(())
-    norm = state.metrics.get("grad_norm")
-    if isinstance(norm, torch.Tensor):  # clip ran first: reuse its pre-clip norm
-        values = torch.stack([loss, norm.detach().float().reshape(())])
-    sharded = False
-    if not isinstance(norm, torch.Tensor):
-        engine.unscale_gradients()
-        grads = [p.grad for p in engine.model.parameters() if p.grad is not None]
-        sharded = any(_is_dtensor(g) for g in grads)
-        if sharded:  # FSDP: each rank holds a shard; sum the squares of every shard
-            norms = torch._foreach_norm([local_tensor(g) for g in grads])
-            values = torch.stack([loss, torch.stack(norms).float().square().sum()])
-        else:
-            values = (
-                torch.stack([loss, *torch._foreach_norm(grads)]).float()
-                if grads
-                else loss.reshape(1)
-            )
-    if engine.world_size > 1:
-        # Every rank must take the same decision: average the loss; under DDP the gradients,
-        # hence the norms, are already all-reduced and equal on every rank; under FSDP the
-        # squared norms of the shards add up to the global one.
-        import torch.distributed as dist
-
-        dist.all_reduce(values)
-        values = values / engine.world_size
-        if sharded:
-            values[1] = values[1] * engine.world_size
-    host = _to_host(values)
-    if isinstance(norm, torch.Tensor):
-        total = host[1]
-    elif sharded:
-        total = math.sqrt(host[1])
-        state.metrics["grad_norm"] = total
-    else:
-        total = math.sqrt(sum(v * v for v in host[1:]))  # overflows to inf, like the norm
-        state.metrics["grad_norm"] = total
-    scalars = StepScalars(loss=host[0], grad_norm=total)
-    _CACHE[engine] = (state.loss, scalars)
-    return scalars
-
-
-def _to_host(values: torch.Tensor) -> list[float]:
-    """The one device-to-host copy (and so the one sync) a step costs the guards."""
-    return values.tolist()
-
-
-def _is_dtensor(t: torch.Tensor) -> bool:
-    from torch.distributed.tensor import DTensor
-
-    return isinstance(t, DTensor)
-
-
-def local_tensor(t: torch.Tensor) -> torch.Tensor:
-    """This rank's shard of a sharded (DTensor) tensor; any other tensor as it is."""
-    return t.to_local() if _is_dtensor(t) else t
-
-
-def bad_gradient_names(model: torch.nn.Module, limit: int = 8) -> list[str]:
-    """Names of the parameters whose gradient holds a NaN or an infinity; when every element
-    is finite (the norm overflowed), the few with the largest gradients, with their size.
-    For the failure path only: one sync per parameter."""
-    grads = [
-        (name, local_tensor(p.grad)) for name, p in model.named_parameters() if p.grad is not None
-    ]
-    names = [name for name, g in grads if not bool(torch.isfinite(g).all())]
-    if not names and grads:
-        peaks = sorted(
-            ((float(g.abs().max()) if g.numel() else 0.0, name) for name, g in grads), reverse=True
-        )
-        return [f"{name} (max |grad| {peak:.3g})" for peak, name in peaks[:3]]
-    return names if len(names) <= limit else [*names[:limit], f"... {len(names) - limit} more"]
 
 
 def emergency_save(engine: Engine, state: State, reason: str) -> str | None:
@@ -273,20 +167,28 @@ class GuardPolicy:
         """Record a good step (ends a run of consecutive bad ones)."""
         self.consecutive = 0
 
-    def bad_step(self, engine: Engine, state: State, reason: str) -> None:
-        """Act on a bad step, from the guard's `after_backward`.
+    def bad_step(
+        self, engine: Engine, state: State, reason: str, *, step: int | None = None
+    ) -> None:
+        """Act on a bad step, from the guard's `after_backward`: the current step, or (with
+        `step`, read one step late) an earlier one whose update the device already skipped.
 
         Raises:
             TrainingHalted: the action is `stop`, or skips or rollbacks ran out.
         """
         if self.action == "warn":
             return
-        state.skip_step = True  # do not apply the update that went bad
+        late = step is not None
+        step = state.step if step is None else step
         self.consecutive += 1
         if self.action == "skip" and self.consecutive <= self.max_skips:
+            state.skip_step = state.skip_step or not late  # late: this step is not the bad one
             self.skipped += 1
-            self.record(engine, state, "step_skipped", reason, consecutive=self.consecutive)
+            self.record(
+                engine, state, "step_skipped", reason, step=step, consecutive=self.consecutive
+            )
             return
+        state.skip_step = True  # do not apply the update (late: nor the next one, unjudged)
         if self.action == "rollback" and self.rollbacks < self.max_rollbacks:
             self._rollback_reason = reason
             return
@@ -296,19 +198,32 @@ class GuardPolicy:
             reason += (
                 f"; already rolled back {self.rollbacks} times (max_rollbacks={self.max_rollbacks})"
             )
-        self.halt(engine, state, reason)
+        self.halt(engine, state, reason, step=step)
 
-    def halt(self, engine: Engine, state: State, reason: str) -> None:
-        """Journal `stop` and raise `TrainingHalted`, after an emergency save if asked."""
+    def halt(self, engine: Engine, state: State, reason: str, *, step: int | None = None) -> None:
+        """Journal `stop` and raise `TrainingHalted`, after an emergency save if asked. `step`
+        is the bad step (default: the current one); the save is of the current weights."""
+        step = state.step if step is None else step
         saved = emergency_save(engine, state, reason) if self.save_on_stop else None
         if saved:
             reason += f"; the weights before this step are saved in {saved}"
-        self.record(engine, state, "stop", reason)
-        raise TrainingHalted(f"{self.by}: step {state.step}: {reason}", checkpoint=saved)
+        self.record(engine, state, "stop", reason, step=step)
+        raise TrainingHalted(f"{self.by}: step {step}: {reason}", checkpoint=saved)
 
-    def record(self, engine: Engine, state: State, event: str, reason: str, **fields: Any) -> None:
-        """Journal a guard's decision: `event` at this step, why, by which plugin, and more."""
-        engine.journal.record(event, step=state.step, reason=reason, plugin=self.by, **fields)
+    def record(
+        self,
+        engine: Engine,
+        state: State,
+        event: str,
+        reason: str,
+        *,
+        step: int | None = None,
+        **fields: Any,
+    ) -> None:
+        """Journal a guard's decision: `event` at `step` (default: this step), why, by which
+        plugin, and more."""
+        step = state.step if step is None else step
+        engine.journal.record(event, step=step, reason=reason, plugin=self.by, **fields)
 
     def roll_back_if_due(self, engine: Engine, state: State) -> None:
         """Run the rollback a bad step asked for, from the guard's `after_step` (which must

@@ -5,8 +5,8 @@ Not a plugin: no entry point. A tracker plugin subclasses `TrackerPlugin` and su
 parameters, log rows of metrics, finish with artifacts).
 
 **No host syncs, no waiting.** In `after_step` a logged step's values are only queued for
-the host (`HostCopy`, as the `csv` plugin does; on a GPU the copy is asynchronous). Every
-`flush_every` logged steps the landed rows go, as one batch, to a worker thread, which makes
+the host through the loggers' shared buffer (`hookloop.plugins._steplog`, as `csv` does: one
+batched copy, asynchronous on a GPU). Every `flush_every` logged steps the landed rows go, as one batch, to a worker thread, which makes
 every tracker call: opening the run, logging, finishing. A slow store, a down server or a
 network timeout therefore never stalls a training step; only `fit()`'s end waits, at most
 `timeout` seconds, for the worker to finish.
@@ -36,14 +36,9 @@ import structlog
 
 from hookloop import PluginError, hookimpl
 from hookloop.options import check_int, check_number
-from hookloop.plugins._metrics import (
-    METRIC_WRITERS,
-    HostCopy,
-    LossEMA,
-    step_copy,
-    to_floats,
-    with_ppl,
-)
+from hookloop.plugins._metrics import METRIC_WRITERS, to_floats
+from hookloop.plugins._steplog import MAX_UNSENT, RowReader, StepLog
+from hookloop.plugins._steplog import Row as StepRow
 
 if TYPE_CHECKING:
     from hookloop import Engine, State
@@ -120,11 +115,12 @@ class TrackerPlugin:
         check_int(self.name, "flush_every", flush_every, minimum=1)
         check_number(self.name, "timeout", timeout, low=0)
         self.every, self.flush_every, self.timeout = every, flush_every, float(timeout)
-        self.ema = LossEMA()
+        self.reader = RowReader()
+        self.log: StepLog | None = None
         self.run_id: str | None = None  # saved in checkpoints; continued on resume
         self._resume_id: str | None = None
         # rows on their way: (step, values known now, values still being copied)
-        self._queued: deque[tuple[int, dict[str, float], HostCopy | None]] = deque()
+        self._queued: deque[tuple[int, dict[str, float], StepRow | None]] = deque()
         self._seen_step = -1
         self._pending: dict[str, float] = {}  # eval metrics waiting for their step's row
         self._worker: _Worker | None = None
@@ -157,20 +153,23 @@ class TrackerPlugin:
         backend = self.backend(engine)
         params, tags = flatten_config(engine.config), run_tags(engine)
         self._worker = _Worker(backend, self._resume_id or self.run_id, params, tags, self.name)
+        self.log = StepLog.of(engine)
+        self.log.join(self.reader)
 
     @hookimpl
     def after_step(self, state: State) -> None:
-        self.ema.update(state.loss)  # a tensor op: no sync
         self._seen_step = state.step
-        if self._worker is None:
+        if self._worker is None or self.log is None:
             return
         self._worker.raise_error()
+        row = self.log.record(state)  # no tensor work
         if state.step % self.every == 0 or self._pending:
-            self._queued.append((state.step, self._pending, step_copy(state, self.ema)))
+            self._queued.append((state.step, self._pending, row))
             self._pending = {}
-            first = self._queued[0][2]
-            if len(self._queued) >= self.flush_every and (first is None or first.ready):
-                self._send()
+            if len(self._queued) >= self.flush_every or self.log.unsent >= MAX_UNSENT:
+                self.log.send()  # without waiting: the rows go to the worker once landed
+        if len(self._queued) >= self.flush_every:
+            self._send(wait=False)
 
     @hookimpl
     def on_eval_end(self, state: State, metrics: dict[str, float]) -> None:
@@ -190,12 +189,12 @@ class TrackerPlugin:
             return None
         self._send()
         self.run_id = self._worker.wait_for_run(self.timeout)
-        return {"run_id": self.run_id, "ema_loss": self.ema.save()}
+        return {"run_id": self.run_id, "ema_loss": self.reader.ema}
 
     @hookimpl
-    def on_load_checkpoint(self, engine: Engine, saved: dict[str, Any]) -> None:
+    def on_load_checkpoint(self, saved: dict[str, Any]) -> None:
         self._resume_id = saved.get("run_id")
-        self.ema.load(saved.get("ema_loss"), engine.device)
+        self.reader.ema = saved.get("ema_loss")
 
     @hookimpl(trylast=True)  # after csv closed metrics.csv and checkpoint saved the model
     def on_fit_end(self, engine: Engine) -> None:
@@ -207,11 +206,24 @@ class TrackerPlugin:
 
     # --- helpers -------------------------------------------------------------------------
 
-    def _send(self) -> None:
+    def _send(self, *, wait: bool = True) -> None:
+        """Hand the queued rows whose values have landed (with `wait`: all) to the worker."""
         rows: list[Row] = []
+        landed: dict[int, dict[str, float]] = {}
+        if self.log is not None:
+            if wait:
+                self.log.flush()
+            else:
+                self.log.receive()
+            landed = {id(row): values for row, values in self.reader.rows(self.log)}
+            if self.reader.last is not None:
+                landed.setdefault(id(self.reader.last[0]), self.reader.last[1])
         while self._queued:
-            step, extra, copy = self._queued.popleft()
-            rows.append((step, {**(with_ppl(copy.result()) if copy else {}), **extra}))
+            step, extra, row = self._queued[0]
+            if row is not None and id(row) not in landed:
+                break
+            self._queued.popleft()
+            rows.append((step, {**(landed[id(row)] if row is not None else {}), **extra}))
         if rows and self._worker is not None:
             self._worker.put(rows)
 

@@ -16,6 +16,7 @@ unsharded tensors) at the same step. An engine without a
     save_on_end = true        # save when fit() ends (also after a stop request)
     save_on_exception = true  # save when fit() raises, if every parameter is still finite
     background = false        # copy tensors to CPU, then write on a thread
+    checksum = "crc32"        # checksum of each tensor file: "crc32" (fast) or "sha256"
 
 `every_steps`, the option's old name, still works and logs a deprecation warning.
 
@@ -23,6 +24,9 @@ Hooks: `on_fit_start`, `after_step` and `on_epoch_end` (trylast), `on_eval_end`,
 `on_fit_end`, `on_exception`, `on_save_checkpoint` / `on_load_checkpoint`.
 Cost: a modulo and a clock read per step; a save costs what writing the tensors costs
 (with `background`, only the copy to CPU stalls the loop; `checkpoint_saved` records it).
+A background save keeps its CPU copy after the write (one copy of the model and optimizer
+state in host memory) and copies the next save into it, which costs a fraction of copying
+into new memory.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ class Checkpoint:
         save_on_end: bool = True,
         save_on_exception: bool = True,
         background: bool = False,
+        checksum: str = ckpt.DEFAULT_CHECKSUM,
         every_steps: int | None = None,
     ) -> None:
         if every_steps is not None:
@@ -82,10 +87,11 @@ class Checkpoint:
         check_int(self.name, "keep_last", keep_last, minimum=0)
         check_number(self.name, "every_minutes", every_minutes, low=0)
         check_choice(self.name, "mode", mode, ("min", "max"))
+        check_choice(self.name, "checksum", checksum, tuple(ckpt.CHECKSUMS))
         self.every, self.every_minutes, self.keep_last = every, every_minutes, keep_last
         self.monitor, self.mode = monitor, mode
         self.save_on_end, self.save_on_exception = save_on_end, save_on_exception
-        self.background = background
+        self.background, self.checksum = background, checksum
         # Persisted: the checkpoints this run wrote and has not pruned (oldest first), the
         # best one and its value.
         self.written: list[str] = []
@@ -98,6 +104,9 @@ class Checkpoint:
         self._said_off = False  # the no-run_dir warning is given once
         self._thread: threading.Thread | None = None
         self._thread_result: tuple[Engine, Path, dict, float] | BaseException | None = None
+        # The last background save's CPU tensors, once written: reused by the next one.
+        self._spare: ckpt.Snapshot | None = None
+        self._deleting: list[threading.Thread] = []  # pruned checkpoints being deleted
 
     # --- hooks -----------------------------------------------------------------------
 
@@ -222,7 +231,7 @@ class Checkpoint:
         key = tuple((counters or state.counters()).values())
         if key == self._last_saved_counters and not self._best_due(state):
             return directory if main else None
-        self.wait(engine)
+        self.wait(engine, deletions=False)
         is_best = self._best_due(state)
         if is_best:
             self.best, self.best_value = directory.name, self._pending_best[1]
@@ -232,12 +241,10 @@ class Checkpoint:
         self.written.append(directory.name)
         self._last_save_time = time.monotonic()
         start = time.perf_counter()
+        copy = self.background and not wait
+        spare, self._spare = (self._spare, None) if copy else (None, self._spare)
         snap = ckpt.snapshot(
-            engine,
-            extra={"reason": reason},
-            counters=counters,
-            copy=self.background and not wait,
-            local=local,
+            engine, extra={"reason": reason}, counters=counters, copy=copy, local=local, reuse=spare
         )
         if not main:  # rank 0 writes what every rank helped gather
             self._last_saved_counters = key
@@ -258,7 +265,7 @@ class Checkpoint:
                 stall_ms=round(1000 * (time.perf_counter() - start), 3),
             )
             return directory
-        ckpt.write_snapshot(snap, directory)
+        ckpt.write_snapshot(snap, directory, checksum=self.checksum)
         self._last_saved_counters = key
         self._record_written(engine, directory, info, time.perf_counter() - start)
         return directory
@@ -268,7 +275,7 @@ class Checkpoint:
     ) -> None:
         stall = time.perf_counter() - start
         try:
-            ckpt.write_snapshot(snap, directory)
+            ckpt.write_snapshot(snap, directory, checksum=self.checksum)
             self._thread_result = (
                 engine,
                 directory,
@@ -277,12 +284,17 @@ class Checkpoint:
             )
         except BaseException as exc:  # re-raised in the training thread by _collect_background_save
             self._thread_result = exc
+        finally:
+            self._spare = snap  # the next background save copies into these buffers
 
-    def wait(self, engine: Engine) -> None:
-        """Wait for a background save in flight, then record it (re-raising its error)."""
+    def wait(self, engine: Engine, *, deletions: bool = True) -> None:
+        """Wait for a background save in flight, then record it (re-raising its error), and
+        (with `deletions`) for the deletion of pruned checkpoints."""
         if self._thread is not None:
             self._thread.join()
             self._collect_background_save(engine)
+        while deletions and self._deleting:
+            self._deleting.pop().join()
 
     def _collect_background_save(self, engine: Engine) -> None:
         """Record the finished background write, or re-raise its error here."""
@@ -317,7 +329,9 @@ class Checkpoint:
         keep = set(self.written[-self.keep_last :]) | {self.best}
         for name in [n for n in self.written if n not in keep]:
             self.written.remove(name)
-            remove_dir(checkpoints / name)
+            deleting = remove_dir(checkpoints / name, wait=not self.background)
+            if deleting is not None:  # background: the loop does not wait for the disk
+                self._deleting = [t for t in self._deleting if t.is_alive()] + [deleting]
             engine.journal.record(
                 "checkpoint_pruned",
                 step=engine.state.step,

@@ -13,11 +13,12 @@ first (`engine.unscale_gradients()`), so the norm and the threshold are in true 
 Under FSDP the gradients are sharded (DTensors): their norm is the true global norm, each
 rank's part reduced over the ranks by DTensor, and the same on every rank.
 
-Hooks: `on_fit_start` (collects the parameters), `after_backward`. Cost: one pass over
-the gradients for the norm (none when `nan_guard`, which runs first, has measured it this
-step: its `grad_norm` is reused), and a second to rescale them when they are clipped (on an
-accelerator: always, by a factor of at most 1, so that nothing waits for the device); in
-value mode, a max-abs pass and the clamp. No host sync on accelerators.
+Hooks: `on_fit_start` (collects the parameters), `after_backward`. Cost: one fused pass over
+the gradients for the norm (`torch.nn.utils.get_total_norm`; none when `nan_guard`, which
+runs first, has measured it this step: its `grad_norm` is reused), and one fused multiply
+that rescales them by `min(1, max_norm / norm)` (always: deciding whether to would mean
+reading the norm on the host); in value mode, a max-abs pass and the clamp. No host sync,
+on any device.
 """
 
 from __future__ import annotations
@@ -63,19 +64,17 @@ class GradClip:
             return
         grads = [p.grad for p in params]
         known = state.metrics.get("grad_norm")
-        if known is None:
-            norm = torch.nn.utils.get_total_norm(grads)  # before clipping, a tensor on the device
-            norm = _full(norm)
-        else:
+        if known is not None:
             # A plugin that ran earlier this step (nan_guard) already measured these very
             # gradients: reuse its norm instead of reading every gradient a second time.
             norm = torch.as_tensor(known, dtype=torch.float32, device=grads[0].device)
+        else:  # one fused pass (torch._foreach_norm), before clipping, on the device
+            norm = _full(torch.nn.utils.get_total_norm(grads))
         if self.mode == "norm":
             clipped = norm > self.max_norm
-            # On a CPU reading `clipped` waits for nothing, so skip the no-op rescale of every
-            # gradient; on an accelerator always rescale (by min(1, max_norm / norm)): no sync.
-            if norm.device.type != "cpu" or bool(clipped):
-                torch.nn.utils.clip_grads_with_norm_(params, self.max_norm, norm)
+            # Always rescale, by min(1, max_norm / norm) (one fused multiply): deciding
+            # whether to would read `clipped` on the host, a sync.
+            torch.nn.utils.clip_grads_with_norm_(params, self.max_norm, norm)
         else:
             peak = _full(torch.nn.utils.get_total_norm(grads, norm_type=float("inf")))
             clipped = peak > self.max_value

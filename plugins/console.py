@@ -9,8 +9,11 @@ runs), tokens_per_s (since the previous line), elapsed and eta; an `eval` line c
 validation metrics. Lines go through structlog, so `hookloop --log-format json` turns them
 into JSON objects and the default gives human key=value text.
 
-Hooks: `on_fit_start`, `after_step`, `on_eval_end`, `on_fit_end`. Cost: one small tensor
-op per step (the smoothed loss); one host sync on the steps it logs, none on the others.
+Hooks: `on_fit_start`, `after_step`, `on_eval_end`, `on_fit_end`. Cost: filing the step's
+values in the loggers' shared buffer (`hookloop.plugins._steplog`, no tensor work); on the
+steps it logs, one batched copy of every row since the last line (shared with `csv` and
+`tensorboard`) and the one host sync, none on the others. `ema_loss` is computed on the host
+from every step's loss.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import structlog
 
 from hookloop import hookimpl
 from hookloop.options import check_int, check_number
-from hookloop.plugins._metrics import METRIC_WRITERS, LossEMA, planned_steps, step_values, to_floats
+from hookloop.plugins._metrics import METRIC_WRITERS, planned_steps, to_floats
+from hookloop.plugins._steplog import RowReader, StepLog
 
 if TYPE_CHECKING:
     from hookloop import Engine, State
@@ -63,7 +67,8 @@ class Console:
         check_int(self.name, "every", every, minimum=1)
         check_number(self.name, "ema_beta", ema_beta, low=0, high=1, open_high=True)
         self.every = every
-        self.ema = LossEMA(float(ema_beta))
+        self.reader = RowReader(float(ema_beta))
+        self.log: StepLog | None = None
         self._start = self._last = 0.0
         self._start_step = self._last_tokens = 0
         self._total: int | None = None
@@ -73,15 +78,19 @@ class Console:
         self._start = self._last = time.perf_counter()
         self._start_step, self._last_tokens = state.step, state.tokens_seen
         self._total = planned_steps(engine)
+        if engine.is_main_process:
+            self.log = StepLog.of(engine)
+            self.log.join(self.reader)
 
     @hookimpl
     def after_step(self, engine: Engine, state: State) -> None:
-        self.ema.update(state.loss)  # tensor op: no sync
+        if self.log is None:
+            return
+        self.log.record(state)  # no tensor work
         if state.step % self.every and state.step != self._total:
             return
-        if not engine.is_main_process:
-            return
-        values = step_values(state, self.ema)  # the one host sync, on logged steps only
+        self.log.flush()  # the one host sync, on logged steps only: every row since the last
+        values = self.reader.latest(self.log) or {}
         now = time.perf_counter()
         fields: dict[str, Any] = {"step": state.step}
         for key in ("loss", "ema_loss", "ppl", "lr", "grad_norm"):

@@ -21,14 +21,16 @@ Critical: yes. The file is the run's record (`hookloop plot` reads it). A write 
 (disk full, permissions) stops the run; resuming from the last checkpoint then produces a
 complete file, whereas disabling the plugin would leave a permanent hole in it.
 
-On a GPU a row's values are copied to the host without waiting, and the row is written at a
-later step, once the copy has landed (at the latest 16 rows later, before a checkpoint, and at
-the end): no step waits for the device because of this plugin. A crash then loses the rows
-still on their way.
+Rows travel to the host through the loggers' shared buffer (`hookloop.plugins._steplog`):
+a step only files its values there, and rows are copied together, in one batch, when a
+logger logs (`console` every 10 steps) or 16 rows are waiting; they are written once the
+copy has landed, and always before a checkpoint and at the end (also when `fit()` raises).
+No step waits for the device because of this plugin; a process killed outright loses the
+rows still on their way (at most 16, and never rows a checkpoint covers).
 
 Hooks: `on_fit_start`, `after_step`, `on_eval_end`, `on_fit_end`, `on_exception`,
-`on_save_checkpoint`, `on_load_checkpoint`. Cost: one flushed line per row; on CPU a few
-scalar reads, on a GPU one asynchronous copy.
+`on_save_checkpoint`, `on_load_checkpoint`. Cost: filing a row per step (no tensor work);
+per batch of rows, one stacked copy, and the lines written with one flush.
 """
 
 from __future__ import annotations
@@ -42,15 +44,8 @@ import structlog
 from hookloop import PluginError, hookimpl
 from hookloop.options import check_int, check_number
 from hookloop.plugins._csvfile import MetricsFile
-from hookloop.plugins._metrics import (
-    METRIC_WRITERS,
-    ClosesAtEnd,
-    HostCopy,
-    LossEMA,
-    step_copy,
-    to_floats,
-    with_ppl,
-)
+from hookloop.plugins._metrics import METRIC_WRITERS, ClosesAtEnd, to_floats
+from hookloop.plugins._steplog import MAX_UNSENT, Row, RowReader, StepLog
 
 if TYPE_CHECKING:
     from hookloop import Engine, State
@@ -59,7 +54,6 @@ __all__ = ["COLUMNS", "CSVLogger"]
 
 log = structlog.get_logger(__name__)
 
-MAX_QUEUED = 16  # rows waiting for their device copy before a step waits for the oldest
 COLUMNS = (
     "step",
     "epoch",
@@ -90,9 +84,11 @@ class CSVLogger(ClosesAtEnd):
             )
         check_int(self.name, "every", every, minimum=1)
         check_number(self.name, "ema_beta", ema_beta, low=0, high=1, open_high=True)
-        self.filename, self.every, self.ema = filename, every, LossEMA(float(ema_beta))
+        self.filename, self.every = filename, every
+        self.reader = RowReader(float(ema_beta))
         self.file: MetricsFile | None = None
-        self._queued: deque[tuple[dict[str, Any], HostCopy]] = deque()  # rows on their way
+        self.log: StepLog | None = None
+        self._queued: deque[tuple[dict[str, Any], Row]] = deque()  # rows on their way
         self._pending: dict[str, float] = {}  # eval metrics for the row about to be made
         self._seen_step = -1
 
@@ -109,32 +105,50 @@ class CSVLogger(ClosesAtEnd):
         self.file = MetricsFile(
             engine.run_dir / self.filename, list(COLUMNS), keep_through=state.step
         )
+        self.log = StepLog.of(engine)
+        self.log.join(self.reader)
 
     @hookimpl
     def after_step(self, state: State) -> None:
-        self.ema.update(state.loss)  # tensor op: no sync
         self._seen_step = state.step
-        if self.file is None:
+        if self.file is None or self.log is None:
             return
+        row = self.log.record(state)  # no tensor work: the row is copied with others later
         if state.step % self.every == 0 or self._pending:
-            self._queue(state)
-        self._write_queued(wait=False)
+            self._queue(row)
+        if self.log.unsent >= MAX_UNSENT:
+            self.log.send()
+        self._write_landed()
 
-    def _queue(self, state: State, extra: dict[str, float] | None = None) -> None:
-        row = {"step": state.step, "epoch": state.epoch, **self._pending, **(extra or {})}
+    def _queue(self, row: Row, extra: dict[str, float] | None = None) -> None:
+        fields = {"step": row.step, "epoch": row.epoch, **self._pending, **(extra or {})}
         self._pending = {}
-        self._queued.append((row, step_copy(state, self.ema)))
+        last = self.reader.last
+        if last is not None and last[0] is row:  # already read (landed): write it now
+            self._write({**last[1], **fields})
+        else:
+            self._queued.append((fields, row))
 
-    def _write_queued(self, *, wait: bool = True) -> None:
-        """Write queued rows in order: all of them, or (wait=False) those that have landed,
-        waiting only when more than MAX_QUEUED rows are queued."""
-        while (
-            self._queued
-            and self.file is not None
-            and (wait or len(self._queued) > MAX_QUEUED or self._queued[0][1].ready)
-        ):
-            row, copy = self._queued.popleft()
-            self.file.write({**with_ppl(copy.result()), **row})
+    def _write_landed(self, *, wait: bool = False) -> None:
+        """Write the queued rows whose values have landed (with `wait`: send and wait for
+        all of them first), in order, with one flush."""
+        if self.log is None or self.file is None:
+            return
+        if wait:
+            self.log.flush()
+        else:
+            self.log.receive()
+        lines = []
+        for row, values in self.reader.rows(self.log):
+            while self._queued and self._queued[0][1] is row:
+                fields, _ = self._queued.popleft()
+                lines.append({**values, **fields})
+        for line in lines:
+            self._write(line, flush=line is lines[-1])
+
+    def _write(self, row: dict[str, Any], *, flush: bool = True) -> None:
+        assert self.file is not None
+        self.file.write(row, flush=flush)
 
     @hookimpl
     def on_eval_end(self, state: State, metrics: dict[str, float]) -> None:
@@ -145,23 +159,23 @@ class CSVLogger(ClosesAtEnd):
             self._queued[-1][0].update(values)
         elif last is not None and last["step"] == state.step:
             self.file.write({**last, **values}, replace_last=True)  # fill in its row
-        elif self._seen_step == state.step:  # its step got no row (every > 1): add one
-            self._queue(state, values)
+        elif self._seen_step == state.step and self.log is not None:  # no row (every > 1)
+            self._queue(self.log.record(state), values)
         else:  # called inside after_step before this plugin's turn: goes into the step's row
             self._pending.update(values)
 
     def close(self) -> None:
         """Write the row still on its way and close the file; the hooks call this at the end."""
         if self.file is not None:
-            self._write_queued()
+            self._write_landed(wait=True)
             self.file.close()
             self.file = None
 
     @hookimpl
     def on_save_checkpoint(self) -> dict[str, Any]:
-        self._write_queued()  # row k is on disk before checkpoint k is complete
-        return {"ema_loss": self.ema.save()}
+        self._write_landed(wait=True)  # row k is on disk before checkpoint k is complete
+        return {"ema_loss": self.reader.ema}
 
     @hookimpl
-    def on_load_checkpoint(self, engine: Engine, saved: dict[str, Any]) -> None:
-        self.ema.load(saved.get("ema_loss"), engine.device)
+    def on_load_checkpoint(self, saved: dict[str, Any]) -> None:
+        self.reader.ema = saved.get("ema_loss")

@@ -19,18 +19,30 @@ the step and, in `after_step`, reloads the last valid checkpoint with the lr mul
 The averages and counters are saved in checkpoints, so a resumed run judges spikes against
 the same history; a rollback restores the averages of the checkpoint it goes back to.
 
-Hooks: `after_backward`, `after_step`, `on_save_checkpoint`, `on_load_checkpoint`.
-Cost: a few float operations. The loss and norm come from `hookloop.plugins._guards.step_scalars`,
-the one host sync per step that `nan_guard` already paid (or pays here when it is off).
+With `warn` the step's loss and norm are copied to the host without waiting and judged one
+step late (the journal keeps the spiking step's number). With `rollback`/`stop` and a fused
+optimizer the spike test runs on the device, the optimizer skips a spiking update itself,
+and the host acts a step late, as `nan_guard` does; with other optimizers the values are
+read on the host before the update and it acts at once.
+
+Hooks: `after_backward`, `after_step`, `on_fit_end`, `on_exception`, `on_save_checkpoint`,
+`on_load_checkpoint`. Cost: a few float operations on the host; the loss and norm come from
+`hookloop.plugins._stepvalues.step_tensors`, measured once per step for all guards. No host
+sync with `warn`, nor with a fused optimizer; else one per step shared with `nan_guard`.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from hookloop import hookimpl
 from hookloop.options import check_choice, check_int, check_number
 from hookloop.plugins._guards import GuardPolicy, step_scalars
+from hookloop.plugins._stepvalues import LateRead, step_tensors
+from hookloop.update import can_skip_on_device
 
 if TYPE_CHECKING:
     from hookloop import Engine, State
@@ -81,15 +93,56 @@ class Divergence:
         self.grad_avg: float | None = None
         self.seen = 0  # healthy steps folded into the averages
         self.spikes = 0
+        self.late = LateRead()  # the previous step's values, on their way to the host
 
     @hookimpl
     def after_backward(self, engine: Engine, state: State) -> None:
-        s = step_scalars(engine, state)
-        if not s.finite:
+        self._settle(engine, state)  # the averages now include the step before this one
+        judged = self.seen >= self.warmup_steps and self.loss_avg is not None
+        on_device = engine.scaler is None and can_skip_on_device(engine.optimizer)
+        if self.action == "warn" or not judged or on_device:
+            t = step_tensors(engine, state)
+            if self.action == "warn" or not judged:  # nothing to skip: judge it a step late
+                self.late.put(torch.stack([t.loss, t.total]), (state.step, False))
+                return
+            assert self.loss_avg is not None and self.grad_avg is not None
+            spike = (t.loss > self.loss_factor * self.loss_avg) | (
+                t.total > self.grad_factor * self.grad_avg
+            )
+            engine.skip_update_if(spike)  # the device keeps the spike out of the weights
+            self.late.put(torch.stack([t.loss, t.total, spike.float()]), (state.step, True))
             return
-        reason = self._spike(s.loss, s.grad_norm)
+        s = step_scalars(engine, state)  # the fallback: read now, before the update
+        self._judge(engine, state, s.loss, s.grad_norm)
+
+    def _settle(self, engine: Engine, state: State) -> None:
+        """Judge the step whose values were read late; it was the step before this one."""
+        taken = self.late.take()
+        if taken is not None:
+            values, (step, flagged) = taken
+            flag = bool(values[2]) if flagged else None
+            self._judge(engine, state, values[0], values[1], step=step, flagged=flag)
+
+    def _judge(
+        self,
+        engine: Engine,
+        state: State,
+        loss: float,
+        norm: float,
+        *,
+        step: int | None = None,
+        flagged: bool | None = None,
+    ) -> None:
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            return
+        reason = self._spike(loss, norm)
+        if flagged is not None:  # the device decided, and skipped the update: follow it
+            if not flagged:
+                reason = None
+            elif reason is None:  # a float32 comparison on the threshold itself
+                reason = f"loss {loss:.4g} or gradient norm {norm:.4g} at its limit"
         if reason is None:
-            self._fold(s.loss, s.grad_norm)
+            self._fold(loss, norm)
             self.policy.healthy()
             return
         self.spikes += 1
@@ -98,13 +151,14 @@ class Divergence:
             state,
             "divergence",
             reason,
+            step=step,
             action=self.action,
-            loss=s.loss,
+            loss=loss,
             loss_avg=self.loss_avg,
-            grad_norm=s.grad_norm,
+            grad_norm=norm,
             grad_avg=self.grad_avg,
         )
-        self.policy.bad_step(engine, state, reason)
+        self.policy.bad_step(engine, state, reason, step=step)
 
     def _spike(self, loss: float, norm: float) -> str | None:
         """Why this step is a spike, or None when it is not (or still in warm-up)."""
@@ -132,6 +186,16 @@ class Divergence:
             self.policy.roll_back_if_due(engine, state)
         finally:  # the reload restored the averages of that checkpoint; keep our count
             self.spikes = spikes
+
+    # Last, after csv closed its file and checkpoint saved: the verdict of the last step.
+    @hookimpl(trylast=True)
+    def on_fit_end(self, engine: Engine, state: State) -> None:
+        self._settle(engine, state)
+        self.after_step(engine, state)
+
+    @hookimpl
+    def on_exception(self) -> None:
+        self.late.take()  # values still in flight belong to a run that is over
 
     @hookimpl
     def on_save_checkpoint(self) -> dict[str, Any]:

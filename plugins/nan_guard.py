@@ -24,19 +24,33 @@ gradients went bad, journals `nan_detected`, and then, by `action`:
 Under fp16 the GradScaler already skips steps whose gradients overflow, so there only a
 non-finite *loss* counts as bad.
 
-Hooks: `after_backward`, `after_step`, `on_save_checkpoint`, `on_load_checkpoint`.
-Cost: one pass over the gradients for their norm (reused from `clip` when it ran first) and
-one host sync per step, shared with `divergence` (see `hookloop.plugins._guards`).
+With a fused optimizer (`AdamW(fused=True)`, outside fp16) the check is a flag on the
+device that makes the optimizer skip a bad update itself (`Engine.skip_update_if`), and the
+host reads it **one step late**, in the next step's `after_backward` or at the end of fit():
+the journal and message keep the bad step's number; `stop` and `rollback` leave that next
+step unapplied too, and the emergency checkpoint is named after it (with the weights from
+before the bad step). Other optimizers cannot skip on the device: there the step's values
+are read on the host before the update and the guard acts at once.
+
+Hooks: `after_backward`, `after_step`, `on_fit_end`, `on_exception`, `on_save_checkpoint`,
+`on_load_checkpoint`. Cost: one fused pass over the gradients for their norms (reused by
+`clip`), a few scalar ops on the device; no host sync with a fused optimizer, else one per
+step, shared with `divergence` (see `hookloop.plugins._guards`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from hookloop import hookimpl
 from hookloop.options import check_choice, check_int, check_number
 from hookloop.plugins._guards import GuardPolicy, bad_gradient_names, step_scalars
+from hookloop.plugins._stepvalues import LateRead, names_from_norms, nonfinite, step_tensors
+from hookloop.update import can_skip_on_device
 
 if TYPE_CHECKING:
     from hookloop import Engine, State
@@ -75,18 +89,56 @@ class NanGuard:
             max_skips=max_skips,
             save_on_stop=True,
         )
+        self.late = LateRead()  # the previous step's verdict, on its way to the host
 
     @hookimpl
     def after_backward(self, engine: Engine, state: State) -> None:
-        scalars = step_scalars(engine, state)
-        bad_loss = not math.isfinite(scalars.loss)
-        if scalars.finite or (engine.scaler is not None and not bad_loss):
+        self._settle(engine, state)
+        if engine.scaler is None and can_skip_on_device(engine.optimizer):
+            # The device keeps a bad update out of the weights; the host learns of it at
+            # the next step (or the end of fit), without waiting now.
+            t = step_tensors(engine, state)
+            found = nonfinite(t.loss + t.total)
+            engine.skip_update_if(found)
+            self.late.put(
+                torch.cat([torch.stack([found, t.total]), t.values]), (state.step, t.per_parameter)
+            )
+            return
+        s = step_scalars(engine, state)  # the fallback: read now, before the update
+        bad = not s.finite and (engine.scaler is None or not math.isfinite(s.loss))
+        # Under fp16 the GradScaler skips overflowed gradients itself: only the loss counts.
+        self._judge(
+            engine, state, bad, s.loss, s.grad_norm, lambda: bad_gradient_names(engine.model)
+        )
+
+    def _settle(self, engine: Engine, state: State) -> None:
+        """Judge the step whose verdict was read late; it was the step before this one."""
+        taken = self.late.take()
+        if taken is None:
+            return
+        (found, norm, loss, *norms), (step, per_parameter) = taken
+        names = lambda: names_from_norms(engine.model, norms) if per_parameter else []  # noqa: E731
+        self._judge(engine, state, found != 0.0, loss, norm, names, step=step)
+
+    def _judge(
+        self,
+        engine: Engine,
+        state: State,
+        bad: bool,
+        loss: float,
+        norm: float,
+        names_of: Callable[[], list[str]],
+        *,
+        step: int | None = None,
+    ) -> None:
+        if not bad:
             self.policy.healthy()
             return
-        names = bad_gradient_names(engine.model)
-        reason = f"loss is {scalars.loss}" if bad_loss else "loss is finite"
-        reason += f", gradient norm is {scalars.grad_norm}"
-        if names and "(max |grad|" in names[0]:
+        names = names_of()
+        bad_loss = not math.isfinite(loss)
+        reason = f"loss is {loss}" if bad_loss else "loss is finite"
+        reason += f", gradient norm is {norm}"
+        if names and "|grad|" in names[0]:
             reason += f"; every gradient element is finite, the largest: {', '.join(names)}"
         elif names:
             reason += f"; non-finite gradients in {', '.join(names)}"
@@ -95,17 +147,28 @@ class NanGuard:
             state,
             "nan_detected",
             reason,
-            loss=scalars.loss,
-            grad_norm=scalars.grad_norm,
+            step=step,
+            loss=loss,
+            grad_norm=norm,
             parameters=names,
         )
-        self.policy.bad_step(engine, state, reason)
+        self.policy.bad_step(engine, state, reason, step=step)
 
     # After_step of the bad step, before checkpoint (declared above): go back to the last
     # good checkpoint. The optimizer did not step (skip_step), so nothing bad was applied.
     @hookimpl
     def after_step(self, engine: Engine, state: State) -> None:
         self.policy.roll_back_if_due(engine, state)
+
+    # Last, after csv closed its file and checkpoint saved: the verdict of the last step.
+    @hookimpl(trylast=True)
+    def on_fit_end(self, engine: Engine, state: State) -> None:
+        self._settle(engine, state)
+        self.policy.roll_back_if_due(engine, state)
+
+    @hookimpl
+    def on_exception(self) -> None:
+        self.late.take()  # a verdict still in flight belongs to a run that is over
 
     @hookimpl
     def on_save_checkpoint(self) -> dict[str, Any]:

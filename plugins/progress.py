@@ -10,7 +10,10 @@ so log files and CI output stay clean; if tqdm is not installed it is silently o
 log line says why). `enabled = true` forces the bar on and is a `PluginError` without tqdm.
 
 Hooks: `on_fit_start`, `after_step`, `on_fit_end`, `on_exception`. Cost: a counter update
-per step; the loss (one host sync) is read at most once every `refresh_s` seconds.
+and filing the step's values in the loggers' shared buffer (`hookloop.plugins._steplog`)
+per step; at most once every `refresh_s` seconds the rows waiting there are sent to the host
+without waiting, and the bar shows the newest loss that has landed (on a GPU, usually
+that of a step or so earlier).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import structlog
 from hookloop import PluginError, hookimpl
 from hookloop.options import check_number
 from hookloop.plugins._metrics import METRIC_WRITERS, ClosesAtEnd, planned_steps
+from hookloop.plugins._steplog import StepLog
 
 if TYPE_CHECKING:
     from hookloop import Engine, State
@@ -56,6 +60,7 @@ class Progress(ClosesAtEnd):
                 ) from exc
         self.enabled, self.refresh_s = enabled, float(refresh_s)
         self.bar: Any = None
+        self.log: StepLog | None = None
         self._shown = 0.0
 
     def wanted(self) -> bool:
@@ -85,6 +90,7 @@ class Progress(ClosesAtEnd):
             desc="train",
         )
         self._shown = 0.0
+        self.log = StepLog.of(engine)
 
     @hookimpl
     def after_step(self, state: State) -> None:
@@ -92,11 +98,15 @@ class Progress(ClosesAtEnd):
             return
         self.bar.update(1)
         now = time.monotonic()
-        if now - self._shown >= self.refresh_s and state.loss is not None:
+        assert self.log is not None
+        self.log.record(state)  # no tensor work
+        if now - self._shown >= self.refresh_s:
             self._shown = now
-            postfix = {"loss": f"{state.loss.item():.4f}"}  # the sync, at most every refresh_s
-            if "lr" in state.metrics:
-                postfix["lr"] = f"{float(state.metrics['lr']):.3e}"
+            self.log.send()  # without waiting: show what has landed
+            latest = self.log.latest or {}
+            postfix = {"loss": f"{latest['loss']:.4f}"} if "loss" in latest else {}
+            if "lr" in latest:
+                postfix["lr"] = f"{latest['lr']:.3e}"
             self.bar.set_postfix(postfix, refresh=False)
 
     def close(self) -> None:

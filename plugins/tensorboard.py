@@ -10,7 +10,9 @@ grad_norm, tokens_per_s and every other metric of the step), evaluation scalars 
 `val/`. A resumed run purges the events written after the checkpoint it resumes from.
 
 Hooks: `on_fit_start`, `after_step`, `on_eval_end`, `on_fit_end`, `on_exception`.
-Cost: one small tensor op per step; one host sync and a buffered write on logged steps.
+Cost: filing the step's values in the loggers' shared buffer (`hookloop.plugins._steplog`,
+no tensor work); on logged steps one batched copy (shared with `console` and `csv`), the one
+host sync, and a buffered write.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from hookloop import PluginError, hookimpl
 from hookloop.options import check_int
-from hookloop.plugins._metrics import METRIC_WRITERS, ClosesAtEnd, LossEMA, step_values, to_floats
+from hookloop.plugins._metrics import METRIC_WRITERS, ClosesAtEnd, to_floats
+from hookloop.plugins._steplog import RowReader, StepLog
 
 if TYPE_CHECKING:
     from hookloop import Engine, State
@@ -48,7 +51,8 @@ class TensorBoard(ClosesAtEnd):
             ) from exc
         self._writer_class = SummaryWriter
         self.log_dir, self.every = log_dir, every
-        self.ema = LossEMA()
+        self.reader = RowReader()
+        self.log: StepLog | None = None
         self.writer: Any = None
 
     @hookimpl
@@ -67,13 +71,18 @@ class TensorBoard(ClosesAtEnd):
         # Resuming at step k: drop events a crashed run wrote after its last checkpoint.
         purge = state.step + 1 if state.step else None
         self.writer = self._writer_class(log_dir=str(directory), purge_step=purge)
+        self.log = StepLog.of(engine)
+        self.log.join(self.reader)
 
     @hookimpl
     def after_step(self, state: State) -> None:
-        self.ema.update(state.loss)
-        if self.writer is None or state.step % self.every:
+        if self.writer is None or self.log is None:
             return
-        for key, value in step_values(state, self.ema).items():
+        self.log.record(state)  # no tensor work
+        if state.step % self.every:
+            return
+        self.log.flush()  # the one host sync, on logged steps only
+        for key, value in (self.reader.latest(self.log) or {}).items():
             self.writer.add_scalar(f"train/{key}", value, state.step)
 
     @hookimpl

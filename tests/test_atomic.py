@@ -311,3 +311,20 @@ def test_a_pointer_that_names_nothing_usable_reads_as_none(tmp_path, content):
     assert read_pointer(tmp_path, LATEST) is None
     (tmp_path / LATEST).write_bytes(b" step-7 \n")
     assert read_pointer(tmp_path, LATEST) == tmp_path / "step-7"
+
+
+@pytest.mark.parametrize("wait", [True, False])
+def test_remove_dir_takes_the_name_away_at_once_and_deletes_on_a_thread_if_asked(tmp_path, wait):
+    import threading
+
+    from hookloop.checkpoint.atomic import remove_dir
+
+    (tmp_path / "step-00000001").mkdir()
+    (tmp_path / "step-00000001" / "model.safetensors").write_bytes(b"x" * 4096)
+    remove_dir(tmp_path / "step-00000001", wait=wait)
+    assert not (tmp_path / "step-00000001").exists()  # never half-deleted under its name
+    for thread in threading.enumerate():
+        if thread.name == "hookloop-prune":
+            thread.join(timeout=30)
+    assert list(tmp_path.iterdir()) == []
+    remove_dir(tmp_path / "step-00000001", wait=wait)  # already gone: nothing to do

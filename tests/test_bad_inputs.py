@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,17 +99,26 @@ def edit_json(rel: str, change: Callable[[dict], object]) -> Callable[[Path], No
     return setup
 
 
-def replace_tensor_file(content: Callable[[bytes], bytes], *, rehash: bool):
-    """Replace the checkpoint's model.safetensors; `rehash` also forges its SHA-256."""
+def replace_tensor_file(content: Callable[[bytes], bytes], *, rehash: bool, old_format=False):
+    """Replace the checkpoint's model.safetensors; `rehash` also forges its checksum and
+    size; `old_format` records every file's SHA-256 the way checkpoints did before the
+    checksum was configurable (`files.<name>.sha256`), taken before the replacement."""
 
     def setup(w: Path) -> None:
         path = w / CKPT / "model.safetensors"
+        state = json.loads((w / CKPT / "state.json").read_text())
+        if old_format:
+            for name, info in state["files"].items():
+                digest = hashlib.sha256((w / CKPT / name).read_bytes()).hexdigest()
+                state["files"][name] = {"sha256": digest, "bytes": info["bytes"]}
         data = content(path.read_bytes())
         path.write_bytes(data)
         if rehash:
-            state = json.loads((w / CKPT / "state.json").read_text())
-            state["files"]["model.safetensors"]["sha256"] = hashlib.sha256(data).hexdigest()
-            (w / CKPT / "state.json").write_text(json.dumps(state))
+            state["files"]["model.safetensors"] = {
+                "checksum": f"crc32:{zlib.crc32(data):08x}",
+                "bytes": len(data),
+            }
+        (w / CKPT / "state.json").write_text(json.dumps(state))
 
     return setup
 
@@ -257,11 +267,12 @@ ROWS = [
     Row("runs-read-only-for-real", ["train", "--runs", "ro", "--set", "data.path=data"], "cannot create run directory ro/", "choose a writable place", read_only("ro")),
     Row("plot-out-read-only-for-real", ["plot", "run", "--out", "ro/m.png"], "Permission denied", "make it writable", read_only("ro")),
     # --- checkpoints: every reader verifies ---------------------------------------------------
-    Row("eval-tampered-tensor-bytes", [*EVAL, "--checkpoint", "step-00000002"], "model.safetensors does not match its SHA-256", "earlier checkpoint", replace_tensor_file(flip_byte, rehash=False), subprocess=True),
+    Row("eval-tampered-tensor-bytes", [*EVAL, "--checkpoint", "step-00000002"], "model.safetensors does not match its checksum (crc32)", "earlier checkpoint", replace_tensor_file(flip_byte, rehash=False), subprocess=True),
+    Row("eval-tampered-old-sha256-format", [*EVAL, "--checkpoint", "step-00000002"], "model.safetensors does not match its checksum (sha256)", "earlier checkpoint", replace_tensor_file(flip_byte, rehash=False, old_format=True)),
     Row("sample-tampered-tensor-bytes", SAMPLE, "no checkpoint that verifies", "pass --checkpoint", replace_tensor_file(flip_byte, rehash=False)),
-    Row("sample-truncated-safetensors", [*SAMPLE, "--checkpoint", "step-00000002"], "does not match its SHA-256", "earlier checkpoint", replace_tensor_file(lambda d: d[: len(d) // 2], rehash=False)),
+    Row("sample-truncated-safetensors", [*SAMPLE, "--checkpoint", "step-00000002"], "state.json says",  "earlier checkpoint", replace_tensor_file(lambda d: d[: len(d) // 2], rehash=False)),
     Row("sample-truncated-forged-hash", [*SAMPLE, "--checkpoint", "step-00000002"], "model.safetensors: tensor", "not a safetensors file", replace_tensor_file(lambda d: d[: len(d) // 2], rehash=True)),
-    Row("sample-pickle-as-safetensors", [*SAMPLE, "--checkpoint", "step-00000002"], "does not match its SHA-256", "earlier checkpoint", replace_tensor_file(lambda d: EVIL_PICKLE, rehash=False), subprocess=True),
+    Row("sample-pickle-as-safetensors", [*SAMPLE, "--checkpoint", "step-00000002"], "(truncated or replaced)", "earlier checkpoint", replace_tensor_file(lambda d: EVIL_PICKLE, rehash=False), subprocess=True),
     Row("eval-pickle-as-safetensors-forged", [*EVAL, "--checkpoint", "step-00000002"], "model.safetensors is truncated or not safetensors", "not a safetensors file", replace_tensor_file(lambda d: EVIL_PICKLE, rehash=True), subprocess=True),
     Row("eval-overlapping-tensors", [*EVAL, "--checkpoint", "step-00000002"], "overlaps or has a gap", "not a safetensors file", replace_tensor_file(overlapping, rehash=True)),
     Row("state-json-is-a-pickle", [*EVAL, "--checkpoint", "step-00000002"], "state.json is not UTF-8 text", "earlier checkpoint", write(f"{CKPT}/state.json", EVIL_PICKLE + b"\x80\x04")),
@@ -269,6 +280,8 @@ ROWS = [
     Row("state-json-missing-files", [*EVAL, "--checkpoint", "step-00000002"], "field files is missing", "earlier checkpoint", edit_json(f"{CKPT}/state.json", lambda s: s.pop("files"))),
     Row("state-json-not-an-object", [*SAMPLE, "--checkpoint", "step-00000002"], "it must hold a JSON object", "earlier checkpoint", write(f"{CKPT}/state.json", "[1, 2]")),
     Row("state-json-path-escape", [*EVAL, "--checkpoint", "step-00000002"], "must be a plain file name", "earlier checkpoint", edit_json(f"{CKPT}/state.json", lambda s: s["files"].update({"../../config.toml": s["files"]["model.safetensors"]}))),
+    Row("state-json-unknown-checksum", [*EVAL, "--checkpoint", "step-00000002"], "checksum names the unknown algorithm 'md5'", "earlier checkpoint", edit_json(f"{CKPT}/state.json", lambda s: s["files"]["model.safetensors"].update(checksum="md5:" + "0" * 32))),
+    Row("state-json-malformed-checksum", ["train", "--resume", CKPT], 'must be "<algorithm>:<hex digest>"', "earlier checkpoint", edit_json(f"{CKPT}/state.json", lambda s: s["files"]["optimizer.safetensors"].update(checksum="crc32:xyz"))),
     Row("state-json-future-format", [*EVAL, "--checkpoint", "step-00000002"], "format version 99", "use the hookloop version that wrote it", edit_json(f"{CKPT}/state.json", lambda s: s.update(format_version=99))),
     Row("state-json-bad-rng", ["train", "--resume", CKPT], "field rng.numpy is not a generator state", "earlier checkpoint", edit_json(f"{CKPT}/state.json", lambda s: s["rng"].update(numpy=[1]))),
     Row("checkpoint-missing", [*EVAL, "--checkpoint", "step-99"], "run run has no checkpoint step-99", "it has: step-00000002"),

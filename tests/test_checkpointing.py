@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import random
 import re
+import zlib
 
 import numpy as np
 import pytest
@@ -18,6 +20,11 @@ from hookloop.errors import CheckpointError
 
 def params(engine):
     return {k: v.clone() for k, v in engine.model.state_dict().items()}
+
+
+def same_params(a, b):
+    a, b = params(a), params(b)
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_format_files_keys_and_a_model_file_any_safetensors_reader_loads(ckpt_worker, tmp_path):
@@ -262,3 +269,141 @@ def test_a_multi_rank_state_json_passes_the_schema_and_a_damaged_rank_is_named(
     state["rng_ranks"][1] = {**state["rng"], "numpy": [1]}
     with pytest.raises(CheckpointError, match=r"field rng_ranks\.1\.numpy is not a generator"):
         check_state(state, path)
+
+
+def _reference(algorithm, data):
+    if algorithm == "crc32":
+        return f"crc32:{zlib.crc32(data):08x}"
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("algorithm", ["crc32", "sha256"])
+def test_each_checksum_is_recorded_verified_and_catches_damage(make_engine, tmp_path, algorithm):
+    engine = make_engine()
+    engine.fit(max_steps=1)
+    path = ckpt.save_checkpoint(engine, tmp_path / "c", checksum=algorithm)
+    files = json.loads((path / "state.json").read_text())["files"]
+    for name, info in files.items():
+        data = (path / name).read_bytes()
+        assert info == {"checksum": _reference(algorithm, data), "bytes": len(data)}
+    fresh = make_engine(seed=3)
+    ckpt.load_checkpoint(fresh, path)
+    assert same_params(fresh, engine)
+
+    model = path / "model.safetensors"
+    data = model.read_bytes()
+    model.write_bytes(data[:-9] + bytes([data[-9] ^ 0x10]) + data[-8:])
+    with pytest.raises(
+        CheckpointError, match=rf"model.safetensors does not match its checksum \({algorithm}\)"
+    ):
+        ckpt.verify_checkpoint(path)
+    model.write_bytes(data[:-4])
+    with pytest.raises(CheckpointError, match=r"has \d+ bytes, state.json says \d+ \(truncated"):
+        ckpt.verify_checkpoint(path)
+    state = json.loads((path / "state.json").read_text())
+    del state["files"]["model.safetensors"][
+        "bytes"
+    ]  # `bytes` is optional: the checksum still sees it
+    (path / "state.json").write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match=rf"does not match its checksum \({algorithm}\)"):
+        ckpt.load_checkpoint(fresh, path)
+
+
+def test_a_checkpoint_in_the_older_sha256_format_loads_and_is_verified(make_engine, tmp_path):
+    """Checkpoints written before the checksum was configurable hold `files.<name>.sha256`."""
+    engine = make_engine()
+    engine.fit(max_steps=2)
+    path = ckpt.save_checkpoint(engine, tmp_path / "checkpoints" / ckpt.checkpoint_name(2))
+    state = json.loads((path / "state.json").read_text())
+    state["files"] = {
+        name: {
+            "sha256": hashlib.sha256((path / name).read_bytes()).hexdigest(),
+            "bytes": info["bytes"],
+        }
+        for name, info in state["files"].items()
+    }
+    (path / "state.json").write_text(json.dumps(state, indent=1))
+    fresh = make_engine(seed=3)
+    ckpt.load_checkpoint(fresh, path)
+    assert same_params(fresh, engine)
+    assert ckpt.latest_valid_checkpoint(tmp_path) == path
+
+    optimizer = path / "optimizer.safetensors"
+    data = bytearray(optimizer.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    optimizer.write_bytes(bytes(data))
+    with pytest.raises(
+        CheckpointError, match=r"optimizer.safetensors does not match its checksum \(sha256\)"
+    ):
+        ckpt.verify_checkpoint(path)
+    assert ckpt.latest_valid_checkpoint(tmp_path) is None
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"checksum": "md5:" + "0" * 32}, r"checksum names the unknown algorithm 'md5'"),
+        (
+            {"checksum": "crc32:0123"},
+            r'checksum must be "<algorithm>:<hex digest>" with an algorithm of crc32, sha256',
+        ),
+        ({"checksum": 7}, r"checksum must be .*got 7"),
+        ({"bytes": 10}, r"checksum must be .*got None"),
+        ({"sha256": "abc"}, r"sha256 must be a SHA-256 hex digest, got 'abc'"),
+        ({"checksum": "crc32:01234567", "bytes": -1}, r"bytes must be an integer >= 0, got -1"),
+    ],
+)
+def test_a_malformed_file_entry_in_state_json_is_named(make_engine, tmp_path, entry, message):
+    from hookloop.checkpoint.schema import check_state
+
+    engine = make_engine()
+    engine.fit(max_steps=1)
+    path = ckpt.save_checkpoint(engine, tmp_path / "c")
+    state = json.loads((path / "state.json").read_text())
+    state["files"]["optimizer.safetensors"] = entry
+    with pytest.raises(CheckpointError, match=r"field files\.optimizer\.safetensors\." + message):
+        check_state(state, path)
+
+
+def test_the_checkpoint_plugin_option_picks_the_checksum(make_engine, tmp_path):
+    from hookloop.errors import PluginError
+    from hookloop.plugins.checkpoint import Checkpoint
+
+    with pytest.raises(
+        PluginError, match="option checksum must be one of crc32, sha256, got 'md5'"
+    ):
+        Checkpoint(checksum="md5")
+    engine = make_engine(run_dir=tmp_path, plugins=[Checkpoint(every=2, checksum="sha256")])
+    engine.fit(max_steps=2)
+    path = ckpt.latest_valid_checkpoint(tmp_path)
+    files = json.loads((path / "state.json").read_text())["files"]
+    assert all(info["checksum"].startswith("sha256:") for info in files.values())
+
+
+def test_background_saves_copy_into_the_buffers_of_the_last_one(make_engine, tmp_path, monkeypatch):
+    from hookloop.plugins.checkpoint import Checkpoint
+
+    taken = []
+    real = ckpt.snapshot
+
+    def spy(engine, **kwargs):
+        taken.append((kwargs.get("reuse"), real(engine, **kwargs)))
+        return taken[-1][1]
+
+    monkeypatch.setattr(ckpt, "snapshot", spy)
+    engine = make_engine(
+        batches=20, run_dir=tmp_path, plugins=[Checkpoint(every=2, keep_last=0, background=True)]
+    )
+    engine.fit(max_steps=6)
+    assert [reuse for reuse, _ in taken] == [None, taken[0][1], taken[1][1]]
+    first, last = taken[0][1], taken[2][1]
+    assert all(last.model[k] is first.model[k] for k in first.model)  # the same memory again
+    assert all(last.optimizer[k] is first.optimizer[k] for k in first.optimizer)
+    on_disk = load_file(tmp_path / "checkpoints" / ckpt.checkpoint_name(6) / "model.safetensors")
+    assert all(torch.equal(on_disk[k], v) for k, v in engine.model.state_dict().items())
+
+    engine.model.fc1 = torch.nn.Linear(4, 3)  # another shape: that tensor gets new memory
+    again = real(engine, copy=True, reuse=last)
+    assert again.model["fc1.weight"] is not last.model["fc1.weight"]
+    assert again.model["fc2.weight"] is last.model["fc2.weight"]
+    assert torch.equal(again.model["fc1.weight"], engine.model.fc1.weight)

@@ -9,7 +9,8 @@ A checkpoint is a directory (`run_dir/checkpoints/step-00001000/`) holding:
   (e.g. `state.0.exp_avg`), `param_index` being the position in `optimizer.state_dict()`.
 - `state.json`: format version, versions, counters, data position, RNG states, optimizer
   hyper-parameters, plugin states, the resolved config, last metrics, tokenizer reference and
-  the SHA-256 of each tensor file. It is written last.
+  the checksum of each tensor file (CRC-32 by default, or SHA-256; see `checksum`). It is
+  written last.
 
 Writing goes to a temporary directory beside the target; every file and the directory are
 fsynced, then the directory is renamed into place and the `latest` pointer (a text file
@@ -18,12 +19,15 @@ previous checkpoint and pointer as they were. Nothing is pickled and nothing is 
 The full format is specified in docs/guide/checkpoints.md. The package is split by what
 each part does: `layout` (names of folders, files and pointers), `capture` (tensors and
 metadata of a running engine), `write` (the atomic write), `read` (verification and restore),
-and the file-level pieces `atomic` (fsync, swaps, pointers), `rng` (generator states) and
-`tensorfile` (safetensors written from tensor memory, hashed while written).
+and the file-level pieces `atomic` (fsync, swaps, pointers), `rng` (generator states),
+`checksum` (the file checksums) and `tensorfile` (safetensors written from tensor memory,
+checksummed while written).
 """
 
 from hookloop.checkpoint.atomic import read_pointer, recover_partial, write_pointer
 from hookloop.checkpoint.capture import Snapshot, snapshot
+from hookloop.checkpoint.checksum import ALGORITHMS as CHECKSUMS
+from hookloop.checkpoint.checksum import DEFAULT as DEFAULT_CHECKSUM
 from hookloop.checkpoint.layout import (
     BEST,
     CHECKPOINTS_DIR,
@@ -47,7 +51,9 @@ from hookloop.checkpoint.write import save_checkpoint, write_snapshot
 
 __all__ = [
     "BEST",
+    "CHECKSUMS",
     "CHECKPOINTS_DIR",
+    "DEFAULT_CHECKSUM",
     "FORMAT_VERSION",
     "LATEST",
     "MODEL_FILE",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -73,18 +74,32 @@ def replace_dir(tmp: Path, directory: Path) -> None:
         fsync_dir(parent)
 
 
-def remove_dir(path: Path) -> None:
+def remove_dir(path: Path, *, wait: bool = True) -> threading.Thread | None:
     """Remove a directory so that it vanishes at once: renamed to a dot-name, then deleted.
 
     A crash mid-delete leaves a `.prune-*` directory (removed by `recover_partial`), never a
     half-deleted checkpoint under its own name.
+
+    Args:
+        wait: Delete before returning; with False the files are deleted on a thread
+            (freeing a large checkpoint's blocks takes a while) and this returns at once.
+
+    Returns:
+        The deleting thread (with `wait=False`, for the caller to join), else None.
     """
     trash = path.parent / f".prune-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         os.rename(path, trash)
     except FileNotFoundError:
-        return
-    shutil.rmtree(trash, ignore_errors=True)
+        return None
+    if wait:
+        shutil.rmtree(trash, ignore_errors=True)
+        return None
+    thread = threading.Thread(
+        target=shutil.rmtree, args=(trash, True), name="hookloop-prune", daemon=True
+    )
+    thread.start()
+    return thread
 
 
 def recover_partial(checkpoints: Path) -> None:

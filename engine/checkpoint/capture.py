@@ -52,6 +52,7 @@ def snapshot(
     counters: dict[str, int] | None = None,
     copy: bool = False,
     local: bool = False,
+    reuse: Snapshot | None = None,
 ) -> Snapshot:
     """Capture the engine's state for a checkpoint.
 
@@ -68,6 +69,11 @@ def snapshot(
         local: Capture only what this rank holds, with no collective call (for a save on
             one rank while the others may be elsewhere, e.g. after an error). Under DDP the
             rank's replica is the whole model; a sharded (FSDP) model cannot be saved so.
+        reuse: An earlier snapshot that nothing reads any more (its write has finished):
+            with `copy`, each tensor is copied into that snapshot's tensor of the same name,
+            shape and dtype instead of into new memory. Fresh memory is first touched page by
+            page, so reusing it makes the copy several times cheaper; tensors on a GPU are
+            copied into pinned host memory without blocking, then waited for once.
     """
     gather = distributed(engine) and not local
     if local and distributed(engine) and _sharded(engine.model):
@@ -75,9 +81,11 @@ def snapshot(
             "a sharded (FSDP) model can only be saved by every rank together, not by one rank alone"
         )
     model_sd = full_model_state(engine) if gather else engine.model.state_dict()
-    model, aliases = _model_tensors(model_sd, copy)
+    to_cpu = _Copier(copy, reuse)
+    model, aliases = _model_tensors(model_sd, to_cpu)
     optim_sd = full_optimizer_state(engine) if gather else engine.optimizer.state_dict()
-    optimizer, opt_json = _optimizer_tensors(optim_sd, type(engine.optimizer).__name__, copy)
+    optimizer, opt_json = _optimizer_tensors(optim_sd, type(engine.optimizer).__name__, to_cpu)
+    to_cpu.wait()
     rngs = rank_rng_states(engine) if gather else None
     state = engine.state
     meta = {
@@ -117,8 +125,38 @@ def _sharded(model: torch.nn.Module) -> bool:
     return is_sharded(model)
 
 
+class _Copier:
+    """Moves tensors to the CPU for a snapshot: as they are, or copied (into reused buffers)."""
+
+    def __init__(self, copy: bool, reuse: Snapshot | None) -> None:
+        self.copy = copy
+        self.buffers: dict[tuple[str, str], torch.Tensor] = {}
+        if reuse is not None and copy:
+            self.buffers = {("model", k): v for k, v in reuse.model.items()}
+            self.buffers.update({("optimizer", k): v for k, v in reuse.optimizer.items()})
+        self.pending = False  # a non-blocking copy from a GPU is in flight
+
+    def __call__(self, where: str, name: str, t: torch.Tensor, copy: bool = False) -> torch.Tensor:
+        if not (self.copy or copy):
+            t = t.to("cpu")
+            return t if t.is_contiguous() else t.contiguous()
+        out = self.buffers.get((where, name))
+        if out is None or out.shape != t.shape or out.dtype != t.dtype:
+            pinned = t.is_cuda and torch.cuda.is_available()
+            out = torch.empty(t.shape, dtype=t.dtype, pin_memory=pinned)
+        non_blocking = t.device.type != "cpu" and out.is_pinned()
+        out.copy_(t, non_blocking=non_blocking)
+        self.pending |= non_blocking
+        return out
+
+    def wait(self) -> None:
+        """Return once every copy has landed (non-blocking GPU copies included)."""
+        if self.pending:
+            torch.cuda.synchronize()
+
+
 def _model_tensors(
-    model_sd: dict[str, torch.Tensor], copy: bool
+    model_sd: dict[str, torch.Tensor], to_cpu: _Copier
 ) -> tuple[dict[str, torch.Tensor], dict]:
     tensors: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
@@ -141,26 +179,22 @@ def _model_tensors(
         # A view into another stored tensor's storage is written as its own copy.
         shared = ptr in storages and t.numel() > 0
         storages.add(ptr)
-        tensors[name] = _cpu(t, copy or shared)
+        tensors[name] = to_cpu("model", name, t, shared)
     return tensors, aliases
 
 
-def _optimizer_tensors(sd: dict[str, Any], class_name: str, copy: bool) -> tuple[dict, dict]:
+def _optimizer_tensors(sd: dict[str, Any], class_name: str, to_cpu: _Copier) -> tuple[dict, dict]:
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for index, param_state in sd.get("state", {}).items():
         for name, value in param_state.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"state.{index}.{name}"] = _cpu(value.detach(), copy)
+                key = f"state.{index}.{name}"
+                tensors[key] = to_cpu("optimizer", key, value.detach())
             else:
                 scalars.setdefault(str(index), {})[name] = encode(value)
     groups = [{k: encode(v) for k, v in g.items()} for g in sd.get("param_groups", [])]
     return tensors, {"class": class_name, "param_groups": groups, "scalars": scalars}
-
-
-def _cpu(t: torch.Tensor, copy: bool) -> torch.Tensor:
-    t = t.to("cpu", copy=copy)
-    return t if t.is_contiguous() else t.contiguous()
 
 
 def encode(value: Any) -> Any:

@@ -5,9 +5,8 @@ Nothing is unpickled: state.json is JSON and the tensors are safetensors.
 
 from __future__ import annotations
 
-import hashlib
+import mmap
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +15,7 @@ import torch
 
 from hookloop.checkpoint.atomic import read_pointer
 from hookloop.checkpoint.capture import decode, tokenizer_ref
+from hookloop.checkpoint.checksum import checksums
 from hookloop.checkpoint.datastate import restore_data
 from hookloop.checkpoint.gather import load_model_state, load_optimizer_state
 from hookloop.checkpoint.layout import (
@@ -28,7 +28,7 @@ from hookloop.checkpoint.layout import (
     list_checkpoints,
 )
 from hookloop.checkpoint.rng import set_rng_state
-from hookloop.checkpoint.schema import check_optimizer_names, check_state
+from hookloop.checkpoint.schema import check_optimizer_names, check_state, recorded_checksum
 from hookloop.checkpoint.tensorfile import read_tensors
 from hookloop.errors import CheckpointError
 from hookloop.filecheck import read_json
@@ -109,20 +109,21 @@ def _read_verified(path: Path, *, deserialize: bool) -> tuple[dict, dict]:
     check_state(state, path)
     files = state["files"]
     contents = {name: _read_file(path, name) for name in files}
-    with ThreadPoolExecutor(max(1, len(files))) as pool:  # hashlib releases the GIL
-        digests = dict(
-            zip(
-                files,
-                pool.map(lambda d: hashlib.sha256(d).hexdigest(), contents.values()),
-                strict=True,
-            )
-        )
-    tensors: dict[str, dict[str, torch.Tensor]] = {}
+    recorded = {name: recorded_checksum(info) for name, info in files.items()}
     for name, info in files.items():
-        if digests[name] != info["sha256"]:
+        if "bytes" in info and len(contents[name]) != info["bytes"]:
             raise CheckpointError(
-                f"checkpoint {path} is corrupt: {name} does not match its SHA-256 in "
-                f"{STATE_FILE}; {_FIX}"
+                f"checkpoint {path} is corrupt: {name} has {len(contents[name])} bytes, "
+                f"{STATE_FILE} says {info['bytes']} (truncated or replaced); {_FIX}"
+            )
+    digests = checksums({name: (recorded[name][0], contents[name]) for name in files})
+    tensors: dict[str, dict[str, torch.Tensor]] = {}
+    for name in files:
+        algorithm, expected = recorded[name]
+        if digests[name] != expected:
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt: {name} does not match its checksum "
+                f"({algorithm}) in {STATE_FILE}; {_FIX}"
             )
         if deserialize:
             tensors[name] = read_tensors(contents[name], name=str(path / name))
@@ -142,11 +143,21 @@ def _check_names(state: dict[str, Any], tensors: dict[str, dict], path: Path) ->
     check_optimizer_names(tensors.get(OPTIMIZER_FILE, {}), path)
 
 
-def _read_file(path: Path, name: str) -> bytearray:
+def _read_file(path: Path, name: str) -> mmap.mmap | bytearray:
+    """The file's bytes, mapped copy-on-write: the checksum pass reads them straight from the
+    page cache and the tensors are views of the same pages (no copy into a Python buffer).
+
+    Checkpoint files are replaced by renames, never rewritten in place, so the mapping stays
+    valid while the tensors live (also after the file is pruned).
+    """
     try:
         with open(path / name, "rb") as f:
-            data = bytearray(os.fstat(f.fileno()).st_size)
-            f.readinto(data)
+            size = os.fstat(f.fileno()).st_size
+            try:
+                return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            except (OSError, ValueError):  # empty, or a file system without mmap: read it
+                data = bytearray(size)
+                f.readinto(data)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} is partial: {name} is missing; {_FIX}") from None
     except OSError as exc:

@@ -13,11 +13,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+from hookloop.checkpoint.checksum import ALGORITHMS, known, parse
 from hookloop.checkpoint.layout import FORMAT_VERSION, MODEL_FILE, STATE_FILE
 from hookloop.errors import CheckpointError
 from hookloop.filecheck import field, short
 
-__all__ = ["check_optimizer_names", "check_state"]
+__all__ = ["check_optimizer_names", "check_state", "recorded_checksum"]
 
 _FIX = "the checkpoint was edited or damaged; use an earlier checkpoint"
 _COUNTERS = ("step", "epoch", "epoch_batch", "micro_step", "tokens_seen")
@@ -66,7 +67,7 @@ def check_state(state: Any, path: Path) -> dict[str, Any]:
             {"file name": name}, "file name", "filename", file=file, error=CheckpointError, fix=_FIX
         )
         field({name: info}, name, "dict", file=file, error=CheckpointError, fix=_FIX)
-        field(info, "sha256", "sha256", file=file, error=CheckpointError, fix=_FIX)
+        _check_file_entry(info, f"files.{name}", file)
     aliases = get("model.aliases", "dict", default={})
     for alias, stored in aliases.items():
         if not isinstance(stored, str):
@@ -93,6 +94,42 @@ def check_state(state: Any, path: Path) -> dict[str, Any]:
     get("world_size", "count", default=1, check=lambda v: v >= 1, allowed=">= 1")
     get("data", "dict", default={})
     return state
+
+
+def _check_file_entry(info: dict[str, Any], where: str, file: Path) -> None:
+    size = info.get("bytes", 0)
+    if type(size) is not int or size < 0:
+        raise CheckpointError(
+            f"{file} is malformed: field {where}.bytes must be an integer >= 0, "
+            f"got {short(size)}; {_FIX}"
+        )
+    if recorded_checksum(info) is not None:
+        return
+    key = "sha256" if "checksum" not in info and "sha256" in info else "checksum"
+    value = info.get(key)
+    algorithm = value.split(":", 1)[0] if isinstance(value, str) and ":" in value else None
+    if key == "sha256":
+        what = "must be a SHA-256 hex digest"
+    elif algorithm is not None and algorithm not in ALGORITHMS:
+        what = (
+            f"names the unknown algorithm {short(algorithm)} (this hookloop knows {known()}; "
+            "a newer hookloop may have written it)"
+        )
+    else:
+        what = f'must be "<algorithm>:<hex digest>" with an algorithm of {known()}'
+    raise CheckpointError(
+        f"{file} is malformed: field {where}.{key} {what}, got {short(value)}; {_FIX}"
+    )
+
+
+def recorded_checksum(info: dict[str, Any]) -> tuple[str, str] | None:
+    """`(algorithm, "<algorithm>:<hex>")` of a `files.<name>` entry of state.json, for
+    either format (`checksum`, or the older `sha256`); None when it is malformed."""
+    text = info.get("checksum")
+    if text is None and isinstance(info.get("sha256"), str):
+        text = f"sha256:{info['sha256']}"
+    parsed = parse(text)
+    return None if parsed is None else (parsed[0], text)
 
 
 def _check_optimizer_meta(get: Any, file: Path) -> None:

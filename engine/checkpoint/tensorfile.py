@@ -1,22 +1,23 @@
-"""Write and read safetensors files straight from and into tensor memory, hashing on the way.
+"""Write and read safetensors files straight from and into tensor memory, checksummed on the way.
 
 The files are standard safetensors (an 8-byte little-endian header length, a JSON header
 padded with spaces to a multiple of 8, then the tensor bytes in header order, contiguous), so
 `safetensors.torch.load_file` reads them. `safetensors.torch.save` first builds the whole
-file in memory; writing each tensor's buffer directly and hashing it on a second thread
-while it is written makes a checkpoint save cost about what `torch.save` does.
+file in memory; writing each tensor's buffer directly and checksumming it on a second
+thread while it is written makes a checkpoint save cost about what `torch.save` does.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from hookloop.checkpoint.checksum import DEFAULT, Checksum
 from hookloop.errors import CheckpointError
 
 __all__ = ["read_header", "read_tensors", "write_tensors"]
@@ -45,11 +46,19 @@ _BY_NAME = {name: dtype for dtype, name in DTYPES.items()}
 
 
 def write_tensors(
-    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+    path: Path,
+    tensors: dict[str, torch.Tensor],
+    metadata: dict[str, str] | None = None,
+    *,
+    checksum: str = DEFAULT,
 ) -> tuple[str, int]:
-    """Write CPU tensors as a safetensors file, fsync it, and return its SHA-256 and size.
+    """Write CPU tensors as a safetensors file, fsync it, and return its checksum and size.
 
     Tensors are laid out widest dtype first, so every tensor's offset stays aligned.
+
+    Args:
+        checksum: The algorithm (see `hookloop.checkpoint.checksum`); the checksum is
+            returned as state.json records it, `"<algorithm>:<hex>"`.
     """
     order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
     header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
@@ -69,9 +78,10 @@ def write_tensors(
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     head = len(text).to_bytes(8, "little") + text
-    digest = hashlib.sha256(head)
+    digest = Checksum(checksum)
+    digest.update(head)
     hasher = threading.Thread(target=lambda: [digest.update(b) for b in buffers])
-    hasher.start()  # hashlib releases the GIL on large buffers, so this overlaps the write
+    hasher.start()  # zlib and hashlib release the GIL on large buffers: this overlaps the write
     try:
         with open(path, "wb") as f:
             f.write(head)
@@ -81,11 +91,13 @@ def write_tensors(
             os.fsync(f.fileno())
     finally:
         hasher.join()
-    return digest.hexdigest(), len(head) + offset
+    return digest.text(), len(head) + offset
 
 
-def read_tensors(data: bytearray, *, name: str = "safetensors file") -> dict[str, torch.Tensor]:
+def read_tensors(data: Any, *, name: str = "safetensors file") -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file's bytes, as views into `data` (no copy).
+
+    `data` is a writable buffer: a `bytearray`, or a copy-on-write `mmap` of the file.
 
     The header is checked before any tensor is made: its length, that it is a JSON object,
     each entry's dtype, shape and offsets, and that the offsets tile the data exactly.

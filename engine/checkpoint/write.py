@@ -18,6 +18,7 @@ from hookloop.checkpoint.atomic import (
     write_pointer,
 )
 from hookloop.checkpoint.capture import Snapshot, snapshot
+from hookloop.checkpoint.checksum import ALGORITHMS, DEFAULT, known
 from hookloop.checkpoint.layout import LATEST, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE
 from hookloop.checkpoint.tensorfile import write_tensors
 from hookloop.errors import CheckpointError
@@ -34,6 +35,7 @@ def save_checkpoint(
     *,
     extra: dict[str, Any] | None = None,
     update_latest: bool = True,
+    checksum: str = DEFAULT,
 ) -> Path:
     """Write a checkpoint of the engine into `directory`, atomically.
 
@@ -43,6 +45,8 @@ def save_checkpoint(
             `run_dir / "checkpoints" / checkpoint_name(step)`.
         extra: JSON values stored under `extra` in state.json.
         update_latest: Point `latest` in the parent directory at the new checkpoint.
+        checksum: The checksum algorithm of the tensor files, `"crc32"` (default) or
+            `"sha256"` (see `hookloop.checkpoint.checksum`).
 
     Under several ranks every rank calls this: the tensors are gathered, rank 0 writes, and
     every rank returns once the checkpoint is on disk (or raises rank 0's error).
@@ -56,14 +60,20 @@ def save_checkpoint(
     """
     snap = snapshot(engine, extra=extra)  # collective under several ranks
     if engine.world_size == 1:
-        return write_snapshot(snap, directory, update_latest=update_latest)
+        return write_snapshot(snap, directory, update_latest=update_latest, checksum=checksum)
     from hookloop.distributed import on_rank0
 
-    return on_rank0(lambda: write_snapshot(snap, directory, update_latest=update_latest))
+    return on_rank0(
+        lambda: write_snapshot(snap, directory, update_latest=update_latest, checksum=checksum)
+    )
 
 
-def write_snapshot(snap: Snapshot, directory: Path, *, update_latest: bool = True) -> Path:
+def write_snapshot(
+    snap: Snapshot, directory: Path, *, update_latest: bool = True, checksum: str = DEFAULT
+) -> Path:
     """Write a captured snapshot atomically (temp dir, fsync, rename); see `save_checkpoint`."""
+    if checksum not in ALGORITHMS:
+        raise ValueError(f"unknown checksum algorithm {checksum!r}; use one of {known()}")
     directory = Path(directory)
     parent = directory.parent
     tmp = parent / f".tmp-{directory.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -73,8 +83,8 @@ def write_snapshot(snap: Snapshot, directory: Path, *, update_latest: bool = Tru
         tmp.mkdir()
         files = {}
         for name, tensors in ((MODEL_FILE, snap.model), (OPTIMIZER_FILE, snap.optimizer)):
-            sha256, size = write_tensors(tmp / name, tensors, {"format": "pt"})
-            files[name] = {"sha256": sha256, "bytes": size}
+            digest, size = write_tensors(tmp / name, tensors, {"format": "pt"}, checksum=checksum)
+            files[name] = {"checksum": digest, "bytes": size}
             injected_delay()
         state = {**snap.state, "files": files}
         write_file(tmp / STATE_FILE, json.dumps(state, indent=1, default=str).encode())

@@ -138,3 +138,19 @@ def test_clipping_with_nan_guard_first_matches_clipping_alone(make_engine):
     guarded.fit(max_steps=4)
     for a, b in zip(alone.model.parameters(), guarded.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_clipping_reads_nothing_on_the_host(make_engine, monkeypatch):
+    reads = []
+    for method in ("item", "tolist", "__bool__", "__float__"):
+        real = getattr(torch.Tensor, method)
+        monkeypatch.setattr(
+            torch.Tensor,
+            method,
+            lambda t, *a, _real=real, **k: reads.append(1) or _real(t, *a, **k),
+        )
+    engine = make_engine(plugins=[GradClip(max_norm=0.01)])
+    engine.fit(max_steps=3)
+    monkeypatch.undo()
+    assert reads == []
+    assert bool(engine.state.metrics["clipped"])

@@ -20,10 +20,10 @@ def read(path):
         return reader.fieldnames, list(reader)
 
 
-def test_header_and_one_flushed_row_per_step(make_engine, tmp_path):
+def test_header_and_one_row_per_step_written_in_batches(make_engine, tmp_path):
     seen_on_disk = []
 
-    class Peek:  # reads the file right after csv wrote the row: it must already be there
+    class Peek:  # reads the file right after csv's turn in each step
         after = ("csv",)
 
         @hookimpl
@@ -31,19 +31,42 @@ def test_header_and_one_flushed_row_per_step(make_engine, tmp_path):
             seen_on_disk.append(len(read(tmp_path / "metrics.csv")[1]))
 
     engine = make_engine(
-        batches=5,
+        batches=20,
         run_dir=tmp_path,
         plugins=[GradClip(), LRSchedule(warmup_steps=1), CSVLogger(), Peek()],
     )
-    engine.fit(max_steps=5)
+    engine.fit(max_steps=20)
     header, rows = read(tmp_path / "metrics.csv")
     assert tuple(header[: len(COLUMNS)]) == COLUMNS and header[len(COLUMNS) :] == ["clipped"]
-    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5]
-    assert seen_on_disk == [1, 2, 3, 4, 5]
+    assert [int(r["step"]) for r in rows] == list(range(1, 21))
+    # Alone, csv sends its rows to the host 16 at a time; the rest at the end of fit().
+    assert seen_on_disk[:15] == [0] * 15 and seen_on_disk[15:] == [16] * 5
     assert all(
         r["loss"] and r["ema_loss"] and r["ppl"] and r["lr"] and r["grad_norm"] for r in rows
     )
     assert rows[0]["ema_loss"] == rows[0]["loss"] and rows[0]["val_loss"] == ""
+    assert float(rows[1]["ema_loss"]) == pytest.approx(
+        0.9 * float(rows[0]["loss"]) + 0.1 * float(rows[1]["loss"])
+    )
+
+
+def test_with_the_console_rows_travel_with_its_lines(make_engine, tmp_path):
+    from hookloop.plugins.console import Console
+
+    seen_on_disk = []
+
+    class Peek:
+        after = ("csv", "console")
+
+        @hookimpl
+        def after_step(self, state):
+            seen_on_disk.append(len(read(tmp_path / "metrics.csv")[1]))
+
+    engine = make_engine(
+        batches=12, run_dir=tmp_path, plugins=[Console(every=5), CSVLogger(), Peek()]
+    )
+    engine.fit(max_steps=12)
+    assert seen_on_disk == [0, 0, 0, 0, 5, 5, 5, 5, 5, 10, 10, 12]
 
 
 def test_evaluations_fill_in_their_step_row_without_duplicates(make_engine, tmp_path):
@@ -131,19 +154,17 @@ def test_rows_waiting_for_a_device_copy_are_written_in_order_before_checkpoints_
     make_engine, tmp_path, monkeypatch
 ):
     # Stand-in for a GPU whose copies never land by themselves: rows queue up, and are
-    # written when the queue is full, before a checkpoint collects state, and at the end.
-    from hookloop.plugins import _metrics
-    from hookloop.plugins import csv as csv_plugin
+    # written before a checkpoint collects state, and at the end.
+    from hookloop.plugins import _steplog
 
-    class SlowCopy(_metrics.HostCopy):
-        waiting = True
-        ready = False
+    class NeverLands:
+        def query(self):
+            return False
 
-    monkeypatch.setattr(
-        csv_plugin,
-        "step_copy",
-        lambda state, ema: SlowCopy({"loss": state.loss, "ema_loss": ema.value, **state.metrics}),
-    )
+        def synchronize(self):
+            pass
+
+    monkeypatch.setattr(_steplog, "_start_copy", lambda values: (values, NeverLands()))
     on_disk = {}
 
     class Peek:
@@ -159,7 +180,7 @@ def test_rows_waiting_for_a_device_copy_are_written_in_order_before_checkpoints_
         batches=30, run_dir=tmp_path, plugins=[CSVLogger(), Eval(every=20), Peek()]
     )
     engine.fit(max_steps=30)
-    assert on_disk[10] == [] and on_disk[17] == [1]  # more than 16 queued: the oldest is written
+    assert on_disk[10] == [] and on_disk[17] == []  # sent at step 16, never landed
     assert on_disk[20] == list(range(1, 21)) and on_disk[25] == list(range(1, 21))
     _, rows = read(tmp_path / "metrics.csv")
     assert [int(r["step"]) for r in rows] == list(range(1, 31))

@@ -117,3 +117,32 @@ def test_rollback_on_a_loss_spike_continues_from_the_checkpoint(make_engine, tmp
     assert engine.optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
     saved = engine.plugin_states()["divergence"]
     assert saved["rollbacks"] == 1 and saved["spikes"] == 1
+
+
+def test_with_a_fused_optimizer_a_spike_is_skipped_on_the_device_and_stops_a_step_late(
+    make_engine,
+):
+    engine = make_engine(
+        batches=12, plugins=[Divergence(action="stop", warmup_steps=4, grad_factor=5.0)]
+    )
+    engine.optimizer = torch.optim.AdamW(engine.model.parameters(), lr=0.01, fused=True)
+    x, y = engine.train_data[9]
+    engine.train_data[9] = (x, y * 1000.0)  # a loss and gradient spike at step 9
+    engine.fit(max_steps=9)
+    before = [p.detach().clone() for p in engine.model.parameters()]
+    with pytest.raises(TrainingHalted, match=r"divergence: step 9: "):
+        engine.fit(max_steps=12)
+    assert engine.state.step == 10  # learnt in the step after it, whose update is not applied
+    assert all(torch.equal(a, b) for a, b in zip(before, engine.model.parameters(), strict=True))
+    (spike,) = events(engine, "divergence")
+    assert spike["step"] == 9 and spike["loss"] > 2 * spike["loss_avg"]
+
+
+def test_warn_never_reads_the_host_before_an_update(make_engine, monkeypatch):
+    from hookloop.plugins import _stepvalues
+
+    reads = []
+    monkeypatch.setattr(_stepvalues, "_to_host", lambda t: reads.append(1) or t.tolist())
+    engine = make_engine(batches=4, plugins=[Divergence(warmup_steps=2)])
+    engine.fit(max_steps=8)  # SGD: warn needs no skip, so it is judged a step late
+    assert reads == [] and engine.plugin_states()["divergence"]["seen"] == 8

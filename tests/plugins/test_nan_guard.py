@@ -78,17 +78,19 @@ def test_skip_stops_after_max_consecutive_bad_steps(make_engine):
     assert [e["step"] for e in events(engine, "step_skipped")] == [1, 2]
 
 
-def test_the_guards_cost_one_host_read_per_step(make_engine, monkeypatch):
-    from hookloop.plugins import _guards as guards
+def test_with_a_non_fused_optimizer_the_guards_cost_one_host_read_per_step(
+    make_engine, monkeypatch
+):
+    from hookloop.plugins import _stepvalues
     from hookloop.plugins.divergence import Divergence
 
     reads = []
-    real = guards._to_host
-    monkeypatch.setattr(guards, "_to_host", lambda t: reads.append(1) or real(t))
+    real = _stepvalues._to_host
+    monkeypatch.setattr(_stepvalues, "_to_host", lambda t: reads.append(1) or real(t))
     engine = make_engine(batches=6, plugins=[NanGuard(), Divergence(warmup_steps=1)])
-    engine.fit(max_steps=6)
+    engine.fit(max_steps=6)  # SGD cannot skip an update on the device: read before it
     assert len(reads) == 6
-    assert isinstance(engine.state.metrics["grad_norm"], float)
+    assert isinstance(engine.state.metrics["grad_norm"], torch.Tensor)
 
 
 def test_bad_options_are_rejected():
@@ -233,3 +235,83 @@ def test_the_checkpoint_plugin_leaves_the_guards_emergency_checkpoint_as_latest(
         engine.fit(max_steps=6)
     path = tmp_path / "checkpoints" / "emergency-step-00000002"
     assert ckpt.latest_valid_checkpoint(tmp_path) == path  # not a re-save that replays the NaN
+
+
+# --- a fused optimizer: skipped on the device, judged one step late ----------------------
+
+
+def fused(engine, lr: float = 0.01):
+    """Give the engine a fused AdamW, which can skip an update on the device."""
+    engine.optimizer = torch.optim.AdamW(engine.model.parameters(), lr=lr, fused=True)
+    return engine
+
+
+class Seen:
+    """Record, after every step, how many `nan_detected` entries the journal holds."""
+
+    name = "seen"
+
+    def __init__(self):
+        self.counts = []
+
+    @hookimpl
+    def after_step(self, engine, state):
+        self.counts.append((state.step, len(events(engine, "nan_detected"))))
+
+
+def test_a_fused_optimizer_skips_the_bad_update_on_the_device_with_no_host_read(
+    make_engine, monkeypatch
+):
+    from hookloop.plugins import _stepvalues
+
+    reads = []
+    monkeypatch.setattr(_stepvalues, "_to_host", lambda t: reads.append(1) or t.tolist())
+    seen = Seen()
+    engine = fused(make_engine(batches=6, plugins=[NanGuard(action="skip"), seen]))
+    poison(engine, 2)
+    engine.fit(max_steps=2)
+    weights = copy.deepcopy(engine.model.state_dict())
+    moments = copy.deepcopy(engine.optimizer.state_dict()["state"])
+    engine.fit(max_steps=3)  # step 2 reads the poisoned batch: the device leaves it out
+    for name, value in engine.model.state_dict().items():
+        assert torch.equal(value, weights[name]), name
+    for key, saved in moments.items():  # moments and step count untouched too
+        for name, value in engine.optimizer.state_dict()["state"][key].items():
+            assert torch.equal(value, saved[name]), name
+    engine.fit(max_steps=6)
+    assert reads == []  # nothing read before an update
+    (skipped,) = events(engine, "step_skipped")
+    assert skipped["step"] == 2 and events(engine, "nan_detected")[0]["parameters"]
+    # The step-2 verdict reached the host at the end of that fit() (it was its last step).
+    assert seen.counts[2] == (3, 0) and seen.counts[3] == (4, 1)
+    assert all(torch.isfinite(p).all() for p in engine.model.parameters())
+    assert engine.optimizer.state_dict()["state"][0]["step"].item() == 5  # 6 steps, 1 skipped
+
+
+def test_a_fused_optimizer_learns_of_the_bad_step_one_step_late_and_stops(make_engine, tmp_path):
+    ckpt = checkpointing()
+    seen = Seen()
+    engine = fused(make_engine(batches=6, plugins=[NanGuard(), seen], run_dir=tmp_path))
+    poison(engine, 2)
+    engine.fit(max_steps=2)
+    good = copy.deepcopy(engine.model.state_dict())
+    with pytest.raises(TrainingHalted, match=r"nan_guard: step 2: loss is nan.*fc1.weight"):
+        engine.fit(max_steps=6)
+    assert seen.counts[-1] == (3, 0)  # halted in the after_backward of the step after it
+    # The emergency checkpoint is taken then, named after that step, with the weights
+    # before the bad step: neither the bad update nor the next one was applied.
+    path = tmp_path / "checkpoints" / "emergency-step-00000003"
+    _, files = ckpt.read_checkpoint(path)
+    for name, value in files["model.safetensors"].items():
+        assert torch.equal(value, good[name]), name
+    assert events(engine, "stop")[0]["step"] == 2
+
+
+def test_fp16_falls_back_to_a_host_read_even_with_a_fused_optimizer(make_engine, monkeypatch):
+    from hookloop.plugins import _stepvalues
+
+    reads = []
+    monkeypatch.setattr(_stepvalues, "_to_host", lambda t: reads.append(1) or t.tolist())
+    engine = fused(make_engine(batches=3, precision="fp16", plugins=[NanGuard()]))
+    engine.fit(max_steps=3)
+    assert len(reads) == 3  # the GradScaler owns found_inf under fp16
