@@ -45,6 +45,7 @@ def test_non_critical_plugin_is_logged_once_and_disabled(make_engine, tmp_path):
     assert "logger" in engine.disabled_plugins and "logger" not in engine.hook_order()["after_step"]
     (entry,) = engine.journal.read()
     assert entry["event"] == "plugin_disabled" and entry["plugin"] == "logger"
+    assert entry["hook"] == "after_step"
     assert "OSError: disk went away" in entry["reason"] and entry["step"] == 2
 
 
@@ -311,3 +312,199 @@ def test_disabled_plugins_is_a_read_only_view(make_engine):
     assert "logger" in engine.disabled_plugins
     with pytest.raises(TypeError):
         engine.disabled_plugins["x"] = "y"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("value", [None, "", "0"])
+def test_trace_is_off_unless_the_env_var_is_set_to_something_else_than_0(
+    make_engine, monkeypatch, value
+):
+    import structlog
+
+    if value is None:
+        monkeypatch.delenv("HOOKLOOP_TRACE_PLUGINS", raising=False)
+    else:
+        monkeypatch.setenv("HOOKLOOP_TRACE_PLUGINS", value)
+    with structlog.testing.capture_logs() as logs:
+        make_engine(plugins=[Counter()]).fit(max_steps=2)
+    assert not [e for e in logs if e["event"] == "hook_call"]
+
+
+def test_plugin_costs_are_bounded_by_the_time_spent(make_engine):
+    engine = make_engine(plugins=[Wrapper([]), Returns(), Counter()])
+    start = time.perf_counter()
+    engine.fit(max_steps=3)
+    elapsed = time.perf_counter() - start
+    seconds = engine.hooks.seconds_by_plugin()
+    assert set(seconds) == {"wrapper", "returns", "counter"}
+    assert all(s >= 0.0 for s in seconds.values())
+    assert sum(seconds.values()) <= elapsed
+
+
+class Shout:
+    """A wrapper that upper-cases the results of what it wraps; critical unless told."""
+
+    name = "shout"
+
+    def __init__(self, critical: bool = True, fail: str = "") -> None:
+        self.critical, self.fail = critical, fail
+
+    @hookimpl(wrapper=True)
+    def after_step(self, state):
+        if self.fail == "before":
+            raise OSError("before yield")
+        result = yield
+        if self.fail == "after":
+            raise OSError("after yield")
+        return [f"{r}!" for r in result]
+
+
+def test_a_wrapper_can_change_what_the_hook_returns(make_engine):
+    engine = make_engine(plugins=[Shout(), Returns()])
+    assert engine.call_hook("after_step", engine=engine, state=engine.state) == ["0!"]
+
+
+def test_a_wrapper_can_turn_an_error_into_a_result(make_engine):
+    class Rescue:
+        name = "rescue"
+
+        @hookimpl(wrapper=True)
+        def after_step(self):
+            try:
+                yield
+            except PluginError:
+                return ["rescued"]
+
+    engine = make_engine(plugins=[Rescue(), Flaky("broken", critical=True, fail_at=0)])
+    assert engine.call_hook("after_step", engine=engine, state=engine.state) == ["rescued"]
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_failing_non_critical_wrapper_is_disabled_and_the_hook_still_answers(make_engine, when):
+    engine = make_engine(plugins=[Shout(critical=False, fail=when), Returns()])
+    assert engine.call_hook("after_step", engine=engine, state=engine.state) == [0]
+    reason = engine.disabled_plugins["shout"]
+    assert reason == f"failed in hook 'after_step': OSError: {when} yield"
+    assert engine.call_hook("after_step", engine=engine, state=engine.state) == [0]
+    assert engine.hook_order()["after_step"] == ["returns"]
+
+
+def test_a_wrapper_that_does_not_yield_once_is_named(make_engine):
+    class NoYield:
+        name = "no_yield"
+
+        @hookimpl(wrapper=True)
+        def after_step(self):
+            return
+            yield  # a generator that ends before its first yield
+
+    class TwoYields:
+        name = "two_yields"
+
+        @hookimpl(wrapper=True)
+        def after_step(self):
+            yield
+            yield
+
+    for plugin, says in [(NoYield(), "did not yield"), (TwoYields(), "yielded twice")]:
+        engine = make_engine(plugins=[plugin, Returns()])
+        with pytest.raises(RuntimeError, match=f"wrapper '{plugin.name}' of 'after_step' {says}"):
+            engine.call_hook("after_step", engine=engine, state=engine.state)
+
+
+def test_a_critical_plugin_failing_to_save_or_load_its_state_stops_the_run(make_engine):
+    class Broken:
+        name = "broken"
+
+        @hookimpl
+        def on_save_checkpoint(self):
+            raise OSError("cannot save")
+
+        @hookimpl
+        def on_load_checkpoint(self, saved):
+            raise OSError("cannot load")
+
+    engine = make_engine(plugins=[Broken()])
+    with pytest.raises(PluginError, match="'broken' failed in hook 'on_save_checkpoint'"):
+        engine.plugin_states()
+    with pytest.raises(PluginError, match="'broken' failed in hook 'on_load_checkpoint'"):
+        engine.load_plugin_states({"broken": {}})
+
+
+def test_a_plugin_disabled_inside_a_nested_hook_call_is_not_called_again(make_engine):
+    from hookloop import hookspec
+
+    @hookspec
+    def thirdparty_ping():
+        """Ping every plugin."""
+
+    Specs = types.ModuleType("thirdparty_ping_specs")
+    Specs.thirdparty_ping = thirdparty_ping
+    calls = []
+
+    class Caller:
+        name = "caller"
+        hookspecs = Specs
+
+        @hookimpl
+        def after_step(self, engine):
+            calls.append("caller")
+            engine.call_hook("thirdparty_ping")
+
+    class Fragile:
+        name = "fragile"
+        critical = False
+
+        @hookimpl
+        def thirdparty_ping(self):
+            raise OSError("ping failed")
+
+        @hookimpl
+        def after_step(self):
+            calls.append("fragile")
+
+    engine = make_engine(plugins=[Caller(), Fragile()])
+    engine.call_hook("after_step", engine=engine, state=engine.state)
+    # "fragile" was disabled while "caller" ran; its after_step, next in line, is skipped.
+    assert calls == ["caller"] and "fragile" in engine.disabled_plugins
+
+
+def test_a_critical_wrapper_failing_before_it_yields_is_named_with_the_hook(make_engine):
+    engine = make_engine(plugins=[Shout(fail="before"), Returns()])
+    with pytest.raises(PluginError) as info:
+        engine.call_hook("after_step", engine=engine, state=engine.state)
+    assert str(info.value) == "plugin 'shout' failed in hook 'after_step': OSError: before yield"
+
+
+def test_a_firstresult_hook_nobody_answers_returns_none(make_engine):
+    from hookloop import hookspec
+
+    @hookspec(firstresult=True)
+    def thirdparty_maybe():
+        """Maybe answer."""
+
+    Specs = types.ModuleType("thirdparty_maybe_specs")
+    Specs.thirdparty_maybe = thirdparty_maybe
+
+    class Silent:
+        hookspecs = Specs
+
+        @hookimpl
+        def thirdparty_maybe(self):
+            return None
+
+    engine = make_engine(plugins=[Silent()])
+    assert engine.call_hook("thirdparty_maybe") is None
+
+
+def test_saving_plugin_states_hands_each_plugin_the_engine_and_state(make_engine):
+    class Remembers:
+        name = "remembers"
+
+        @hookimpl
+        def on_save_checkpoint(self, engine, state):
+            return {"step": state.step, "same_engine": engine is seen_engine}
+
+    engine = make_engine(plugins=[Remembers()])
+    seen_engine = engine
+    engine.fit(max_steps=2)
+    assert engine.plugin_states() == {"remembers": {"step": 2, "same_engine": True}}

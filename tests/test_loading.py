@@ -254,3 +254,28 @@ def test_declared_order_holds_among_trylast_and_tryfirst_implementations(make_en
     expected = ["nan", "guard", "mid", "console", "csv"]
     assert engine.config["order"] == expected
     assert engine.hook_order()["after_step"] == expected
+
+
+def test_tryfirst_runs_before_plugins_declared_ahead_of_it(make_engine):
+    class First:
+        name = "first"
+
+        @hookimpl(tryfirst=True)
+        def after_step(self):
+            pass
+
+    engine = make_engine(plugins=[Named("a"), Named("b"), First()])
+    assert engine.hook_order()["after_step"] == ["first", "a", "b"]
+
+
+@pytest.mark.parametrize("value", ["", "0"])
+def test_autoload_stays_on_when_the_env_var_is_empty_or_0(monkeypatch, value):
+    monkeypatch.setenv("HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD", value)
+    assert "token_budget" in [p.name for p in loading.load_plugins()]
+
+
+def test_an_unknown_plugin_with_none_installed_says_so(monkeypatch):
+    monkeypatch.setattr(loading, "entry_points", fake_entry_points())
+    with pytest.raises(PluginError) as info:
+        loading.load_plugins(enable=["clip"])
+    assert str(info.value) == "unknown plugin 'clip'; available plugins: none installed"
