@@ -132,23 +132,7 @@ def test_killed_rank_ends_the_job_and_resumes_bitwise_on_two_and_close_on_one(wo
     resumed on 2 ranks it ends bitwise where a straight 2-rank run ends; resumed on 1 rank
     with batch 2B, within 1e-5 of it."""
     args = ["train", *TINY, "--set", f"data.batch_size={B}", "--run-dir", "killed"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
-    env = {**os.environ, "HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [*cmd, "2", "-m", "hookloop", *args, "--set", "training.max_steps=100000"],
-        cwd=workdir, env=env, text=True, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while read_pointer(workdir / "killed" / "checkpoints", "latest") is None:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.2)
-        os.kill(_worker_pid(proc.pid, rank=1), signal.SIGKILL)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    proc, out, err = signal_rank_1_after_a_checkpoint(workdir, args, signal.SIGKILL)
     assert proc.returncode != 0, out + err
     last = latest_valid_checkpoint(workdir / "killed")
     assert last is not None and verify_checkpoint(last)["world_size"] == 2
@@ -181,23 +165,7 @@ def test_sigusr1_to_one_rank_saves_one_checkpoint_at_one_step_and_resume_auto_co
     """SLURM's warning signal reaching only rank 1: both ranks stop at the same step, rank 0
     writes one checkpoint of the 2-rank state, the run exits 0, and `--resume auto` goes on."""
     args = ["train", *TINY, "--set", f"data.batch_size={B}", "--run-dir", "preempted"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
-    env = {**os.environ, "HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [*cmd, "2", "-m", "hookloop", *args, "--set", "training.max_steps=100000"],
-        cwd=workdir, env=env, text=True, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while read_pointer(workdir / "preempted" / "checkpoints", "latest") is None:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.2)
-        os.kill(_worker_pid(proc.pid, rank=1), signal.SIGUSR1)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    proc, out, err = signal_rank_1_after_a_checkpoint(workdir, args, signal.SIGUSR1)
     assert proc.returncode == 0, out + err
     assert err.count("received SIGUSR1") == 1, err  # only rank 1 got it
     run = workdir / "preempted"
@@ -249,6 +217,32 @@ def test_a_one_rank_checkpoint_resumes_on_two_ranks_with_half_the_batch(workdir)
     resume = ["--resume", "auto", "--set", "training.max_steps=20", "--run-dir", "ref-on-2"]
     ok(torchrun("train", *TINY, "--set", f"data.batch_size={B}", *resume, cwd=workdir))
     assert_close(run, workdir / "ref", steps=range(11, 21))
+
+
+def signal_rank_1_after_a_checkpoint(
+    workdir: Path, args: list[str], sig: signal.Signals
+) -> tuple[subprocess.Popen, str, str]:
+    """Start a long 2-rank `hookloop <args>` (ending in `--run-dir RUN`), send `sig` to rank
+    1 once RUN's first checkpoint exists, and wait for the job: the process, stdout, stderr."""
+    run = workdir / args[args.index("--run-dir") + 1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    env = {**os.environ, "HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [*cmd, "2", "-m", "hookloop", *args, "--set", "training.max_steps=100000"],
+        cwd=workdir, env=env, text=True, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while read_pointer(run / "checkpoints", "latest") is None:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        os.kill(_worker_pid(proc.pid, rank=1), sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc, out, err
 
 
 def last_step(path: Path) -> int:
