@@ -252,15 +252,22 @@ def _fsdp_no_sync(model: Any) -> Iterator[None]:
         model.set_requires_gradient_sync(True)
 
 
-def agree_on_stop(state: Any, device: Any) -> None:
-    """All ranks stop together if any rank asked to stop (call on every rank)."""
+def agree_on_stop(state: Any, device: Any) -> bool:
+    """Whether any rank has asked to stop; the same answer on every rank (call on every rank).
+
+    A rank that asked nothing gets `state.should_stop = "another rank requested a stop"`
+    when the answer is yes. A request made while the ranks were agreeing (a signal handler
+    runs at any moment) is not in this answer; it is in the next one.
+    """
     import torch
     import torch.distributed as dist
 
     flag = torch.tensor([state.should_stop is not None], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    if flag.item() and state.should_stop is None:
+    agreed = bool(flag.item())
+    if agreed and state.should_stop is None:
         state.should_stop = "another rank requested a stop"
+    return agreed
 
 
 def all_reduce_sum(values: Any) -> Any:

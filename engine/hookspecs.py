@@ -14,6 +14,7 @@ plugins wrote in the same hook.
 
 ```text
 on_fit_start                                  # fit(); after any resume has been applied
+[torchrun: the ranks agree on stopping]
 while no stop requested and epochs remain:
     for each group of N micro-batches:        # _run_epoch(): the rest of this epoch
         stop here if should_stop or max_steps reached
@@ -24,10 +25,16 @@ while no stop requested and epochs remain:
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
         after_step                            # may set state.should_stop
+        [torchrun: the ranks agree on stopping]  # one rank's request stops them all
     state.epoch += 1; on_epoch_end            # only when the epoch's data ran out
+    [torchrun: the ranks agree on stopping]
 on_fit_end                                    # normal end or stop request
 on_exception                                  # instead of on_fit_end when the loop raised
 ```
+
+Under torchrun the loop never reads `should_stop` directly: it acts on what the ranks last
+agreed at the points marked above, so a request made on one rank, in a hook or by a signal
+handler at any moment, stops every rank at the same step.
 
 `hookloop doctor` (not `fit()`) collects `doctor_checks` from every plugin before it runs
 its checklist.

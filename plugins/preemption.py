@@ -93,9 +93,11 @@ class Preemption:
             self.received = name
             state.request_stop(f"received {name}")
             # print()/logging may be mid-write in the interrupted frame: write(2) is safe.
+            # Under torchrun the ranks stop together at the end of this step or the next.
+            upto = f"step {state.step + 1}" + (" or the next" if engine.world_size > 1 else "")
             os.write(
                 2,
-                f"hookloop: received {name}: finishing step {state.step + 1}, then "
+                f"hookloop: received {name}: finishing {upto}, then "
                 "saving a checkpoint (send it again to abort at once)\n".encode(),
             )
 
@@ -108,11 +110,16 @@ class Preemption:
 
     @hookimpl
     def on_fit_end(self, engine: Engine, state: State) -> None:
-        if engine.world_size > 1:  # the ranks that got no signal save with the one that did
-            self.received = _any_rank(self.received)
-        if self.received is None:
+        received = self.received
+        if engine.world_size > 1:
+            # Every rank saves, or none does, on what the ranks gathered: a signal arriving
+            # after this gather (on one rank only) must not send that rank into a save's
+            # collectives alone.
+            received = _any_rank(received)
+        if received is None:
             self._restore()
             return
+        self.received = received
         try:
             path = self._save(engine)  # our handler stays on: a second signal still aborts
         finally:
@@ -120,8 +127,8 @@ class Preemption:
         engine.journal.record(
             "signal_received",
             step=state.step,
-            reason=f"{self.received}: stopped cleanly",
-            signal=self.received,
+            reason=f"{received}: stopped cleanly",
+            signal=received,
             checkpoint=str(path) if path else None,
         )
         if not engine.is_main_process:

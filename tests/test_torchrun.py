@@ -159,11 +159,6 @@ def test_killed_rank_ends_the_job_and_resumes_bitwise_on_two_and_close_on_one(wo
     assert_close(workdir / "killed-1", workdir / "straight", steps=range(last_step(last) + 1, 21))
 
 
-@pytest.mark.xfail(
-    reason="issue 11, open: about 1 run in 10 the job hangs after SIGUSR1 reaches rank 1 "
-    "(the ranks' stop agreement races the signal); the other runs pass",
-    strict=False,
-)
 def test_sigusr1_to_one_rank_saves_one_checkpoint_at_one_step_and_resume_auto_continues(
     workdir,
 ):
@@ -296,6 +291,67 @@ def build_run(config, run_dir=None, **options):
 recipe.build_run = build_run
 sys.exit(main(sys.argv[1:]))
 '''
+
+
+ONE_RANK_STOP_SCRIPT = '''
+import os
+import sys
+from hookloop import engine as engine_module
+from hookloop.cli import main
+from hookloop.lm import recipe
+
+_build, _agree = recipe.build_run, engine_module.agree_on_stop
+WHEN = os.environ["ONE_RANK_STOP"]
+
+
+def build_run(config, run_dir=None, **options):
+    """The recipe's run, where rank 1 alone asks to stop at the worst moment."""
+    run = _build(config, run_dir, **options)
+    engine, call = run.engine, run.engine.hooks.call
+
+    def agree(state, device):
+        agreed = _agree(state, device)
+        # As a signal arriving while the ranks agree: after rank 1's vote, before its loop
+        # reads the decision.
+        if WHEN == "agreement" and engine.rank == 1 and state.step == 3:
+            state.request_stop("rank 1 asked, mid-agreement")
+        return agreed
+
+    def hooks_call(name, **kwargs):
+        result = call(name, **kwargs)
+        if WHEN == "epoch" and name == "on_epoch_end" and engine.rank == 1:
+            engine.state.request_stop("rank 1 asked at the end of an epoch")
+        return result
+
+    engine_module.agree_on_stop = agree
+    engine.hooks.call = hooks_call
+    return run
+
+
+recipe.build_run = build_run
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+@pytest.mark.parametrize("when", ["agreement", "epoch"])
+def test_a_stop_asked_on_one_rank_at_any_moment_stops_both_at_one_step(workdir, when, monkeypatch):
+    """A stop request on rank 1 alone, made just after the ranks agreed to go on (as a
+    signal can) or in `on_epoch_end` (where no step agreement follows): every rank stops at
+    the same step boundary and the run ends cleanly instead of hanging in mismatched
+    collectives."""
+    (workdir / "stop.py").write_text(ONE_RANK_STOP_SCRIPT)
+    run = f"stop-{when}"
+    monkeypatch.setenv("ONE_RANK_STOP", when)
+    result = torchrun(
+        "stop.py", "train", *TINY, "--set", f"data.batch_size={B}",
+        "--set", "training.max_steps=400", "--run-dir", run, cwd=workdir, module=False,
+        timeout=90,
+    )  # fmt: skip
+    ok(result)
+    last = last_step(latest_valid_checkpoint(workdir / run))
+    assert max(losses(workdir / run)) == last < 400
+    if when == "agreement":
+        assert last == 4  # asked after step 3's agreement: honoured at the end of step 4
 
 
 @pytest.mark.parametrize("strategy", ["fsdp"])
