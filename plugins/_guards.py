@@ -67,10 +67,14 @@ def emergency_save(engine: Engine, state: State, reason: str) -> str | None:
     """
     if engine.run_dir is None or (engine.world_size == 1 and not engine.is_main_process):
         return None
-    from hookloop.checkpoint import CHECKPOINTS_DIR, save_checkpoint
+    from hookloop.checkpoint import CHECKPOINTS_DIR, DEFAULT_CHECKSUM, save_checkpoint
 
+    # Written as the checkpoint plugin writes its own, with its checksum algorithm.
+    loaded = engine.plugins.get("checkpoint")
+    enabled = loaded is not None and "checkpoint" not in engine.disabled_plugins
+    checksum = getattr(loaded.plugin, "checksum", DEFAULT_CHECKSUM) if enabled else DEFAULT_CHECKSUM
     directory = engine.run_dir / CHECKPOINTS_DIR / f"emergency-step-{state.step:08d}"
-    path = save_checkpoint(engine, directory, extra={"emergency": reason})
+    path = save_checkpoint(engine, directory, extra={"emergency": reason}, checksum=checksum)
     engine.journal.record("checkpoint_saved", step=state.step, reason=reason, path=str(path))
     return str(path) if engine.is_main_process else None
 

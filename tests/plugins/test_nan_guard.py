@@ -237,6 +237,20 @@ def test_the_checkpoint_plugin_leaves_the_guards_emergency_checkpoint_as_latest(
     assert ckpt.latest_valid_checkpoint(tmp_path) == path  # not a re-save that replays the NaN
 
 
+def test_the_emergency_checkpoint_uses_the_checkpoint_plugins_checksum(make_engine, tmp_path):
+    ckpt = checkpointing()
+    from hookloop.plugins.checkpoint import Checkpoint
+
+    plugins = [NanGuard(), Checkpoint(checksum="sha256")]
+    engine = make_engine(batches=6, plugins=plugins, run_dir=tmp_path)
+    poison(engine, 2)
+    with pytest.raises(TrainingHalted):
+        engine.fit(max_steps=6)
+    path = tmp_path / "checkpoints" / "emergency-step-00000002"
+    files = ckpt.verify_checkpoint(path)["files"]
+    assert files and all(f["checksum"].startswith("sha256:") for f in files.values()), files
+
+
 # --- a fused optimizer: skipped on the device, judged one step late ----------------------
 
 
