@@ -328,3 +328,51 @@ def test_remove_dir_takes_the_name_away_at_once_and_deletes_on_a_thread_if_asked
             thread.join(timeout=30)
     assert list(tmp_path.iterdir()) == []
     remove_dir(tmp_path / "step-00000001", wait=wait)  # already gone: nothing to do
+
+
+# --- single files: config.toml, tokenizer.json, an export ----------------------------------
+
+
+def test_replace_file_gives_the_new_content_whole_and_leaves_no_temporary_file(tmp_path, ops):
+    from hookloop.checkpoint.atomic import replace_file
+
+    path = tmp_path / "config.toml"
+    assert replace_file(path, b"old\n") is True
+    assert replace_file(path, b"new content\n") is True
+    assert path.read_bytes() == b"new content\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["config.toml"]
+    # written beside it, fsynced, renamed over it, then the directory fsynced
+    (_, tmp, dst), synced = ops[-2], ops[-3]
+    assert dst == str(path) and Path(tmp).parent == tmp_path and Path(tmp).name.startswith(".")
+    assert synced == ("fsync", tmp) and ops[-1] == ("fsync", str(tmp_path))
+
+
+def test_replace_file_unless_equal_leaves_an_identical_file_untouched(tmp_path):
+    from hookloop.checkpoint.atomic import replace_file
+
+    path = tmp_path / "tokenizer.json"
+    replace_file(path, b"{}")
+    before = path.stat()
+    assert replace_file(path, b"{}", unless_equal=True) is False
+    after = path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert replace_file(path, b"{ }", unless_equal=True) is True
+    assert path.read_bytes() == b"{ }"
+
+
+def test_replace_file_that_fails_keeps_the_old_content_and_no_temporary_file(tmp_path, monkeypatch):
+    import errno
+
+    from hookloop.checkpoint.atomic import replace_file
+
+    path = tmp_path / "config.toml"
+    replace_file(path, b"old\n")
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OSError, match="No space left"):
+        replace_file(path, b"new\n")
+    assert path.read_bytes() == b"old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["config.toml"]

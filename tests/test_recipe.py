@@ -39,6 +39,21 @@ def test_build_run_writes_config_and_tokenizer(tmp_path, tiny_lm_overrides, lm_d
     assert run.engine.config is config
 
 
+def test_building_again_leaves_unchanged_run_files_as_they_are(tmp_path, tiny_lm_overrides):
+    """A resume rebuilds the run: unchanged files are not rewritten (another rank may be
+    reading them), a changed config is replaced whole."""
+    config = load_config(None, tiny_lm_overrides)
+    build_run(config, tmp_path / "run")
+    files = [tmp_path / "run" / name for name in ("config.toml", "tokenizer.json")]
+    before = [(f.stat().st_ino, f.stat().st_mtime_ns) for f in files]
+    build_run(config, tmp_path / "run")
+    assert [(f.stat().st_ino, f.stat().st_mtime_ns) for f in files] == before
+    config["training"]["max_steps"] = 7
+    build_run(config, tmp_path / "run")
+    assert load_config(files[0])["training"]["max_steps"] == 7
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")) == []
+
+
 def test_fit_lowers_the_validation_loss(tmp_path, tiny_lm_overrides):
     config = load_config(None, [*tiny_lm_overrides, "training.max_steps=30", "optimizer.lr=1e-2"])
     run = build_run(config, None)

@@ -28,6 +28,7 @@ __all__ = [
     "recover_partial",
     "remove_dir",
     "replace_dir",
+    "replace_file",
     "write_file",
     "write_pointer",
 ]
@@ -41,6 +42,28 @@ def write_file(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def replace_file(path: Path, data: bytes, *, unless_equal: bool = False) -> bool:
+    """Give `path` the content `data` atomically: a reader (another rank, a later run)
+    sees the old file or the new one, whole, never a part of it, whenever the writer dies.
+
+    Written to a dot-named temporary file beside it, fsynced, then renamed over it.
+    With `unless_equal`, a file that already holds `data` is left untouched.
+
+    Returns:
+        Whether the file was written.
+    """
+    if unless_equal and path.is_file() and path.read_bytes() == data:
+        return False
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        write_file(tmp, data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return True
 
 
 def fsync_dir(path: Path) -> None:

@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _build_and_train(plan: Any, launch: Any) -> int:
+    from hookloop.checkpoint.atomic import replace_file
     from hookloop.distributed import announce
     from hookloop.lm.recipe import build_run
     from hookloop.rundir import remove_created
@@ -109,7 +110,7 @@ def _build_and_train(plan: Any, launch: Any) -> int:
     except BaseException:
         if main:
             for name, data in kept.items():
-                (run_dir / name).write_bytes(data)
+                replace_file(run_dir / name, data, unless_equal=True)
             remove_created(plan.created)  # a run that never started leaves no folder behind
         raise
     return _train(built, print if main else _silent)

@@ -31,10 +31,10 @@ torch only inside the functions that need it, so the config loader can call
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hookloop.checkpoint.atomic import replace_file
 from hookloop.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
@@ -269,25 +269,27 @@ def export_hf(
     Returns:
         The files written.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     out.mkdir(parents=True, exist_ok=True)
     vocab = model_state["tok_emb.weight"].shape[0]
     n_layers = len({k.split(".")[1] for k in model_state if k.startswith("blocks.")})
     config = gpt2_config(model_config, vocab)
-    written = [out / "config.json", out / "model.safetensors"]
-    written[0].write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    save_file(to_gpt2_state(model_state, n_layers), str(written[1]), metadata={"format": "pt"})
-    shutil.copyfile(tokenizer_file, out / "hookloop_tokenizer.json")
-    written.append(out / "hookloop_tokenizer.json")
+    weights = save(to_gpt2_state(model_state, n_layers), metadata={"format": "pt"})
+    files = {
+        "config.json": (json.dumps(config, indent=2) + "\n").encode(),
+        "model.safetensors": weights,
+        "hookloop_tokenizer.json": tokenizer_file.read_bytes(),
+    }
     hf_tokenizer = _hf_tokenizer_json(tokenizer)
     if hf_tokenizer is not None:
-        (out / "tokenizer.json").write_text(json.dumps(hf_tokenizer), encoding="utf-8")
-        (out / "tokenizer_config.json").write_text(
-            json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}) + "\n", encoding="utf-8"
-        )
-        written += [out / "tokenizer.json", out / "tokenizer_config.json"]
-    return written
+        files["tokenizer.json"] = json.dumps(hf_tokenizer).encode()
+        files["tokenizer_config.json"] = (
+            json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}) + "\n"
+        ).encode()
+    for name, data in files.items():  # each one whole, whenever the export is interrupted
+        replace_file(out / name, data)
+    return [out / name for name in files]
 
 
 def _hf_tokenizer_json(tokenizer: Tokenizer) -> dict[str, Any] | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import torch
 
 from hookloop import loading
 from hookloop.checkpoint import CHECKPOINTS_DIR, MODEL_FILE
+from hookloop.checkpoint.atomic import replace_file
 from hookloop.engine import Engine
 from hookloop.errors import ConfigError
 from hookloop.lm.config import write_config
@@ -131,8 +131,10 @@ def build_run(
         reshard_after_forward=config["distributed"]["reshard_after_forward"],
     )
     if run_path is not None and engine.is_main_process:
+        # Atomic and only when changed: under torchrun the other ranks may be reading them.
         write_config(config, run_path / "config.toml")
-        shutil.copyfile(tokenizer_file(config, directory), run_path / "tokenizer.json")
+        vocabulary = tokenizer_file(config, directory).read_bytes()
+        replace_file(run_path / "tokenizer.json", vocabulary, unless_equal=True)
     log.info(
         "run_built",
         run_dir=str(run_path),

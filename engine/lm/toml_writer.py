@@ -26,9 +26,13 @@ def dumps_toml(config: Mapping[str, Any]) -> str:
 
 
 def write_config(config: Mapping[str, Any], path: str | Path) -> Path:
-    """Write the resolved config as TOML (the run directory's `config.toml`)."""
+    """Write the resolved config as TOML (the run directory's `config.toml`), atomically,
+    and only when it changes: a crash never leaves half a config, and a resume with the same
+    config leaves the file as it is."""
+    from hookloop.checkpoint.atomic import replace_file
+
     path = Path(path)
-    path.write_text(dumps_toml(config), encoding="utf-8")
+    replace_file(path, dumps_toml(config).encode("utf-8"), unless_equal=True)
     return path
 
 
