@@ -194,3 +194,27 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(tmp_path, capsys):
     prepare_sources(open_source(tmp_path / "t.txt"), tmp_path / "shown", progress=True)
     err = capsys.readouterr().err
     assert "vocabulary" in err and "tokenize" in err and "B/s" in err
+
+
+def test_only_the_partial_output_of_a_prepare_that_is_gone_is_reported(tmp_path):
+    """A `.NAME.partial-*` directory of a prepare still running on this machine (torchrun's
+    ranks preparing the same data at once) is not called interrupted; one of a process that
+    is gone, or of the older naming, is."""
+    import socket
+
+    from structlog.testing import capture_logs
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    host = socket.gethostname()
+    running = tmp_path / f".data.partial-{os.getpid()}@{host}-abc123"
+    gone = tmp_path / f".data.partial-{dead.stdout.strip()}@{host}-def456"
+    old = tmp_path / ".data.partial-k2j4h5g6"
+    for partial in (running, gone, old):
+        partial.mkdir()
+    (tmp_path / "t.txt").write_text(TEXT)
+    with capture_logs() as logs:
+        prepare_sources(open_source(tmp_path / "t.txt"), tmp_path / "data")
+    (warning,) = [e for e in logs if e["event"] == "prepare_leftovers"]
+    assert warning["paths"] == [str(gone), str(old)]
+    assert read_meta(tmp_path / "data")["train_tokens"] > 0

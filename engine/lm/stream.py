@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -88,7 +89,8 @@ def prepare_sources(
     bar = Progress(sum(s.total_bytes for s, _ in plan), progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     _warn_leftovers(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    owner = f"{os.getpid()}@{socket.gethostname()}-"  # _warn_leftovers tells a live one
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{owner}", dir=out.parent))
     try:
         tok = _build(tokenizer, plan, bpe_vocab_size, bar)
         background = Background()
@@ -316,10 +318,28 @@ def _finish(tmp, tok, writers, source: list[str], split_info: dict[str, Any]) ->
 
 
 def _warn_leftovers(out: Path) -> None:
-    leftovers = sorted(out.parent.glob(f".{out.name}.partial-*"))
+    prefix = f".{out.name}.partial-"
+    leftovers = [p for p in sorted(out.parent.glob(prefix + "*")) if not _running(p, prefix)]
     if leftovers:
         log.warning(
             "prepare_leftovers",
             message="partial output of an interrupted prepare (safe to delete)",
             paths=[str(p) for p in leftovers],
         )
+
+
+def _running(partial: Path, prefix: str) -> bool:
+    """Whether the prepare writing `partial` (named `PREFIX<pid>@<host>-<random>`) is still
+    running on this machine: another process preparing the same data (torchrun's ranks each
+    prepare the default corpus on first use) is not an interrupted one."""
+    pid, _, rest = partial.name[len(prefix) :].partition("@")
+    host = rest.rpartition("-")[0]
+    if not pid.isdigit() or host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, run by another user
+    return True
