@@ -31,6 +31,7 @@ __all__ = [
     "BACKENDS",
     "STRATEGIES",
     "Launch",
+    "StopAgreement",
     "agree_on_stop",
     "all_reduce_sum",
     "announce",
@@ -268,6 +269,30 @@ def agree_on_stop(state: Any, device: Any) -> bool:
     if agreed and state.should_stop is None:
         state.should_stop = "another rank requested a stop"
     return agreed
+
+
+class StopAgreement:
+    """The stop decision a training loop acts on.
+
+    In one process it is `state.should_stop`, read as it is. Under torchrun the loop reads
+    only what the ranks last agreed on (`agree`, called by every rank at the same points):
+    a stop requested on one rank, by a hook or by a signal handler at any moment, stops
+    every rank at the same agreement point, so no rank leaves the loop while another goes
+    on into the next step's collectives.
+    """
+
+    def __init__(self, world_size: int, device: Any) -> None:
+        self.world_size, self.device = world_size, device
+        self.agreed = False
+
+    def agree(self, state: Any) -> None:
+        """Share every rank's stop request (a no-op in one process)."""
+        if self.world_size > 1:
+            self.agreed = agree_on_stop(state, self.device)
+
+    def requested(self, state: Any) -> bool:
+        """Whether the loop stops at its next check."""
+        return self.agreed if self.world_size > 1 else state.should_stop is not None
 
 
 def all_reduce_sum(values: Any) -> Any:

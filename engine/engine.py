@@ -20,7 +20,7 @@ import torch
 from hookloop.batches import count_tokens as default_count_tokens
 from hookloop.batches import epoch_batches, epoch_complete, move_to, step_groups
 from hookloop.dispatch import HookDispatcher
-from hookloop.distributed import agree_on_stop, global_mean, no_sync
+from hookloop.distributed import StopAgreement, global_mean, no_sync
 from hookloop.errors import ConfigError, DataError, PluginError
 from hookloop.evaluation import mean_loss
 from hookloop.execution import distributed_rank, model_device, prepare_execution
@@ -130,7 +130,6 @@ class Engine:
         self._autocast = execution.autocast
         self._unscaled = False
         self._found_inf: torch.Tensor | None = None  # skip_update_if() of this step
-        self._agreed_stop = False  # under torchrun: the stop decision every rank shares
         # Speed only (benchmarks/overhead.py): no context managers per micro-batch when
         # there is neither autocast nor DDP, and no batch move on the CPU.
         self._plain = execution.plain
@@ -233,12 +232,12 @@ class Engine:
         state = self.state
         state.should_stop = None
         self.max_steps, self.max_epochs = max_steps, epochs
-        self._agreed_stop = False
+        self._stop = StopAgreement(self.world_size, self.device)
         self.model.train()
         try:
             self.hooks.call("on_fit_start", engine=self, state=state)
-            self._agree_on_stop()
-            while not self._stop_requested() and (epochs is None or state.epoch < epochs):
+            self._stop.agree(state)
+            while not self._stop.requested(state) and (epochs is None or state.epoch < epochs):
                 if not self._run_epoch(max_steps):
                     break  # a stop was requested, or max_steps reached, mid-epoch
         except BaseException as error:
@@ -256,7 +255,7 @@ class Engine:
         batches = epoch_batches(self.train_data, state.epoch, state.epoch_batch)
         # asked before each draw, so no batch is taken from the data and left untrained on
         limit = math.inf if max_steps is None else max_steps
-        stopping = lambda: self._stop_requested() or state.step >= limit  # noqa: E731
+        stopping = lambda: self._stop.requested(state) or state.step >= limit  # noqa: E731
         for group in step_groups(batches, self.accumulate, stop=stopping):
             self._step(group)
         if stopping() and not epoch_complete(self.train_data, state.epoch_batch, self.accumulate):
@@ -271,26 +270,8 @@ class Engine:
         state.epoch += 1
         state.epoch_batch = 0
         self.hooks.call("on_epoch_end", engine=self, state=state)
-        self._agree_on_stop()
+        self._stop.agree(state)
         return True
-
-    def _stop_requested(self) -> bool:
-        """Whether the loop stops at its next check.
-
-        One process reads `state.should_stop` as it is. Under torchrun the loop reads only
-        the decision the ranks last agreed on: a stop requested on one rank, by a hook or by
-        a signal handler at any moment, takes effect on every rank at the same agreement
-        point (the end of a step, of an epoch, or of `on_fit_start`), so no rank leaves the
-        loop while another goes on into the next step's collectives.
-        """
-        if self.world_size > 1:
-            return self._agreed_stop
-        return self.state.should_stop is not None
-
-    def _agree_on_stop(self) -> None:
-        """Under torchrun, share every rank's stop request (a no-op in one process)."""
-        if self.world_size > 1:
-            self._agreed_stop = agree_on_stop(self.state, self.device)
 
     def _step(self, group: tuple[Any, ...]) -> None:
         """One optimizer step over a group of micro-batches."""
@@ -320,7 +301,7 @@ class Engine:
         self.optimizer.zero_grad(set_to_none=True)
         state.step += 1
         self.hooks.call("after_step", engine=self, state=state)
-        self._agree_on_stop()
+        self._stop.agree(state)
 
     def _forward_backward(self, batch: Any, n: int, *, last: bool) -> torch.Tensor:
         """Forward and backward of one micro-batch; returns its detached, unscaled loss."""
@@ -410,11 +391,8 @@ class Engine:
         """Hand each registered plugin its own saved dict through `on_load_checkpoint`."""
         missing = sorted(set(saved) - set(self.plugins))
         if missing:
-            log.warning(
-                "checkpoint_plugin_state_ignored",
-                plugins=missing,
-                detail="these plugins saved state but are not enabled in this run",
-            )
+            detail = "these plugins saved state but are not enabled in this run"
+            log.warning("checkpoint_plugin_state_ignored", plugins=missing, detail=detail)
         kwargs = {"engine": self, "state": self.state}
         self.hooks.call_each(
             "on_load_checkpoint", {n: {**kwargs, "saved": v} for n, v in saved.items()}

@@ -296,11 +296,11 @@ sys.exit(main(sys.argv[1:]))
 ONE_RANK_STOP_SCRIPT = '''
 import os
 import sys
-from hookloop import engine as engine_module
+from hookloop import distributed
 from hookloop.cli import main
 from hookloop.lm import recipe
 
-_build, _agree = recipe.build_run, engine_module.agree_on_stop
+_build, _agree = recipe.build_run, distributed.agree_on_stop
 WHEN = os.environ["ONE_RANK_STOP"]
 
 
@@ -323,7 +323,7 @@ def build_run(config, run_dir=None, **options):
             engine.state.request_stop("rank 1 asked at the end of an epoch")
         return result
 
-    engine_module.agree_on_stop = agree
+    distributed.agree_on_stop = agree
     engine.hooks.call = hooks_call
     return run
 
