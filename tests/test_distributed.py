@@ -76,3 +76,20 @@ def test_a_single_process_gets_no_process_group_and_bad_settings_are_config_erro
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="'nccl' needs CUDA GPUs"):
             _choose_backend("nccl", "cpu")
+
+
+def test_the_stop_agreement_reads_the_state_in_one_process_and_only_the_vote_under_several():
+    from hookloop.distributed import StopAgreement
+    from hookloop.state import State
+
+    state = State()
+    one = StopAgreement(1, "cpu")
+    assert not one.requested(state)
+    one.agree(state)  # no collective in one process
+    state.request_stop("budget reached")
+    assert one.requested(state)  # read as it is, at once
+
+    several = StopAgreement(2, "cpu")
+    assert not several.requested(state)  # asked on this rank, not yet agreed by the others
+    several.agreed = True
+    assert several.requested(State())  # agreed: stops even a rank that asked nothing
