@@ -85,6 +85,23 @@ def test_export_loads_in_transformers_with_equal_logits(tmp_path, capsys, tokeni
     assert hf_tok.decode(generated[0]) == tok.decode(generated[0].tolist())
 
 
+def test_a_char_export_over_a_byte_export_leaves_no_tokenizer_of_the_old_one(tmp_path):
+    """`AutoTokenizer` must not load the byte tokenizer an earlier export left for a model
+    whose ids are characters."""
+    out = tmp_path / "hf"
+    byte_run = trained_run(tmp_path / "b", "byte")
+    assert main(["export", str(byte_run), "--out", str(out)]) == 0
+    assert (out / "tokenizer.json").is_file() and (out / "tokenizer_config.json").is_file()
+    char_run = trained_run(tmp_path / "c", "char")
+    assert main(["export", str(char_run), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "hookloop_tokenizer.json",
+        "model.safetensors",
+    ]
+    assert json.loads((out / "hookloop_tokenizer.json").read_text())["kind"] == "char"
+
+
 def test_a_bias_free_model_exports_zero_biases(tmp_path):
     run_dir = trained_run(tmp_path, "byte", "model.bias=false")
     main(

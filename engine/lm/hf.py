@@ -264,7 +264,8 @@ def export_hf(
         model_config: The run's `[model]` section.
         tokenizer: The run's tokenizer.
         tokenizer_file: The run's `tokenizer.json` (copied as `hookloop_tokenizer.json`).
-        out: The directory to write (created; existing files of the same names replaced).
+        out: The directory to write (created; existing files of the same names replaced,
+            and an earlier export's `tokenizer.json` removed when this one has none).
 
     Returns:
         The files written.
@@ -289,7 +290,13 @@ def export_hf(
         ).encode()
     for name, data in files.items():  # each one whole, whenever the export is interrupted
         replace_file(out / name, data)
+    for name in _HF_TOKENIZER_FILES - files.keys():
+        # An earlier export's tokenizer, left in the directory, would load for this model.
+        (out / name).unlink(missing_ok=True)
     return [out / name for name in files]
+
+
+_HF_TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json"}
 
 
 def _hf_tokenizer_json(tokenizer: Tokenizer) -> dict[str, Any] | None:
