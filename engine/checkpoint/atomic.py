@@ -44,19 +44,23 @@ def write_file(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def replace_file(path: Path, data: bytes, *, unless_equal: bool = False) -> bool:
+def replace_file(
+    path: Path, data: bytes, *, unless_equal: bool = False, temp_prefix: str | None = None
+) -> bool:
     """Give `path` the content `data` atomically: a reader (another rank, a later run)
     sees the old file or the new one, whole, never a part of it, whenever the writer dies.
 
-    Written to a dot-named temporary file beside it, fsynced, then renamed over it.
-    With `unless_equal`, a file that already holds `data` is left untouched.
+    Written to a dot-named temporary file beside it (`<temp_prefix>-<pid>-<random>`, by
+    default `.<name>.tmp-...`), fsynced, then renamed over it. With `unless_equal`, a file
+    that already holds `data` is left untouched.
 
     Returns:
         Whether the file was written.
     """
     if unless_equal and path.is_file() and path.read_bytes() == data:
         return False
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    prefix = temp_prefix or f".{path.name}.tmp"
+    tmp = path.with_name(f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         write_file(tmp, data)
         os.replace(tmp, path)
@@ -147,18 +151,15 @@ def recover_partial(checkpoints: Path) -> None:
 
 def write_pointer(checkpoints: Path, pointer: str, target: str) -> None:
     """Atomically make the pointer file `checkpoints/<pointer>` name the directory `target`."""
-    tmp = checkpoints / f".pointer-{pointer}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        write_file(tmp, (target + "\n").encode())
-        os.replace(tmp, checkpoints / pointer)
-        fsync_dir(checkpoints)
+    try:  # the `.pointer-` prefix: recover_partial clears what a killed writer left
+        replace_file(
+            checkpoints / pointer, (target + "\n").encode(), temp_prefix=f".pointer-{pointer}"
+        )
     except OSError as exc:
         raise CheckpointError(
             f"could not update {checkpoints / pointer}: {exc.strerror or exc} (is the disk "
             "full?); it still names the previous checkpoint"
         ) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_pointer(checkpoints: Path, pointer: str) -> Path | None:
