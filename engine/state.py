@@ -15,8 +15,8 @@ __all__ = ["State"]
 class State:
     """Where a run is, what it last measured, and what plugins asked the loop to do.
 
-    The engine advances the counters; plugins read them and write `metrics`, `skip_step`
-    and `should_stop`. Everything except `loss` and `metrics` is saved in a checkpoint.
+    The engine advances the counters; plugins read them and write `metrics`, `skip_step`,
+    `should_stop` and `exit_status`. A checkpoint saves the counters (`counters()`).
     """
 
     step: int = 0
@@ -39,6 +39,10 @@ class State:
     """Set by a plugin in `after_backward` to skip `optimizer.step()`; reset every step."""
     should_stop: str | None = None
     """The reason a plugin asked the run to stop; the loop stops at the next step boundary."""
+    exit_status: int = 0
+    """The exit status for a command whose `fit()` this is: 0, or what a plugin that stopped
+    the run for an outside reason set (the preemption plugin: 128 + the signal number, as a
+    shell reports a signal), so a job script relaunches a run that did not finish."""
 
     def request_stop(self, reason: str) -> None:
         """Ask the loop to stop after the current step, keeping the first reason given."""

@@ -176,12 +176,17 @@ class Checkpoint:
         mid_step = counters != self._boundary_counters and counters[
             "step"
         ] == self._boundary_counters.get("step")
+        # Mid-step, or rank 0 alone under several ranks: not exact (see `inexact_reason`).
+        # Such a save is kept for inspection under its own name, never as `step-N`, which a
+        # resumed run writes again when it gets there.
+        inexact = mid_step or engine.world_size > 1
         self.save(
             engine,
             reason=f"exception: {type(error).__name__}",
             counters=self._boundary_counters if mid_step else None,
             wait=True,
             local=True,
+            prefix="emergency-" if inexact else "",
         )
 
     @hookimpl
@@ -205,6 +210,7 @@ class Checkpoint:
         counters: dict[str, int] | None = None,
         wait: bool = False,
         local: bool = False,
+        prefix: str = "",
     ) -> Path | None:
         """Save a checkpoint of the current state now, unless this state is already saved.
 
@@ -215,6 +221,7 @@ class Checkpoint:
             wait: Return only once the checkpoint is on disk, even in background mode.
             local: Rank 0 saves alone, with no collective call (after an error, when the
                 other ranks may be anywhere); otherwise every rank must call this together.
+            prefix: Put before the directory's `step-N` name (`emergency-`).
 
         Returns:
             The checkpoint directory, or None on a non-zero rank or without a run_dir.
@@ -226,7 +233,7 @@ class Checkpoint:
         directory = (
             engine.run_dir
             / ckpt.CHECKPOINTS_DIR
-            / ckpt.checkpoint_name((counters or state.counters())["step"])
+            / (prefix + ckpt.checkpoint_name((counters or state.counters())["step"]))
         )
         key = tuple((counters or state.counters()).values())
         if key == self._last_saved_counters and not self._best_due(state):

@@ -6,7 +6,9 @@ Cluster schedulers send SIGTERM before they kill a job (SLURM sends the signal o
 signal the run finishes the optimizer step in progress, stops (`state.request_stop`), saves a
 checkpoint and logs the command that resumes it. A second signal exits at once with status
 128 + the signal number, without saving; the checkpoints already on disk stay valid because
-every save is atomic.
+every save is atomic. After the clean stop, `state.exit_status` is 128 + the signal number
+too, which `hookloop train` exits with (130 for SIGINT, 143 for SIGTERM, 138 for SIGUSR1), so
+a retry loop or a scheduler sees a run that has not finished.
 
 The checkpoint goes through the `checkpoint` plugin when it is enabled (same directory,
 pointers and pruning, and no second copy of its end-of-fit save), else straight through
@@ -120,6 +122,7 @@ class Preemption:
             self._restore()
             return
         self.received = received
+        state.exit_status = 128 + signal.Signals[received]
         try:
             path = self._save(engine)  # our handler stays on: a second signal still aborts
         finally:

@@ -41,6 +41,7 @@ from hookloop.checkpoint.layout import (
     list_checkpoints,
 )
 from hookloop.checkpoint.read import (
+    inexact_reason,
     latest_valid_checkpoint,
     load_checkpoint,
     read_checkpoint,
@@ -62,6 +63,7 @@ __all__ = [
     "Snapshot",
     "checkpoint_name",
     "checkpoint_step",
+    "inexact_reason",
     "latest_valid_checkpoint",
     "list_checkpoints",
     "load_checkpoint",

@@ -69,6 +69,8 @@ def snapshot(
         local: Capture only what this rank holds, with no collective call (for a save on
             one rank while the others may be elsewhere, e.g. after an error). Under DDP the
             rank's replica is the whole model; a sharded (FSDP) model cannot be saved so.
+            Under several ranks such a snapshot is marked not exact: it lacks the other
+            ranks' generator states, and they may have been mid-step.
         reuse: An earlier snapshot that nothing reads any more (its write has finished):
             with `copy`, each tensor is copied into that snapshot's tensor of the same name,
             shape and dtype instead of into new memory. Fresh memory is first touched page by
@@ -95,7 +97,9 @@ def snapshot(
         "python_version": sys.version.split()[0],
         "git_commit": _git_commit(),
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "exact": counters is None,
+        # Not exact: counters other than the live ones (mid-step), or one rank saving alone
+        # under several (the other ranks' generators and positions are not in it).
+        "exact": counters is None and (rngs is not None or engine.world_size == 1),
         "counters": counters or state.counters(),
         "data": {
             "accumulate": engine.accumulate,

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from hookloop.journal import Journal
 
 __all__ = [
+    "inexact_reason",
     "latest_valid_checkpoint",
     "load_checkpoint",
     "read_checkpoint",
@@ -165,11 +166,23 @@ def _read_file(path: Path, name: str) -> mmap.mmap | bytearray:
     return data
 
 
-def latest_valid_checkpoint(run_dir: Path, *, journal: Journal | None = None) -> Path | None:
+def latest_valid_checkpoint(
+    run_dir: Path,
+    *,
+    journal: Journal | None = None,
+    exact: bool = False,
+    skipped: list[tuple[Path, str]] | None = None,
+) -> Path | None:
     """The newest checkpoint of a run that verifies, or None when there is none.
 
     The `latest` pointer is tried first (or, if a writer was killed while swapping that
-    directory, its `.old-` copy), then every `step-N` directory from the highest step down. Each invalid one is logged and recorded in `journal` (`checkpoint_invalid`).
+    directory, its `.old-` copy), then every `step-N` directory from the highest step down.
+    Each invalid one is logged and recorded in `journal` (`checkpoint_invalid`).
+
+    Args:
+        exact: Pass over checkpoints that verify but are not exact (`exact: false` in
+            state.json, see `inexact_reason`): what `hookloop train --resume auto` wants.
+        skipped: With `exact`, each checkpoint passed over is appended as `(path, why)`.
     """
     checkpoints = Path(run_dir) / CHECKPOINTS_DIR
     pointed = read_pointer(checkpoints, LATEST)
@@ -179,8 +192,7 @@ def latest_valid_checkpoint(run_dir: Path, *, journal: Journal | None = None) ->
     candidates += [p for p in reversed(list_checkpoints(checkpoints)) if p != pointed]
     for path in candidates:
         try:
-            verify_checkpoint(path)
-            return path
+            state = verify_checkpoint(path)
         except CheckpointError as exc:
             log.warning("checkpoint_invalid", path=str(path), reason=str(exc))
             if journal is not None:
@@ -192,7 +204,27 @@ def latest_valid_checkpoint(run_dir: Path, *, journal: Journal | None = None) ->
                     echo=False,  # the warning above says it
                     path=str(path),
                 )
+            continue
+        why = inexact_reason(state) if exact else None
+        if why is None:
+            return path
+        if skipped is not None:
+            skipped.append((path, why))
     return None
+
+
+def inexact_reason(state: dict[str, Any]) -> str | None:
+    """Why a checkpoint (its state.json) would not resume exactly, or None when it would.
+
+    Two kinds of save are not exact: one taken after an error between the micro-batches of
+    a step (its generators have moved on), and one that rank 0 took alone after an error
+    under several ranks (the other ranks' generator states are not in it).
+    """
+    if state.get("exact", True):
+        return None
+    if state.get("world_size", 1) > 1 and not state.get("rng_ranks"):
+        return "saved by rank 0 alone after an error, without the other ranks' random state"
+    return "saved in the middle of a step after an error"
 
 
 def load_checkpoint(engine: Engine, path: Path) -> dict[str, Any]:

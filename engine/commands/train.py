@@ -12,10 +12,19 @@ The run goes to runs/<timestamp>/ (resolved config.toml, tokenizer.json, metrics
 checkpoints); the last lines printed say where it is and how to sample from it. One process
 at a time writes a run directory (a second one is refused, naming the first one's PID).
 
-A resume continues the run with the run's own config.toml (change what a resume may change
-with --set). When the run has nothing valid to resume from it says so and stops, leaving
-every file as it was; --restart then starts it over with its own config, after moving the
-old files into <run>/previous-<time>/.
+`hookloop train -c run.toml --resume auto --run-dir D` may be run again and again, as a
+job script's retry loop or a SLURM requeue does: it starts D fresh from run.toml, resumes
+it from its latest exact checkpoint (with run.toml, refusing a change to the model, data or
+optimizer), starts it again from step 0 when it stopped before its first exact checkpoint
+(moving the earlier files into D/previous-<time>/), or says it already reached its end.
+Without -c a resume uses the run's own config.toml (change what a resume may change with
+--set). A run whose checkpoints are all corrupt is refused, every file left as it was;
+--restart then starts it over with its own config.
+
+Exit status: 0 when the run reached its end (or already had), 2 for a mistake in the
+command, config or data (one line says what), 128 + N when signal N stopped it early after
+its checkpoint was written (130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1): run it again to continue.
+Any other status is a crash; the checkpoints already written stay valid.
 
 Under torchrun (`torchrun --nproc_per_node 2 -m hookloop train ...`) every rank trains its
 slice of each global batch (`data.batch_size` is per rank) and all ranks share one run
@@ -48,10 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume",
         metavar="auto|PATH",
-        help="continue a run from a checkpoint, with the run's own config: auto = the latest "
-        "valid checkpoint of --run-dir (else of the newest run under --runs); or a checkpoint "
-        "or run directory. A run that does not exist yet starts fresh; one with nothing valid "
-        "to resume from is refused (see --restart)",
+        help="continue a run from a checkpoint, with -c FILE or else the run's own config: "
+        "auto = the latest exact checkpoint of --run-dir (else of the newest run under "
+        "--runs); or a checkpoint or run directory. A run that does not exist yet starts "
+        "fresh, one stopped before its first checkpoint starts again; one whose checkpoints "
+        "are all corrupt is refused (see --restart)",
     )
     parser.add_argument(
         "--restart",
@@ -93,6 +103,10 @@ def _build_and_train(plan: Any, launch: Any) -> int:
     from hookloop.rundir import remove_created
 
     main = launch is None or launch.rank == 0
+    if plan.finished:
+        if main:
+            print(plan.finished, flush=True)
+        return 0
     announce(launch, plan.config["distributed"]["strategy"])
     run_dir = plan.run_dir
     # build_run rewrites these two; a resume that is then refused must leave the run as it was
@@ -138,6 +152,14 @@ def _train(built: Any, say: Any) -> int:
         f"({tokens / max(seconds, 1e-9):,.0f} tokens/s){stopped}",
         flush=True,
     )
+    if state.exit_status:  # stopped from outside (a signal): saved, not finished
+        say(
+            f"run {built.run_dir} stopped before its end; continue it with "
+            f"{command_line('train', '--resume', 'auto', '--run-dir', built.run_dir)} "
+            f"(exit status {state.exit_status})",
+            flush=True,
+        )
+        return state.exit_status
     _final_eval(engine, config["data"]["val_batches"] or None, say)
     if say is _silent:
         return 0

@@ -2,8 +2,9 @@
 
 `hookloop train --resume auto|PATH` uses these. A resumed run is built from the config the
 run was started with (`run_dir/config.toml`, else the config its checkpoint recorded) plus
-the command line's `--set` overrides; `-c FILE` is refused with `--resume`. The differences from the checkpoint's recorded config are
-printed; only the safe ones are accepted unless `--force`:
+the command line's `--set` overrides, or from `-c FILE` when given (a job script that always
+passes the same file). The differences from the checkpoint's recorded config are printed;
+only the safe ones are accepted unless `--force`:
 
 - safe: `training.max_steps`, `training.epochs`, `training.device`, `training.compile`,
   `training.threads`, `data.val_batches`, every `distributed.*` key (checkpoints hold whole
@@ -126,11 +127,12 @@ def check_changes(changes: list[Change], *, force: bool) -> list[str]:
     lines = [
         f"  {c}  ({'applied' if c.safe else 'FORCED' if force else 'refused'})" for c in changes
     ]
-    unsafe = [c.key for c in changes if not c.safe]
+    unsafe = [f"{c.key} ({c.old!r} in the run, {c.new!r} now)" for c in changes if not c.safe]
     if unsafe and not force:
         raise ConfigError(
-            f"resuming with a changed {', '.join(unsafe)} is not safe (the checkpoint was "
-            "trained with other values); undo the change, or pass --force to resume anyway"
+            f"the config differs from the run's in what defines the model, data or optimizer: "
+            f"{'; '.join(unsafe)}; nothing was changed. Undo the change, train into another "
+            "--run-dir, or pass --force to resume anyway"
         )
     return lines
 
@@ -176,14 +178,23 @@ def check_global_batch(
     return changes
 
 
-def find_resume(resume: str, run_dir: Path | None, runs: Path) -> tuple[Path | None, Path | None]:
+def find_resume(
+    resume: str,
+    run_dir: Path | None,
+    runs: Path,
+    *,
+    skipped: list[tuple[Path, str]] | None = None,
+) -> tuple[Path | None, Path | None]:
     """The run directory and checkpoint that `--resume` names.
 
     Args:
-        resume: `auto` (the latest valid checkpoint of the run: `run_dir`, else the newest
-            run under `runs`), a checkpoint directory, or a run directory.
+        resume: `auto` (the latest valid, exact checkpoint of the run: `run_dir`, else the
+            newest run under `runs`), a checkpoint directory (taken even when not exact),
+            or a run directory (as `auto`).
         run_dir: `--run-dir`, when given.
         runs: `--runs`, the directory holding one sub-directory per run.
+        skipped: Each valid checkpoint passed over because it is not exact is appended as
+            `(path, why)`.
 
     Returns:
         `(run_dir, checkpoint)`; the checkpoint is None when the run has no valid one, and
@@ -203,7 +214,7 @@ def find_resume(resume: str, run_dir: Path | None, runs: Path) -> tuple[Path | N
 
     def latest(run: Path) -> Path | None:  # invalid ones are logged and journaled
         journal = Journal(run / "journal.jsonl") if run.is_dir() else None
-        return latest_valid_checkpoint(run, journal=journal)
+        return latest_valid_checkpoint(run, journal=journal, exact=True, skipped=skipped)
 
     if resume == "auto":
         if run_dir is None:

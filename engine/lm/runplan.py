@@ -2,17 +2,24 @@
 
 `plan_run(args)` resolves the run directory, the checkpoint to resume from and the config,
 and refuses (a `ConfigError`, recorded in the run's journal as `run_refused`) every case
-that would lose or mix a run's files:
+that would lose or mix a run's files. `hookloop train -c CFG --resume auto --run-dir D` is
+one command a job script may run any number of times:
 
-- a fresh run into a directory that already holds a run (`--resume auto` or `--restart`);
-- `--resume` of a run that has files but nothing valid to resume from (killed before its
-  first checkpoint, every checkpoint corrupt): it says so and stops, unless `--restart`;
-- `--resume` with `-c FILE`: a resume always uses the run's own `config.toml` (or, when
-  that is gone, the config its checkpoint recorded).
+- no run in D yet: a fresh run from CFG;
+- a run with an exact checkpoint: resume from the latest one, with CFG (or, without `-c`,
+  the run's own `config.toml`) plus `--set`; a difference in a key that a resume may not
+  change (`hookloop.lm.resume.SAFE_KEYS`) is refused, naming each key with both values;
+- a run killed before its first exact checkpoint (no checkpoint at all, or only ones that
+  are not exact): started again from step 0 with its own config, after its files are moved
+  into `previous-<time>/`;
+- a run whose checkpoints are all corrupt: refused (a person should look), unless
+  `--restart`;
+- a run that already reached its end: `RunPlan.finished` says so and nothing is trained.
 
-Every config value, the device and the data are checked first; only then is the directory
-created (`created` lists the folders made, for clean-up on failure), locked
-(`hookloop.runlock`), and, for `--restart`, its old files moved into `previous-<time>/`.
+A fresh run into a directory that already holds a run (without `--resume` or `--restart`)
+is refused too. Every config value, the device and the data are checked first; only then is
+the directory created (`created` lists the folders made, for clean-up on failure), locked
+(`hookloop.runlock`), and, for a restart, its old files moved into `previous-<time>/`.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ class RunPlan:
     """The checkpoint to resume from; None for a fresh start."""
     created: list[Path] = field(default_factory=list)
     """Folders this process created (deepest first), removed again if the run fails."""
+    finished: str | None = None
+    """Set when the checkpoint already is the run's end: the line saying so; nothing to train."""
 
 
 def plan_run(args: argparse.Namespace, *, world_size: int = 1) -> RunPlan:
@@ -77,43 +86,106 @@ def plan_run(args: argparse.Namespace, *, world_size: int = 1) -> RunPlan:
 def _resume_or_restart(args: argparse.Namespace, world_size: int) -> RunPlan:
     from hookloop.lm.resume import find_resume
 
-    if args.resume is not None and args.config is not None:
-        raise ConfigError(
-            f"--resume continues a run with its own config.toml, so -c {args.config} is not "
-            "used; drop -c and change what a resume may change with --set KEY=VALUE"
-        )
     target = _target(args)
     if target is not None and (args.run_dir or _looks_like_a_run(target)):
         _lock_existing(target)  # before looking inside: nobody else may change it meanwhile
     run_dir, checkpoint = target, None
+    skipped: list[tuple[Path, str]] = []
     if args.resume is not None:
         run_dir, checkpoint = find_resume(
-            args.resume, Path(args.run_dir) if args.run_dir else None, Path(args.runs)
+            args.resume,
+            Path(args.run_dir) if args.run_dir else None,
+            Path(args.runs),
+            skipped=skipped,
         )
+    for path, why in skipped:
+        print(f"passing over {path.name}: not exact ({why}); it stays for inspection", flush=True)
     if checkpoint is not None:
-        config = _resume_config(args, run_dir, checkpoint, world_size)
-        return RunPlan(run_dir=run_dir, config=config, checkpoint=checkpoint)
+        config, saved = _resume_config(args, run_dir, checkpoint, world_size)
+        plan = RunPlan(run_dir=run_dir, config=config, checkpoint=checkpoint)
+        plan.finished = _finished(run_dir, saved["counters"], config["training"])
+        return plan
     if run_dir is None or not run_entries(run_dir):  # nothing there yet: nothing to lose
         where = run_dir or args.runs
         print(f"no run in {where} yet: starting a fresh run", flush=True)
         return _made(run_dir, args.runs, _checked_config(args))
-    if not args.restart:
+    early = args.resume is not None and _before_first_exact_checkpoint(run_dir)
+    if not (args.restart or early):
         _refuse(
             run_dir,
-            f"run {run_dir} has nothing valid to resume from (no checkpoint that verifies: "
-            "killed before its first one, or all corrupt); nothing was changed. Start it "
-            f"over with its own config: hookloop train --restart --run-dir {run_dir} (its "
-            f"files are moved to {run_dir}/previous-<time>/)",
+            f"run {run_dir} has nothing valid to resume from (its checkpoints do not verify: "
+            "see the warnings above); nothing was changed. Start it over with its own "
+            f"config: hookloop train --restart --run-dir {run_dir} (its files are moved to "
+            f"{run_dir}/previous-<time>/)",
         )
-    if args.config is None and (run_dir / "config.toml").is_file():
-        args.config = str(run_dir / "config.toml")
-    config = _checked_config(args)
+    config = _restart_config(args, run_dir, compare=not args.restart)
     aside = move_aside(run_dir)
+    why = "--restart" if args.restart else "killed before its first exact checkpoint"
     Journal(run_dir / "journal.jsonl").record(
-        "run_restarted", step=0, reason="--restart", echo=False, previous=str(aside)
+        "run_restarted", step=0, reason=why, echo=False, previous=str(aside)
     )
-    print(f"restarting {run_dir}: its previous files are in {aside}", flush=True)
+    if args.restart:
+        print(f"restarting {run_dir}: its previous files are in {aside}", flush=True)
+    else:
+        print(
+            f"run {run_dir} stopped before its first exact checkpoint: starting it again "
+            f"from step 0 with its own config; its earlier files are in {aside}",
+            flush=True,
+        )
     return RunPlan(run_dir=run_dir, config=config)
+
+
+def _before_first_exact_checkpoint(run_dir: Path) -> bool:
+    """Whether the run holds no checkpoint, or only valid ones that are not exact (one a
+    rank saved alone after an error): it stopped before its first exact checkpoint.
+    A checkpoint that does not verify makes this False: that run needs a person."""
+    from hookloop.checkpoint import CHECKPOINTS_DIR, inexact_reason, verify_checkpoint
+    from hookloop.errors import CheckpointError
+
+    folder = run_dir / CHECKPOINTS_DIR
+    found = [p for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
+    for path in found:
+        if path.name.startswith("."):  # a write or a swap in progress when it was killed
+            continue
+        try:
+            if inexact_reason(verify_checkpoint(path)) is None:
+                return False
+        except CheckpointError:
+            return False
+    return True
+
+
+def _restart_config(args: argparse.Namespace, run_dir: Path, *, compare: bool) -> dict[str, Any]:
+    """The config a run starts over with: `-c` when given, else its own `config.toml`, plus
+    `--set`. With `compare`, a difference from the run's own config in a key that a resume
+    may not change is refused: the same command must not silently start another run."""
+    from hookloop.lm.config import load_config
+    from hookloop.lm.resume import check_changes, config_changes
+
+    own = run_dir / "config.toml"
+    if args.config is None and own.is_file():
+        args.config = str(own)
+    config = _checked_config(args)
+    if compare and own.is_file() and Path(args.config).resolve() != own.resolve():
+        check_changes(config_changes(load_config(own), config), force=args.force)
+    return config
+
+
+def _finished(run_dir: Path, counters: dict[str, int], training: dict[str, Any]) -> str | None:
+    """The line saying that a checkpoint is already the end of its run, or None."""
+    steps, epochs = training["max_steps"], training["epochs"]
+    if steps and counters["step"] >= steps:
+        limit = f"step {counters['step']}, training.max_steps = {steps}"
+        more = f"--set training.max_steps={2 * steps}"
+    elif epochs and counters["epoch"] >= epochs:
+        limit = f"epoch {counters['epoch']}, training.epochs = {epochs}"
+        more = f"--set training.epochs={2 * epochs}"
+    else:
+        return None
+    return (
+        f"run {run_dir} already reached its end ({limit}); nothing to train. To train it "
+        f"further, resume with a larger limit, e.g. {more}"
+    )
 
 
 def _target(args: argparse.Namespace) -> Path | None:
@@ -142,15 +214,18 @@ def _looks_like_a_run(path: Path) -> bool:
 
 def _resume_config(
     args: argparse.Namespace, run_dir: Path, checkpoint: Path, world_size: int
-) -> dict[str, Any]:
-    from hookloop.checkpoint import verify_checkpoint
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The config to resume with (`-c`, else the run's own), checked against the one the
+    checkpoint recorded, and the checkpoint's state.json."""
+    from hookloop.checkpoint import inexact_reason, verify_checkpoint
     from hookloop.lm.resume import check_changes, check_global_batch, config_changes
 
     saved = verify_checkpoint(checkpoint)
-    if (run_dir / "config.toml").is_file():
-        args.config = str(run_dir / "config.toml")
-    else:  # the run's config.toml is gone: the checkpoint recorded the same config
-        args.config_table = saved["config"]
+    if args.config is None:  # else the job script's config, compared below
+        if (run_dir / "config.toml").is_file():
+            args.config = str(run_dir / "config.toml")
+        else:  # the run's config.toml is gone: the checkpoint recorded the same config
+            args.config_table = saved["config"]
     config = _checked_config(args)
     changes = check_global_batch(
         config_changes(saved["config"], config),
@@ -168,7 +243,9 @@ def _resume_config(
     )
     for line in lines:
         print(line, flush=True)
-    return config
+    if (why := inexact_reason(saved)) is not None:  # named explicitly: taken, but said
+        print(f"note: {checkpoint.name} is not exact ({why})", flush=True)
+    return config, saved
 
 
 def _checked_config(args: argparse.Namespace) -> dict[str, Any]:

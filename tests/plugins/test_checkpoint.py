@@ -105,10 +105,37 @@ def test_exception_saves_the_last_consistent_state_when_finite(make_engine, tmp_
     )
     with pytest.raises(RuntimeError, match="boom"):
         engine.fit(max_steps=5)
-    path = tmp_path / "checkpoints" / "step-00000002"
+    # Not exact (the generators moved on mid-step): kept under its own name, never step-N.
+    assert names(tmp_path) == []
+    path = tmp_path / "checkpoints" / "emergency-step-00000002"
     saved = ckpt.verify_checkpoint(path)
     assert saved["exact"] is False and saved["extra"]["reason"] == "exception: RuntimeError"
     assert saved["counters"]["micro_step"] == 4 and saved["counters"]["epoch_batch"] == 4
+    assert ckpt.inexact_reason(saved) == "saved in the middle of a step after an error"
+    # What --resume auto asks for passes it over, and says why.
+    skipped = []
+    assert ckpt.latest_valid_checkpoint(tmp_path) == path
+    assert ckpt.latest_valid_checkpoint(tmp_path, exact=True, skipped=skipped) is None
+    assert skipped == [(path, "saved in the middle of a step after an error")]
+
+
+def test_exception_between_steps_saves_an_exact_step_checkpoint(make_engine, tmp_path):
+    class Boom:
+        @hookimpl
+        def after_step(self, engine, state):
+            if state.step == 3:
+                raise KeyboardInterrupt  # not a plugin error: the loop lets it through
+
+    engine = make_engine(batches=20, run_dir=tmp_path, plugins=[Boom(), Checkpoint(every=0)])
+    with pytest.raises(KeyboardInterrupt):
+        engine.fit(max_steps=5)
+    saved = ckpt.verify_checkpoint(tmp_path / "checkpoints" / "step-00000003")
+    assert saved["exact"] is True and ckpt.inexact_reason(saved) is None
+    assert ckpt.latest_valid_checkpoint(tmp_path, exact=True) == saved_path(tmp_path, 3)
+
+
+def saved_path(run_dir, step):
+    return run_dir / "checkpoints" / f"step-{step:08d}"
 
 
 def test_no_emergency_save_of_non_finite_parameters(make_engine, tmp_path):
