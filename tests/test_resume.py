@@ -35,7 +35,7 @@ def test_changes_are_listed_by_dotted_key_and_classified():
         ("training.max_steps", True),
         ("training.seed", False),
     ]
-    with pytest.raises(ConfigError, match=r"changed training.seed is not safe.*--force"):
+    with pytest.raises(ConfigError, match=r"differs .*: training.seed \(1 in the run, 2 now\).*--force"):
         check_changes(changes, force=False)
     lines = check_changes(changes, force=True)
     assert lines[2] == "  training.max_steps: 100 -> 200  (applied)"
@@ -95,7 +95,8 @@ def test_train_resume_continues_exactly_and_checks_config_changes(
         "train", "--resume", "auto", "--run-dir", "b", "--set", "model.n_layers=2", cwd=tmp_path
     )
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
-    assert "changed model.n_layers is not safe" in refused.stderr
+    assert "the config differs from the run's in what defines the model" in refused.stderr
+    assert "model.n_layers (1 in the run, 2 now); nothing was changed" in refused.stderr
 
     resumed = hookloop_cli(
         "train", "--resume", "auto", "--run-dir", "b", "--set", "training.max_steps=8", cwd=tmp_path

@@ -53,13 +53,51 @@ def test_a_fresh_run_into_a_directory_holding_a_run_is_refused(trained, capsys):
     assert '"event": "run_refused"' in (trained / "journal.jsonl").read_text()
 
 
-def test_resume_uses_the_runs_own_config_and_refuses_c(trained, tmp_path, capsys):
-    (tmp_path / "other.toml").write_text("[model]\nn_layers = 3\n")
-    assert main(["train", "--resume", "auto", "--run-dir", "run", "-c", "other.toml"]) == 2
-    assert "drop -c" in capsys.readouterr().err
+def test_resume_uses_the_runs_own_config_without_c(trained, capsys):
     args = ["train", "--resume", "auto", "--run-dir", "run", "--set", "training.max_steps=3"]
     assert main([*args, "-p", "no:progress"]) == 0  # no --set for the model: the run's own
     assert "resuming run from step-00000002 (step 2)" in capsys.readouterr().out
+
+
+def test_resume_with_c_compares_it_to_the_runs_config(trained, tmp_path, capsys):
+    (tmp_path / "other.toml").write_text("[model]\nn_layers = 3\n")
+    before = _snapshot(trained)
+    assert main(["train", "--resume", "auto", "--run-dir", "run", "-c", "other.toml"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the config differs from the run's" in err
+    assert "model.n_layers (1 in the run, 3 now)" in err and "--force" in err
+    assert _snapshot(trained) == before
+
+    job = tmp_path / "job.toml"  # the job script's config: the run's own, byte for byte
+    job.write_text((trained / "config.toml").read_text())
+    args = ["train", "-c", "job.toml", "--resume", "auto", "--run-dir", "run"]
+    assert main([*args, "--set", "training.max_steps=3", "-p", "no:progress"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming run from step-00000002 (step 2); config changes:" in out
+    assert "training.max_steps: 2 -> 3  (applied)" in out
+
+
+def test_the_same_command_starts_resumes_and_then_says_the_run_has_ended(
+    tiny_lm_overrides, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD", "1")
+    (tmp_path / "job.toml").write_text("[training]\nmax_steps = 4\n")
+    command = ["train", "-c", "job.toml", "--resume", "auto", "--run-dir", "run"]
+    command += [*_sets(tiny_lm_overrides), "-p", "no:progress"]
+
+    assert main([*command, "--set", "training.max_steps=2"]) == 0  # a job cut short
+    assert "no run in run yet: starting a fresh run" in capsys.readouterr().out
+    assert main(command) == 0
+    assert "resuming run from step-00000002 (step 2)" in capsys.readouterr().out
+    weights = (tmp_path / "run/checkpoints/step-00000004/model.safetensors").read_bytes()
+    before = _snapshot(tmp_path / "run")
+    assert main(command) == 0  # requeued once more: nothing left to do
+    out = capsys.readouterr().out
+    assert "run run already reached its end (step 4, training.max_steps = 4)" in out
+    assert "--set training.max_steps=8" in out
+    assert _snapshot(tmp_path / "run") == before
+    assert (tmp_path / "run/checkpoints/step-00000004/model.safetensors").read_bytes() == weights
 
 
 def test_resume_from_a_checkpoints_recorded_config_when_config_toml_is_gone(trained, capsys):
@@ -146,18 +184,21 @@ def test_a_run_killed_before_its_first_checkpoint_restarts_with_its_own_config(
     before = _snapshot(run)
     rows = _rows(run / "metrics.csv")
 
-    refused = hookloop("train", "--resume", "auto", "--run-dir", "run")
-    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
-    assert "nothing valid to resume from" in refused.stderr
+    job = tmp_path / "job.toml"  # the job script's own config file
+    job.write_text((run / "config.toml").read_text())
+    relaunch = ["train", "-c", "job.toml", "--resume", "auto", "--run-dir", "run"]
+    changed = hookloop(*relaunch, "--set", "model.n_layers=3")
+    assert changed.returncode == 2 and changed.stderr.count("\n") == 1, changed.stderr
+    assert "the config differs from the run's" in changed.stderr
     assert _snapshot(run) == before  # no row lost, the config untouched
 
-    again = hookloop(
-        "train", "--resume", "auto", "--restart", "--run-dir", "run", "--set",
-        "training.max_steps=2", "-p", "no:progress",
-    )  # fmt: skip
+    again = hookloop(*relaunch, "--set", "training.max_steps=2", "-p", "no:progress")
     assert again.returncode == 0, again.stderr
+    assert "run run stopped before its first exact checkpoint: starting it again" in again.stdout
     (aside,) = run.glob("previous-*")
     assert _rows(aside / "metrics.csv") == rows  # every row of the killed run is kept
     old = (aside / "config.toml").read_text().replace("max_steps = 100000", "max_steps = 2")
     assert (run / "config.toml").read_text() == old  # its own config, not the default
     assert [r["step"] for r in _rows(run / "metrics.csv")] == ["1", "2"]
+    journal = (run / "journal.jsonl").read_text()
+    assert '"event": "run_restarted"' in journal and "before its first exact" in journal

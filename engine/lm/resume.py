@@ -147,7 +147,9 @@ def check_global_batch(
     force: bool,
 ) -> list[Change]:
     """Accept a `data.batch_size` change that keeps the global batch; refuse a global batch
-    that changes (also through the number of ranks alone) unless `force`.
+    that changes (also through the number of ranks alone) unless `force`. When other keys
+    that a resume may not change differ too, the changes are returned as they are, for
+    `check_changes` to name them all in one refusal.
 
     Args:
         changes: `config_changes(saved, config)`.
@@ -164,7 +166,8 @@ def check_global_batch(
             Change(c.key, c.old, c.new, accepted=True) if c.key == "data.batch_size" else c
             for c in changes
         ]
-    if not force:
+    others = [c for c in changes if not c.safe and c.key != "data.batch_size"]
+    if not force and not others:  # else check_changes names every unsafe key in one line
         hint = (
             f"set data.batch_size = {before // world} so it stays {before}"
             if before % world == 0
