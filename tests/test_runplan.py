@@ -5,6 +5,7 @@ first checkpoint loses nothing."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -202,3 +203,39 @@ def test_a_run_killed_before_its_first_checkpoint_restarts_with_its_own_config(
     assert [r["step"] for r in _rows(run / "metrics.csv")] == ["1", "2"]
     journal = (run / "journal.jsonl").read_text()
     assert '"event": "run_restarted"' in journal and "before its first exact" in journal
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stop_exits_128_plus_n_and_the_same_command_finishes_the_run(
+    tiny_lm_overrides, tmp_path, sig
+):
+    env = {**os.environ, "HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    (tmp_path / "job.toml").write_text("[plugins.checkpoint]\nevery = 2\n")
+    command = [sys.executable, "-m", "hookloop", "train", "-c", "job.toml", "--resume", "auto"]
+    command += ["--run-dir", "run", *_sets(tiny_lm_overrides), "-p", "no:progress"]
+    first = subprocess.Popen(
+        [*command, "--set", "training.max_steps=100000"], cwd=tmp_path, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    run = tmp_path / "run"
+    deadline = time.monotonic() + 120
+    while not ((run / "metrics.csv").is_file() and len(_rows(run / "metrics.csv")) >= 3):
+        assert time.monotonic() < deadline and first.poll() is None, first.communicate()
+        time.sleep(0.1)
+    first.send_signal(sig)
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == 128 + sig, out + err  # as a shell reports a signal
+    assert "Traceback" not in err
+    assert "run run stopped before its end; continue it with" in out
+    assert f"(exit status {128 + sig})" in out
+    stopped = max(int(r["step"]) for r in _rows(run / "metrics.csv"))
+    state = json.loads((run / "checkpoints" / f"step-{stopped:08d}" / "state.json").read_text())
+    assert state["exact"] is True and state["counters"]["step"] == stopped
+
+    again = subprocess.run(
+        [*command, "--set", f"training.max_steps={stopped + 2}"],
+        cwd=tmp_path, env=env, text=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"resuming run from step-{stopped:08d} (step {stopped})" in again.stdout

@@ -163,10 +163,13 @@ def test_sigusr1_to_one_rank_saves_one_checkpoint_at_one_step_and_resume_auto_co
     workdir,
 ):
     """SLURM's warning signal reaching only rank 1: both ranks stop at the same step, rank 0
-    writes one checkpoint of the 2-rank state, the run exits 0, and `--resume auto` goes on."""
+    writes one checkpoint of the 2-rank state, every rank exits 128 + SIGUSR1 (so torchrun
+    fails, and a retry loop runs the job again), and `--resume auto` goes on."""
     args = ["train", *TINY, "--set", f"data.batch_size={B}", "--run-dir", "preempted"]
     proc, out, err = signal_rank_1_after_a_checkpoint(workdir, args, signal.SIGUSR1)
-    assert proc.returncode == 0, out + err
+    assert proc.returncode != 0, out + err
+    assert f"exitcode  : {128 + signal.SIGUSR1}" in err, err
+    assert "run preempted stopped before its end; continue it with" in out
     assert err.count("received SIGUSR1") == 1, err  # only rank 1 got it
     run = workdir / "preempted"
     journal = [json.loads(x) for x in (run / "journal.jsonl").read_text().splitlines()]
@@ -179,6 +182,91 @@ def test_sigusr1_to_one_rank_saves_one_checkpoint_at_one_step_and_resume_auto_co
     target = entry["step"] + 3
     ok(torchrun(*args, "--resume", "auto", "--set", f"training.max_steps={target}", cwd=workdir))
     assert max(losses(run)) == target and last_step(latest_valid_checkpoint(run)) == target
+
+
+KILL_STEPS = 300
+
+
+def test_sigkill_of_either_rank_at_random_moments_then_the_same_command_ends_bitwise(workdir):
+    """The relaunch command of a job script, `-c job.toml --resume auto`, run again after
+    each SIGKILL of rank 0 or rank 1 at a random moment (before the first checkpoint, mid
+    step, mid write): the run ends with the weights of an uninterrupted one, bit for bit.
+    HOOKLOOP_KILLS sets how many kills (default 2: one of each rank)."""
+    kills = int(os.environ.get("HOOKLOOP_KILLS", "2"))
+    (workdir / "job.toml").write_text(f"[training]\nmax_steps = {KILL_STEPS}\n")
+    job = ["train", "-c", "job.toml", "--resume", "auto", *TINY, "--set", f"data.batch_size={B}"]
+    ok(torchrun(*job, "--run-dir", "kill-ref", cwd=workdir))
+
+    tally = kill_loop(workdir, [*job, "--run-dir", "killed"], kills=kills, seed=kills)
+    print(f"kills: {tally}")  # the closing figures of a long loop: pytest -s HOOKLOOP_KILLS=10
+    assert tally["rank 0"] + tally["rank 1"] >= min(kills, 2), tally
+    finished = ok(torchrun(*job, "--run-dir", "killed", cwd=workdir))
+    assert "already reached its end" in finished or "done:" in finished
+    run = workdir / "killed"
+    for emergency in (run / "checkpoints").glob("emergency-*"):  # what a dying job saved
+        state = json.loads((emergency / "state.json").read_text())
+        assert state["exact"] is False, emergency  # kept for inspection, never resumed
+    straight, resumed = weights(workdir / "kill-ref", KILL_STEPS), weights(run, KILL_STEPS)
+    assert straight.keys() == resumed.keys()
+    for k in straight:
+        assert torch.equal(straight[k], resumed[k]), k
+
+
+def kill_loop(workdir: Path, args: list[str], *, kills: int, seed: int) -> dict[str, int]:
+    """Launch the 2-rank job `hookloop ARGS` `kills` times, SIGKILLing rank 0 and rank 1 in
+    turn once it reaches a random step (plus a random fraction of a step); how many kills
+    hit each rank, a checkpoint write in progress, and a job that had ended first."""
+    import random
+
+    rng = random.Random(seed)
+    run = workdir / args[args.index("--run-dir") + 1]
+    tally = {"rank 0": 0, "rank 1": 0, "checkpoint write": 0, "already ended": 0}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    env = {**os.environ, "HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1"}
+    for i in range(kills):
+        rank, launched = i % 2, time.time()
+        target = rng.randint(1, KILL_STEPS - 20) if rng.random() > 0.2 else 0  # 0: starting up
+        proc = subprocess.Popen(
+            [*cmd, "2", "-m", "hookloop", *args], cwd=workdir, env=env, text=True,
+            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while proc.poll() is None and not _reached(run, target, since=launched):
+                assert time.monotonic() < deadline, "the job never reached the step"
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0, 0.05) if target else rng.uniform(0, 2))
+            pid = None
+            while pid is None and proc.poll() is None:
+                pid = _worker_pids(proc.pid).get(rank)
+            if pid is None:
+                out, err = proc.communicate(timeout=60)
+                assert proc.returncode == 0, out + err  # it ended, and ended well
+                tally["already ended"] += 1
+            else:
+                os.kill(pid, signal.SIGKILL)
+                tally[f"rank {rank}"] += 1
+                folder = run / "checkpoints"
+                if folder.is_dir() and any(p.name.startswith(".") for p in folder.iterdir()):
+                    tally["checkpoint write"] += 1
+            proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+    return tally
+
+
+def _reached(run: Path, step: int, *, since: float) -> bool:
+    """Whether this launch of the job (its metrics.csv written after `since`) logged
+    `step`; tolerates a row being written."""
+    try:
+        if (run / "metrics.csv").stat().st_mtime < since:
+            return False
+        rows = (run / "metrics.csv").read_text().splitlines()[1:]
+        return max((int(r.split(",", 1)[0]) for r in rows if r[:1].isdigit()), default=0) >= step
+    except (OSError, ValueError):
+        return False
 
 
 def test_eval_under_two_ranks_shards_the_batches_and_equals_one_process(workdir):
@@ -251,6 +339,15 @@ def last_step(path: Path) -> int:
 
 def _worker_pid(agent: int, *, rank: int) -> int:
     """The pid of torchrun worker `rank` under the agent process `agent` (from /proc)."""
+    pid = _worker_pids(agent).get(rank)
+    if pid is None:
+        raise AssertionError(f"no worker of rank {rank} under torchrun pid {agent}")
+    return pid
+
+
+def _worker_pids(agent: int) -> dict[int, int]:
+    """The pids of the torchrun workers under the agent process `agent`, by rank (/proc)."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -259,9 +356,10 @@ def _worker_pid(agent: int, *, rank: int) -> int:
             environ = (entry / "environ").read_bytes().split(b"\0")
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == agent and f"RANK={rank}".encode() in environ:
-            return int(entry.name)
-    raise AssertionError(f"no worker of rank {rank} under torchrun pid {agent}")
+        ranks = [v[5:] for v in environ if v.startswith(b"RANK=")]
+        if ppid == agent and ranks and ranks[0].isdigit():
+            found[int(ranks[0])] = int(entry.name)
+    return found
 
 
 NAN_SCRIPT = '''
