@@ -136,20 +136,48 @@ def parse(page: Path) -> tuple[list[Block], str | None]:
 
 
 def commands(block: Block) -> list[tuple[list[str], list[str]]]:
-    """The `hookloop` commands of a block, each with the output lines shown after it."""
+    """The `hookloop` commands of a block, each with the output lines shown after it.
+
+    A command is `hookloop ARGS` (or `.../bin/hookloop`), or `torchrun ... -m hookloop ARGS`
+    (`["torchrun", *ARGS]`), at the start of a shell command: of a line, after `;`, `&&`,
+    `||` or `|`, or after `do`, `then`, `until`, `while`, `if`, `time` or `srun`. Lines
+    continued with a backslash are joined first."""
     found: list[tuple[list[str], list[str]]] = []
     prompt = block.lang == "text" or any(ln.startswith("$ ") for ln in block.text.splitlines())
-    for line in block.text.splitlines():
+    for line in block.text.replace("\\\n", " ").splitlines():
         stripped = line.strip()
         if prompt and not stripped.startswith("$ "):
             if found:
                 found[-1][1].append(line)
             continue
         stripped = stripped.removeprefix("$ ")
-        for part in stripped.split("&&"):
-            words = shlex.split(part, comments=True)
-            if words and (words[0] == "hookloop" or words[0].endswith("/bin/hookloop")):
-                found.append((words[1:], []))
+        found += [(words, []) for words in _shell_commands(stripped)]
+    return found
+
+
+LEADS = {"do", "then", "until", "while", "if", "time", "srun", "!"}
+SEPARATORS = {";", "&&", "||", "|", "&", ";;"}
+
+
+def _shell_commands(line: str) -> list[list[str]]:
+    """The hookloop (and torchrun ... -m hookloop) commands in one line of shell."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")
+    lexer.whitespace_split, lexer.commenters = True, "#"
+    segment: list[str] = []
+    found: list[list[str]] = []
+    for token in [*lexer, ";"]:
+        if token not in SEPARATORS:
+            segment.append(token)
+            continue
+        while segment and segment[0] in LEADS:
+            segment = segment[1:]
+        if segment and (segment[0] == "hookloop" or segment[0].endswith("/bin/hookloop")):
+            found.append(segment[1:])
+        elif segment and segment[0] == "torchrun" and "hookloop" in segment:
+            at = segment.index("hookloop")
+            assert segment[at - 1] == "-m", f"torchrun without -m hookloop: {line}"
+            found.append(["torchrun", *segment[at + 1 :]])
+        segment = []
     return found
 
 
@@ -158,6 +186,7 @@ def normalise(line: str, tmp: Path, *, exact: bool) -> str:
     line = line.replace(str(tmp) + "/", "").replace(str(tmp), ".")
     line = re.sub(r"\S*/\.cache/hookloop/", "CACHE/", line)
     line = re.sub(r"~/\.cache/hookloop/", "CACHE/", line)
+    line = re.sub(r"\S*/home\d*/cache/", "CACHE/", line)  # the docs test's HOOKLOOP_CACHE
     line = RUN_NAME.sub("runs/RUN", line)
     line = re.sub(r"\d\d:\d\d:\d\d", "TIME", line)
     line = re.sub(
@@ -242,7 +271,8 @@ class Page:
                 self.toml(block)
 
     def command(self, words: list[str], shown: list[str], block: Block, where: str) -> None:
-        words = [self.substitute(w) for w in words]
+        launcher = words[:1] if words[:1] == ["torchrun"] else []
+        words = [self.substitute(w) for w in words[len(launcher) :]]
         argv = [sys.executable, "-m", "hookloop", *words]
         sub = next((w for w in words if not w.startswith("-")), "")
         if sub in TRAINS and "--help" not in words:
@@ -250,10 +280,15 @@ class Page:
             if sub == "doctor":  # trains nothing itself: keep the run's length and schedule
                 shorten = [o for o in shorten if not o.startswith(KEEP_FOR_DOCTOR)]
             argv += [arg for item in shorten for arg in ("--set", item)]
-        result = self.run_hookloop(argv[3:], cwd=self.cwd, env=self.env, timeout=300, merge=True)
+        if launcher:
+            result = torchrun(argv[3:], cwd=self.cwd, env=self.env)
+        else:
+            result = self.run_hookloop(
+                argv[3:], cwd=self.cwd, env=self.env, timeout=300, merge=True
+            )
         output = result.stdout
         shows_error = any(": error: " in ln for ln in shown)
-        title = f"{where}: `hookloop {shlex.join(words)}`"
+        title = f"{where}: `{' '.join([*launcher, 'hookloop'])} {shlex.join(words)}`"
         assert "Traceback (most recent call last)" not in output, f"{title}:\n{output}"
         if shows_error:
             assert result.returncode != 0, f"{title} should fail as shown:\n{output}"
@@ -315,6 +350,29 @@ class Page:
         named = re.match(r"#\s*(\S+\.toml)\s*$", block.text.splitlines()[0] if block.text else "")
         if named:
             (self.cwd / named[1]).write_text(block.text + "\n", encoding="utf-8")
+
+
+def torchrun(args: list[str], *, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`hookloop ARGS` under torchrun as the page shows it, made to fit a CPU host: 2 ranks,
+    one machine, gloo (the page's own torchrun options name GPUs, nodes and a rendezvous).
+    The whole process group is killed if it outlives the timeout."""
+    import signal
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    environ = {**env, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [*cmd, "2", "-m", "hookloop", *args], cwd=cwd, env=environ, text=True,
+        start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        out, _ = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(
+            f"torchrun hookloop {shlex.join(args)} hung past 180 s:\n{out}"
+        ) from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out)
 
 
 def _is_prompt(block: Block) -> bool:

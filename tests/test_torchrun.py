@@ -214,8 +214,9 @@ def test_sigkill_of_either_rank_at_random_moments_then_the_same_command_ends_bit
 
 def kill_loop(workdir: Path, args: list[str], *, kills: int, seed: int) -> dict[str, int]:
     """Launch the 2-rank job `hookloop ARGS` `kills` times, SIGKILLing rank 0 and rank 1 in
-    turn once it reaches a random step (plus a random fraction of a step); how many kills
-    hit each rank, a checkpoint write in progress, and a job that had ended first."""
+    turn while it starts up or once it has gone a random 1 to 25 steps past the checkpoint
+    it resumed from (plus a random fraction of a step); how many kills hit each rank, a
+    checkpoint write in progress, and a job that had ended first."""
     import random
 
     rng = random.Random(seed)
@@ -225,7 +226,9 @@ def kill_loop(workdir: Path, args: list[str], *, kills: int, seed: int) -> dict[
     env = {**os.environ, "HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1"}
     for i in range(kills):
         rank, launched = i % 2, time.time()
-        target = rng.randint(1, KILL_STEPS - 20) if rng.random() > 0.2 else 0  # 0: starting up
+        exact = latest_valid_checkpoint(run, exact=True) if run.is_dir() else None
+        start = last_step(exact) if exact is not None else 0  # where this launch goes on from
+        target = start + rng.randint(1, 25) if rng.random() > 0.2 else 0  # 0: starting up
         proc = subprocess.Popen(
             [*cmd, "2", "-m", "hookloop", *args], cwd=workdir, env=env, text=True,
             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
