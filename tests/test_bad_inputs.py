@@ -220,6 +220,7 @@ TRAIN = ["train", "--run-dir", "new", "--set", "data.path=data", *_sets(TINY)]
 RESUME = ["train", "--resume", "auto", "--run-dir", "run"]
 EVAL = ["eval", "--run", "run", "--max-batches", "1"]
 SAMPLE = ["sample", "--run", "run", "--max-new-tokens", "2"]
+EXPORT = ["export", "run", "--format", "hf", "--out"]
 
 ROWS = [
     # --- --set values: type and range, before anything is created ---------------------------
@@ -302,6 +303,17 @@ ROWS = [
     Row("sample-run-is-a-file", ["sample", "--run", "data/meta.json"], "is not a run directory", "no config.toml"),
     Row("verify-resume-one-step", ["verify-resume", "--steps", "1"], "--steps must be at least 2", "got 1"),
     Row("verify-resume-no-device", ["verify-resume", "--set", "training.device=cuda:63"], "training.device 'cuda:63'", "use auto, cpu"),
+    # --- export: --out never writes into what it must not ------------------------------------
+    Row("export-out-is-the-run", [*EXPORT, "run"], "--out run is the run being exported", "pick a new or empty directory"),
+    Row("export-out-inside-the-run", [*EXPORT, "run/checkpoints"], "is inside the run being exported (run)", "pick a new or empty directory"),
+    Row("export-out-contains-the-run", [*EXPORT, "."], "contains the run being exported", "pick a new or empty directory", subprocess=True),
+    Row("export-out-another-run", [*EXPORT, "other"], "--out other is a run directory (it holds", "pick a new or empty directory", lambda w: shutil.copytree(w / "run", w / "other")),
+    Row("export-out-a-checkpoint", [*EXPORT, "ckpt"], "--out ckpt is a checkpoint directory", "pick a new or empty directory", lambda w: shutil.copytree(w / CKPT, w / "ckpt")),
+    Row("export-out-prepared-data", [*EXPORT, "data"], "--out data is a prepared data directory", "pick a new or empty directory"),
+    Row("export-out-a-file", [*EXPORT, "data/meta.json"], "--out data/meta.json is a file, not a directory", "pick a new or empty directory", subprocess=True),
+    Row("export-out-under-a-file", [*EXPORT, "data/meta.json/hf"], "is under data/meta.json, which is a file", "pick a new or empty directory"),
+    Row("export-out-other-files", [*EXPORT, "notes"], "not empty and not an earlier export (it holds todo.txt)", "pick a new or empty directory", write("notes/todo.txt", "keep me")),
+    Row("export-out-export-plus-a-file", [*EXPORT, "hf"], "not an earlier export (it holds README.md)", "pick a new or empty directory", lambda w: [write(f"hf/{n}", "x")(w) for n in ("config.json", "model.safetensors", "README.md")]),
     # --- plugins -------------------------------------------------------------------------------
     Row("plugin-raises-at-import", TRAIN, "plugin 'broken' from broken-plugin 0.1 could not be imported (RuntimeError: boom at import)", "-p no:broken", broken_plugin, subprocess=True, env={"PYTHONPATH": "site", "HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD": ""}),
 ]  # fmt: skip

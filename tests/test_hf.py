@@ -115,6 +115,89 @@ def test_a_bias_free_model_exports_zero_biases(tmp_path):
     assert all(not state[k].any() for k in biases)
 
 
+def _run_and_neighbours(root):
+    """A run with a checkpoint, prepared data beside it, and an earlier export: as files only
+    (the target check reads names, not contents)."""
+    for rel in [
+        "runs/r/config.toml",
+        "runs/r/tokenizer.json",
+        "runs/r/journal.jsonl",
+        "runs/r/checkpoints/latest",
+        "runs/r/checkpoints/step-00000002/state.json",
+        "runs/r/checkpoints/step-00000002/model.safetensors",
+        "data/meta.json",
+        "data/train.bin",
+        "data/val.bin",
+        "data/tokenizer.json",
+        "old/config.json",
+        "old/model.safetensors",
+        "old/tokenizer.json",
+        "old/.model.safetensors.tmp-123-abcd1234",  # an interrupted export's leftover
+        "notes/todo.txt",
+        "only-config/config.json",
+    ]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("x")
+    (root / "empty").mkdir()
+    return root / "runs" / "r"
+
+
+@pytest.mark.parametrize("out", ["new/deeper/hf", "empty", "old", "runs/hf"])
+def test_export_may_write_a_new_or_empty_directory_or_an_earlier_export(tmp_path, out):
+    from hookloop.lm.export_target import check_export_target
+
+    check_export_target(tmp_path / out, run_dir=_run_and_neighbours(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        ("runs/r", "is the run being exported"),
+        ("runs/r/checkpoints", "is inside the run being exported"),
+        ("runs/r/hf", "is inside the run being exported"),
+        ("runs", "contains the run being exported"),
+        ("link-to-run", "is the run being exported"),  # links are followed
+        ("runs/r/checkpoints/step-00000002", "is inside the run being exported"),
+        ("copy-of-run", "is a run directory (it holds checkpoints, config.toml, journal.jsonl)"),
+        ("copy-of-run/checkpoints", "is a checkpoint directory"),
+        ("copy-of-run/checkpoints/step-00000002", "is a checkpoint directory"),
+        ("data", "is a prepared data directory (it holds meta.json, train.bin, val.bin)"),
+        ("data/meta.json", "is a file, not a directory"),
+        ("data/meta.json/hf", "is under"),
+        ("dangling", "is a file, not a directory"),
+        ("notes", "is not empty and not an earlier export (it holds todo.txt)"),
+        ("half-export", "not an earlier export (it holds model.safetensors)"),
+        ("only-config", "not an earlier export (it holds config.json)"),  # no weights
+    ],
+)
+def test_export_refuses_to_write_into_what_it_must_not(tmp_path, out, message):
+    import shutil
+
+    from hookloop.errors import ConfigError
+    from hookloop.lm.export_target import check_export_target
+
+    run_dir = _run_and_neighbours(tmp_path)
+    shutil.copytree(run_dir, tmp_path / "copy-of-run")
+    (tmp_path / "link-to-run").symlink_to(run_dir)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "half-export").mkdir()
+    (tmp_path / "half-export" / "model.safetensors").mkdir()  # a folder under an export's name
+    (tmp_path / "half-export" / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="pick a new or empty directory") as caught:
+        check_export_target(tmp_path / out, run_dir=run_dir)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_export_of_a_checkpoint_into_its_own_run_is_refused_and_changes_nothing(tmp_path, capsys):
+    run_dir = trained_run(tmp_path, "byte")
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    checkpoint = run_dir / "checkpoints" / checkpoint_name(2)
+    assert main(["export", str(checkpoint), "--out", str(run_dir)]) == 2
+    assert "is the run being exported" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
 def random_gpt2(directory, activation="gelu_new"):
     torch.manual_seed(0)
     config = transformers.GPT2Config(

@@ -66,6 +66,77 @@ def test_a_batch_is_a_pure_function_of_seed_and_step_so_resumes_are_exact(corpor
     assert len(mixture(corpora, weights)) == (4999 // 8 * 2) // 4  # the windows' worth
 
 
+@pytest.fixture
+def varied(tmp_path):
+    """Two byte-level corpora whose windows tell both the source and the offset apart."""
+    texts = {"a": "abcdefghijklmnopqrstuvw", "b": "0123456789ABCDEFGHIJKLMNOPQRSTU"}
+    dirs = {}
+    for name, period in texts.items():
+        dirs[name] = tmp_path / f"varied-{name}"
+        prepare_texts(period * 200, period * 30, dirs[name], tokenizer="byte")
+    return dirs
+
+
+def ranked(corpora, *, batch_size, rank=0, world_size=1, batches_per_epoch=0):
+    sources = {
+        name: TokenDataset(
+            corpora[name] / "train.bin",
+            seq_len=8,
+            batch_size=batch_size,
+            rank=rank,
+            world_size=world_size,
+        )
+        for name in ("a", "b")
+    }
+    weights = {"a": 0.6, "b": 0.4}
+    return MixtureDataset(sources, weights, batches_per_epoch=batches_per_epoch, seed=5)
+
+
+@pytest.mark.parametrize("batches_per_epoch", [0, 7])
+def test_two_ranks_read_slices_of_the_one_rank_batch_of_twice_the_size(varied, batches_per_epoch):
+    """2 ranks x B read, batch for batch and in rank order, the rows 1 rank x 2B reads, from
+    the start and from a resumed position; an epoch is counted in global batches on both."""
+    one = ranked(varied, batch_size=6, batches_per_epoch=batches_per_epoch)
+    ranks = [
+        ranked(varied, batch_size=3, rank=r, world_size=2, batches_per_epoch=batches_per_epoch)
+        for r in (0, 1)
+    ]
+    windows = sum(ds.num_windows for ds in one.sources.values())
+    assert len(one) == len(ranks[0]) == len(ranks[1]) == (batches_per_epoch or windows // 6)
+    for epoch, start in ((0, 0), (1, 2)):
+        whole = list(one.iter_epoch(epoch, start))
+        parts = [list(d.iter_epoch(epoch, start)) for d in ranks]
+        assert len(whole) == len(parts[0]) == len(parts[1]) == len(one) - start
+        for (x, y), (x0, y0), (x1, y1) in zip(whole, *parts, strict=True):
+            assert x0.shape == x1.shape == (3, 8)
+            assert torch.equal(x, torch.cat([x0, x1])) and torch.equal(y, torch.cat([y0, y1]))
+    # the ranks read different rows (identical batches on every rank were the bug)
+    firsts = [next(iter(d)) for d in ranks]
+    assert not torch.equal(firsts[0][0], firsts[1][0])
+
+
+def test_a_rank_resumes_its_own_rows_exactly(varied):
+    def rank1():
+        return ranked(varied, batch_size=3, rank=1, world_size=2, batches_per_epoch=7)
+
+    straight = [b for epoch in range(2) for b in rank1().iter_epoch(epoch)]
+    resumed = list(rank1().iter_epoch(0, 4)) + list(rank1().iter_epoch(1, 0))
+    assert len(resumed) == len(straight) - 4
+    for (x, y), (u, v) in zip(straight[4:], resumed, strict=True):
+        assert torch.equal(x, u) and torch.equal(y, v)
+
+
+def test_sources_read_with_different_ranks_or_batches_are_refused(varied):
+    path = varied["a"] / "train.bin"
+    for other in [dict(batch_size=4), dict(batch_size=3, rank=1, world_size=2)]:
+        sources = {
+            "a": TokenDataset(path, seq_len=8, batch_size=3),
+            "b": TokenDataset(path, seq_len=8, **other),
+        }
+        with pytest.raises(ConfigError, match="one seq_len, batch_size, rank and world_size"):
+            MixtureDataset(sources, {"a": 1, "b": 1})
+
+
 def test_check_sources():
     ok = check_sources([{"path": "data/x", "weight": 2}, {"path": "other/x", "name": "y"}])
     assert ok == [

@@ -127,6 +127,35 @@ def test_two_ranks_train_one_run_equal_to_one_rank_with_twice_the_batch(workdir,
     assert all(abs(val[s] - ref_val[s]) <= 1e-5 * ref_val[s] for s in val), (val, ref_val)
 
 
+def test_a_mixture_on_two_ranks_equals_one_rank_with_twice_the_batch(workdir):
+    """`data.sources` under torchrun: each rank trains on its slice of one global batch, so
+    2 ranks x B train what 1 rank x 2B trains (rather than the same rows on every rank)."""
+    (workdir / "other.txt").write_text(
+        "".join(f"def f{i}(x): return x * {i}\n" for i in range(400))
+    )
+    sources = 'data.sources=[{path = "mix-a", weight = 0.7}, {path = "mix-b", weight = 0.3}]'
+    args = ["train", *TINY, "--set", 'data.path=""', "--set", sources]
+    args += ["--set", "training.max_steps=10"]
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        for text, out in (("input.txt", "mix-a"), ("other.txt", "mix-b")):
+            assert main(["prepare", text, "--out", out, "--tokenizer", "byte"]) == 0
+        single = [*args, "--set", f"data.batch_size={2 * B}", "--run-dir", "mix-ref"]
+        assert main(single) == 0
+    finally:
+        os.chdir(cwd)
+    ok(torchrun(*args, "--set", f"data.batch_size={B}", "--run-dir", "mix-2", cwd=workdir))
+    assert verify_checkpoint(workdir / "mix-2" / "checkpoints" / "step-00000010")["world_size"] == 2
+    assert_close(workdir / "mix-2", workdir / "mix-ref", steps=range(1, 11))
+    with open(workdir / "mix-2" / "metrics.csv") as f:
+        (two,) = [r for r in csv.DictReader(f) if r["val_loss"]]
+    with open(workdir / "mix-ref" / "metrics.csv") as f:
+        (one,) = [r for r in csv.DictReader(f) if r["val_loss"]]
+    for key in ("val_loss", "val_loss/mix-a", "val_loss/mix-b"):  # sharded, summed: equal
+        assert abs(float(two[key]) - float(one[key])) <= 1e-5 * float(one[key]), (key, two, one)
+
+
 def test_killed_rank_ends_the_job_and_resumes_bitwise_on_two_and_close_on_one(workdir):
     """A rank SIGKILLed mid-run: torchrun exits non-zero, the last checkpoint verifies;
     resumed on 2 ranks it ends bitwise where a straight 2-rank run ends; resumed on 1 rank

@@ -265,7 +265,8 @@ def export_hf(
         tokenizer: The run's tokenizer.
         tokenizer_file: The run's `tokenizer.json` (copied as `hookloop_tokenizer.json`).
         out: The directory to write (created; existing files of the same names replaced,
-            and an earlier export's `tokenizer.json` removed when this one has none).
+            and an earlier export's `tokenizer.json` removed when this one has none). The
+            caller first checks it with `hookloop.lm.export_target.check_export_target`.
 
     Returns:
         The files written.

@@ -12,6 +12,13 @@ of batch `b` of epoch `e` come from a generator seeded by `(seed, e * batches_pe
 alone, so a batch is a pure function of the seed and the step: a resumed run continues with
 exactly the batches an uninterrupted one would have read, and nothing is replayed.
 
+Under several processes (`world_size > 1`) `batch_size` is per rank, as for one prepared
+directory (`hookloop.lm.data`): each batch is drawn as one global batch of
+`world_size * batch_size` rows, exactly as one process with that batch size draws it, and
+rank `r` reads rows `[r*B, (r+1)*B)` of it. So 2 ranks with batch B read exactly the windows
+1 rank with batch 2B reads, batch for batch, and an epoch (all sources' windows over the
+global batch) has the same length on both.
+
 All sources must share one tokenizer (the same `tokenizer.json`). Validation reads each
 source's `val.bin`; `SourceLosses` reports each source's loss as `val_loss/<name>`.
 """
@@ -47,10 +54,17 @@ class MixtureDataset:
     """Batches `(inputs, targets)` whose rows come from several token files by weight.
 
     Args:
-        sources: Name to a random-sampling `TokenDataset` of each source's training split.
+        sources: Name to a `TokenDataset` of each source's training split; they share
+            `seq_len`, `batch_size` (per rank), `rank` and `world_size`, which the mixture
+            takes from them.
         weights: Name to its weight (any positive numbers; they are normalised).
-        batches_per_epoch: Batches per epoch; 0 = all sources' windows' worth.
+        batches_per_epoch: Batches per epoch; 0 = all sources' windows' worth of global
+            batches, `windows // (batch_size * world_size)`.
         seed: With the step, determines every batch.
+
+    Raises:
+        ConfigError: a source without a weight, a weight that is not > 0, or sources that
+            disagree on `seq_len`, `batch_size`, `rank` or `world_size`.
     """
 
     def __init__(
@@ -70,9 +84,18 @@ class MixtureDataset:
             raise ConfigError("data.sources: every weight must be > 0")
         self.probabilities = w / w.sum()
         first = next(iter(self.sources.values()))
+        shape = (first.seq_len, first.batch_size, first.rank, first.world_size)
+        if any((d.seq_len, d.batch_size, d.rank, d.world_size) != shape for d in sources.values()):
+            raise ConfigError(
+                "data.sources: every source must be read with one seq_len, batch_size, rank "
+                "and world_size"
+            )
         self.batch_size, self.seq_len, self.seed = first.batch_size, first.seq_len, seed
+        self.rank, self.world_size = first.rank, first.world_size
+        self.global_batch_size = first.global_batch_size
+        """Rows in one batch over every rank together."""
         windows = sum(ds.num_windows for ds in self.sources.values())
-        self.batches_per_epoch = batches_per_epoch or max(1, windows // self.batch_size)
+        self.batches_per_epoch = batches_per_epoch or max(1, windows // self.global_batch_size)
         self.num_tokens = sum(ds.num_tokens for ds in self.sources.values())
 
     def __len__(self) -> int:
@@ -90,14 +113,18 @@ class MixtureDataset:
             yield self.batch(epoch * self.batches_per_epoch + b)
 
     def choose(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The source index and the uniform draw in [0, 1) of every row of batch `step`."""
+        """The source index and the uniform draw in [0, 1) of every row of global batch
+        `step` (`global_batch_size` rows, the same on every rank)."""
         g = step_generator(self.seed, step)
-        rows = torch.multinomial(self.probabilities, self.batch_size, replacement=True, generator=g)
-        return rows, torch.rand(self.batch_size, generator=g, dtype=torch.float64)
+        n = self.global_batch_size
+        rows = torch.multinomial(self.probabilities, n, replacement=True, generator=g)
+        return rows, torch.rand(n, generator=g, dtype=torch.float64)
 
     def batch(self, step: int) -> Batch:
-        """Batch number `step` (counted across epochs)."""
+        """This rank's rows of batch number `step` (counted across epochs)."""
         rows, uniform = self.choose(step)
+        mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        rows, uniform = rows[mine], uniform[mine]
         inputs = torch.empty(self.batch_size, self.seq_len, dtype=torch.int64)
         targets = torch.empty_like(inputs)
         for i, name in enumerate(self.names):
