@@ -250,7 +250,7 @@ def kill_loop(workdir: Path, args: list[str], *, kills: int, seed: int) -> dict[
 
     rng = random.Random(seed)
     run = workdir / args[args.index("--run-dir") + 1]
-    tally = {"rank 0": 0, "rank 1": 0, "checkpoint write": 0, "already ended": 0}
+    tally = {"rank 0": 0, "rank 1": 0, "starting up": 0, "checkpoint write": 0, "already ended": 0}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
     env = {**os.environ, "HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1"}
     for i in range(kills):
@@ -278,6 +278,7 @@ def kill_loop(workdir: Path, args: list[str], *, kills: int, seed: int) -> dict[
             else:
                 os.kill(pid, signal.SIGKILL)
                 tally[f"rank {rank}"] += 1
+                tally["starting up"] += not _reached(run, start + 1, since=launched)
                 folder = run / "checkpoints"
                 if folder.is_dir() and any(p.name.startswith(".") for p in folder.iterdir()):
                     tally["checkpoint write"] += 1
