@@ -20,10 +20,10 @@ import torch
 from hookloop.batches import count_tokens as default_count_tokens
 from hookloop.batches import epoch_batches, epoch_complete, move_to, step_groups
 from hookloop.dispatch import HookDispatcher
-from hookloop.distributed import StopAgreement, global_mean, no_sync
+from hookloop.distributed import StopAgreement, global_mean, rank_and_world
 from hookloop.errors import ConfigError, DataError, PluginError
 from hookloop.evaluation import mean_loss
-from hookloop.execution import distributed_rank, model_device, prepare_execution
+from hookloop.execution import model_device, prepare_execution
 from hookloop.journal import Journal
 from hookloop.loading import (
     LoadedPlugin,
@@ -105,7 +105,7 @@ class Engine:
         """The `max_steps` of the current `fit()` call, for schedules and progress."""
         self.max_epochs: int | None = None
         """The `epochs` of the current `fit()` call."""
-        self.rank, self.world_size = distributed_rank()
+        self.rank, self.world_size = rank_and_world()
         self.is_main_process = self.rank == 0
         self.run_dir = Path(run_dir) if run_dir is not None else None
         if self.run_dir is not None and self.is_main_process:
@@ -128,6 +128,7 @@ class Engine:
         """What the forward goes through (DDP/compile); `model` is what checkpoints save."""
         self.scaler = execution.scaler
         self._autocast = execution.autocast
+        self._no_sync = execution.no_sync
         self._unscaled = False
         self._found_inf: torch.Tensor | None = None  # skip_update_if() of this step
         # Speed only (benchmarks/overhead.py): no context managers per micro-batch when
@@ -312,7 +313,7 @@ class Engine:
         else:
             # DDP all-reduces gradients on every backward unless told not to: only the last
             # micro-batch of a step needs it.
-            with no_sync(self.train_model, last=last), self._autocast():
+            with self._no_sync(last), self._autocast():
                 loss = self.loss_fn(self.train_model, batch)
         scaled = loss / n if n > 1 else loss
         if self.scaler is not None:

@@ -16,7 +16,7 @@ import torch
 
 from hookloop.errors import ConfigError
 
-__all__ = ["PRECISIONS", "Execution", "distributed_rank", "model_device", "prepare_execution"]
+__all__ = ["PRECISIONS", "Execution", "model_device", "prepare_execution"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -34,6 +34,9 @@ class Execution:
     """The fp16 loss scaler; None in fp32 and bf16."""
     plain: bool
     """No autocast and no DDP: the loop may call the loss without any context manager."""
+    no_sync: Callable[[bool], contextlib.AbstractContextManager[Any]]
+    """`no_sync(last)`: the context of a micro-batch's forward, reducing gradients over the
+    ranks only on a step's `last` one (the strategy's, chosen once; a no-op in one process)."""
 
 
 def prepare_execution(
@@ -48,7 +51,7 @@ def prepare_execution(
     optimizer: torch.optim.Optimizer | None = None,
 ) -> Execution:
     """Wrap `model` for the run: DDP or FSDP when several processes train (see
-    `hookloop.distributed.wrap_model`), then `torch.compile`. Under FSDP, bf16 goes through
+    `hookloop.distributed.strategies`), then `torch.compile`. Under FSDP, bf16 goes through
     FSDP's own mixed-precision policy rather than autocast.
 
     Raises:
@@ -58,18 +61,14 @@ def prepare_execution(
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     forward_model = model
     dtype = _AUTOCAST_DTYPES.get(precision)
+    no_sync = _always_sync
     if world_size > 1:
-        from hookloop.distributed import wrap_model
+        from hookloop.distributed import strategy_named
 
-        forward_model = wrap_model(
-            model,
-            device,
-            optimizer=optimizer,
-            strategy=strategy,
-            precision=precision,
-            reshard_after_forward=reshard_after_forward,
-        )
-        if strategy == "fsdp":
+        chosen = strategy_named(strategy, reshard_after_forward=reshard_after_forward)
+        forward_model = chosen.wrap(model, device, optimizer=optimizer, precision=precision)
+        no_sync = chosen.no_sync(forward_model)
+        if chosen.casts_itself:
             dtype = None  # FSDP's MixedPrecisionPolicy casts instead
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] = (
         (lambda: torch.autocast(device.type, dtype=dtype))
@@ -81,7 +80,12 @@ def prepare_execution(
         autocast=autocast,
         scaler=torch.amp.GradScaler(device.type) if precision == "fp16" else None,
         plain=dtype is None and world_size == 1,
+        no_sync=no_sync,
     )
+
+
+def _always_sync(last: bool) -> contextlib.AbstractContextManager[Any]:
+    return contextlib.nullcontext()
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -89,12 +93,3 @@ def model_device(model: torch.nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
-
-
-def distributed_rank() -> tuple[int, int]:
-    """`(rank, world_size)` of an initialised process group, else `(0, 1)`."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1

@@ -315,6 +315,8 @@ ROWS = [
     Row("export-out-other-files", [*EXPORT, "notes"], "not empty and not an earlier export (it holds todo.txt)", "pick a new or empty directory", write("notes/todo.txt", "keep me")),
     Row("export-out-export-plus-a-file", [*EXPORT, "hf"], "not an earlier export (it holds README.md)", "pick a new or empty directory", lambda w: [write(f"hf/{n}", "x")(w) for n in ("config.json", "model.safetensors", "README.md")]),
     # --- plugins -------------------------------------------------------------------------------
+    Row("torchrun-variables-without-rendezvous", TRAIN, "torchrun's RANK=0, WORLD_SIZE=2, LOCAL_RANK=0 but not MASTER_ADDR, MASTER_PORT", "start the command with torchrun", subprocess=True, env={"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}),
+    Row("torchrun-variables-partly-set", TRAIN, "but not WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT", "or unset RANK to run one process", subprocess=True, env={"RANK": "1"}),
     Row("plugin-raises-at-import", TRAIN, "plugin 'broken' from broken-plugin 0.1 could not be imported (RuntimeError: boom at import)", "-p no:broken", broken_plugin, subprocess=True, env={"PYTHONPATH": "site", "HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD": ""}),
 ]  # fmt: skip
 

@@ -48,18 +48,36 @@ def test_launch_is_read_from_torchrun_variables_only():
     from hookloop.distributed import launch_from_env
     from hookloop.errors import ConfigError
 
+    address = {"MASTER_ADDR": "localhost", "MASTER_PORT": "29500"}
     assert launch_from_env({}) is None
-    assert launch_from_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == (1, 4, 1)
+    launch = launch_from_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", **address})
+    assert (launch.rank, launch.world_size, launch.local_rank) == (1, 4, 1)
     with pytest.raises(ConfigError, match="not whole numbers"):
-        launch_from_env({"RANK": "x", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+        launch_from_env({"RANK": "x", "WORLD_SIZE": "2", "LOCAL_RANK": "0", **address})
     with pytest.raises(ConfigError, match="out of range: RANK=2, WORLD_SIZE=2"):
-        launch_from_env({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+        launch_from_env({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0", **address})
+
+
+def test_torchrun_variables_without_their_rendezvous_are_one_clear_error():
+    from hookloop.distributed import launch_from_env, rank_device
+    from hookloop.errors import ConfigError
+
+    place = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
+    with pytest.raises(ConfigError, match=r"not MASTER_ADDR, MASTER_PORT; start the command"):
+        launch_from_env(place)
+    with pytest.raises(ConfigError, match=r"but not WORLD_SIZE, LOCAL_RANK, MASTER_ADDR"):
+        launch_from_env({"RANK": "1"})
+    with pytest.raises(ConfigError, match=r"or unset RANK, WORLD_SIZE, LOCAL_RANK to run one"):
+        launch_from_env({**place, "MASTER_ADDR": "localhost"})
+    address = {"MASTER_ADDR": "h", "MASTER_PORT": "1"}
+    assert rank_device("cuda", {**place, "LOCAL_RANK": "1", **address}) == "cuda:1"
+    assert rank_device("cuda", {}) == "cuda" and rank_device("cpu", place) == "cpu"
 
 
 def test_a_single_process_gets_no_process_group_and_bad_settings_are_config_errors(monkeypatch):
     import torch
 
-    from hookloop.distributed import _choose_backend, on_rank0, process_group
+    from hookloop.distributed import choose_backend, on_rank0, process_group
     from hookloop.errors import ConfigError
 
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
@@ -70,12 +88,12 @@ def test_a_single_process_gets_no_process_group_and_bad_settings_are_config_erro
     bad = process_group(strategy="zero")
     with pytest.raises(ConfigError, match="distributed.strategy must be one of ddp, fsdp"):
         bad.__enter__()
-    assert _choose_backend("auto", "cpu") == "gloo" and _choose_backend("gloo", "cuda") == "gloo"
+    assert choose_backend("auto", "cpu") == "gloo" and choose_backend("gloo", "cuda") == "gloo"
     with pytest.raises(ConfigError, match="distributed.backend must be one of"):
-        _choose_backend("mpi", "cpu")
+        choose_backend("mpi", "cpu")
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="'nccl' needs CUDA GPUs"):
-            _choose_backend("nccl", "cpu")
+            choose_backend("nccl", "cpu")
 
 
 def test_the_stop_agreement_reads_the_state_in_one_process_and_only_the_vote_under_several():

@@ -31,7 +31,9 @@ def _imported_modules(path: Path) -> set[str]:
 
 def _core_modules() -> list[Path]:
     top = [p for p in ENGINE.glob("*.py") if p not in APPLICATION]
-    return sorted([*top, *(ENGINE / "checkpoint").glob("*.py")])
+    return sorted(
+        [*top, *(ENGINE / "checkpoint").glob("*.py"), *(ENGINE / "distributed").glob("*.py")]
+    )
 
 
 def _reaches(names: set[str], package: str) -> list[str]:

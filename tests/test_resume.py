@@ -35,7 +35,9 @@ def test_changes_are_listed_by_dotted_key_and_classified():
         ("training.max_steps", True),
         ("training.seed", False),
     ]
-    with pytest.raises(ConfigError, match=r"differs .*: training.seed \(1 in the run, 2 now\).*--force"):
+    with pytest.raises(
+        ConfigError, match=r"differs .*: training.seed \(1 in the run, 2 now\).*--force"
+    ):
         check_changes(changes, force=False)
     lines = check_changes(changes, force=True)
     assert lines[2] == "  training.max_steps: 100 -> 200  (applied)"

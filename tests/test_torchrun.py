@@ -163,19 +163,26 @@ def test_killed_rank_ends_the_job_and_resumes_bitwise_on_two_and_close_on_one(wo
     args = ["train", *TINY, "--set", f"data.batch_size={B}", "--run-dir", "killed"]
     proc, out, err = signal_rank_1_after_a_checkpoint(workdir, args, signal.SIGKILL)
     assert proc.returncode != 0, out + err
-    last = latest_valid_checkpoint(workdir / "killed")
+    last = latest_valid_checkpoint(workdir / "killed", exact=True)
     assert last is not None and verify_checkpoint(last)["world_size"] == 2
+    # What rank 0 saved alone as the job died says what it is: not exact, never resumed.
+    for emergency in (workdir / "killed" / "checkpoints").glob("emergency-*"):
+        state = json.loads((emergency / "state.json").read_text())
+        assert state["exact"] is False and state["world_size"] == 2, emergency
+    end = max(20, last_step(last) + 5)  # the job may have run past step 20 before the kill
 
-    # The straight reference: the same run to step 20 on 2 ranks, then resume the killed
-    # one to step 20, on 2 ranks, from wherever it got to (the lr is constant: no schedule).
-    ok(torchrun(*args[:-1], "straight", "--set", "training.max_steps=20", cwd=workdir))
+    # The straight reference: the same run to `end` on 2 ranks, then resume the killed
+    # one to `end`, on 2 ranks, from wherever it got to (the lr is constant: no schedule).
+    limit = ["--set", f"training.max_steps={end}"]
+    ok(torchrun(*args[:-1], "straight", *limit, cwd=workdir))
     shutil.copytree(workdir / "killed", workdir / "killed-1")
-    resume = ["--resume", "auto", "--set", "training.max_steps=20"]
-    ok(torchrun(*args, *resume, cwd=workdir))
-    straight, resumed = weights(workdir / "straight", 20), weights(workdir / "killed", 20)
+    resume = ["--resume", "auto", *limit]
+    resumed_out = ok(torchrun(*args, *resume, cwd=workdir))
+    assert f"from {last.name} (step {last_step(last)})" in resumed_out
+    straight, resumed = weights(workdir / "straight", end), weights(workdir / "killed", end)
     for k in straight:
         assert torch.equal(straight[k], resumed[k]), k
-    assert losses(workdir / "killed")[20] == losses(workdir / "straight")[20]
+    assert losses(workdir / "killed")[end] == losses(workdir / "straight")[end]
 
     # On 1 rank with twice the batch: the same windows per step, within float rounding.
     cwd = os.getcwd()
@@ -185,7 +192,8 @@ def test_killed_rank_ends_the_job_and_resumes_bitwise_on_two_and_close_on_one(wo
         assert main([*single, *resume]) == 0
     finally:
         os.chdir(cwd)
-    assert_close(workdir / "killed-1", workdir / "straight", steps=range(last_step(last) + 1, 21))
+    steps = range(last_step(last) + 1, end + 1)
+    assert_close(workdir / "killed-1", workdir / "straight", steps=steps)
 
 
 def test_sigusr1_to_one_rank_saves_one_checkpoint_at_one_step_and_resume_auto_continues(
@@ -427,11 +435,11 @@ sys.exit(main(sys.argv[1:]))
 ONE_RANK_STOP_SCRIPT = '''
 import os
 import sys
-from hookloop import distributed
 from hookloop.cli import main
+from hookloop.distributed import collectives
 from hookloop.lm import recipe
 
-_build, _agree = recipe.build_run, distributed.agree_on_stop
+_build, _agree = recipe.build_run, collectives.agree_on_stop
 WHEN = os.environ["ONE_RANK_STOP"]
 
 
@@ -454,7 +462,7 @@ def build_run(config, run_dir=None, **options):
             engine.state.request_stop("rank 1 asked at the end of an epoch")
         return result
 
-    distributed.agree_on_stop = agree
+    collectives.agree_on_stop = agree
     engine.hooks.call = hooks_call
     return run
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hookloop.distributed import rank_and_world
 from hookloop.lm.data import TokenDataset
 from hookloop.lm.prepare import read_meta
 
-__all__ = ["datasets", "ranks", "tokenizer_file", "train_dataset", "val_dataset"]
+__all__ = ["datasets", "tokenizer_file", "train_dataset", "val_dataset"]
 
 
 def train_dataset(
@@ -33,7 +34,7 @@ def _split(
     config: dict[str, Any], path: Path, meta: dict[str, Any], vocab_size: int, **sampling: Any
 ) -> TokenDataset:
     data_cfg = config["data"]
-    rank, world = ranks()  # each rank reads its slice of every global batch
+    rank, world = rank_and_world()  # each rank reads its slice of every global batch
     return TokenDataset(
         path,
         seq_len=data_cfg["seq_len"],
@@ -100,12 +101,3 @@ def val_dataset(
         batches_per_epoch=config["data"]["val_batches"],
         drop_last=False,
     )
-
-
-def ranks() -> tuple[int, int]:
-    """`(rank, world_size)` of this process: `(0, 1)` outside a process group."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1

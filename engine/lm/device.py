@@ -26,11 +26,9 @@ def resolve_device(device: str) -> str:
         if device == "cpu":
             return device
     if device == "cuda" and torch.distributed.is_initialized():
-        from hookloop.distributed import launch_from_env
+        from hookloop.distributed import rank_device
 
-        found = launch_from_env()  # under torchrun, `cuda` is the rank's own GPU
-        if found is not None:
-            device = f"cuda:{found[2]}"
+        device = rank_device(device)  # under torchrun, `cuda` is the rank's own GPU
     fix = "use auto, cpu, or a device this machine has"
     try:
         parsed = torch.device(device)

@@ -30,7 +30,7 @@ from hookloop.checkpoint.atomic import replace_file
 from hookloop.engine import Engine
 from hookloop.errors import ConfigError
 from hookloop.lm.config import write_config
-from hookloop.lm.datasets import datasets, ranks, tokenizer_file, train_dataset, val_dataset
+from hookloop.lm.datasets import datasets, tokenizer_file, train_dataset, val_dataset
 from hookloop.lm.device import resolve_device
 from hookloop.lm.model import TinyTransformerLM
 from hookloop.lm.optim import build_adamw
@@ -49,7 +49,6 @@ __all__ = [
     "load_trained",
     "new_run_dir",
     "new_run_dir_path",
-    "ranks",
     "resolve_device",
     "set_threads",
     "train_dataset",
