@@ -34,6 +34,7 @@ from hookloop.loading import (
     plugin_rank,
     register_plugins,
 )
+from hookloop.logs import debug
 from hookloop.losses import next_token_loss
 from hookloop.state import State
 from hookloop.update import can_skip_on_device, either, step_unless
@@ -330,7 +331,7 @@ class Engine:
         costs = self.plugin_costs()
         if costs and self.is_main_process:  # for plugin authors: `hookloop --log-level debug`
             ranked = sorted(costs.items(), key=lambda kv: -kv[1])
-            log.debug("plugin_cost_ms_per_step", **{name: round(ms, 4) for name, ms in ranked})
+            debug(log, "plugin_cost_ms_per_step", **{name: round(ms, 4) for name, ms in ranked})
 
     # --- helpers plugins use -----------------------------------------------------------
 

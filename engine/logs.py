@@ -3,17 +3,21 @@
 The library only *uses* structlog (`structlog.get_logger("hookloop")`); it never configures
 it, so a program that imports hookloop keeps its own logging set-up. The CLI calls
 `configure_logging()` once, choosing human key=value lines or JSON lines.
+
+The default level is info for the library as for the CLI: structlog left unconfigured
+prints every level, so the library's debug lines go through `debug()`, which says nothing
+until someone configures structlog (`hookloop --log-level debug`, or the program itself).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "debug"]
 
 _configured = False
 
@@ -48,6 +52,13 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
     _configured = True
+
+
+def debug(logger: Any, event: str, **fields: Any) -> None:
+    """`logger.debug(event, **fields)` once structlog is configured; nothing before that
+    (unconfigured structlog would print it, against the default level, info)."""
+    if structlog.is_configured():
+        logger.debug(event, **fields)
 
 
 class _CurrentStderr:

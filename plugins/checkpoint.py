@@ -44,6 +44,7 @@ from hookloop import checkpoint as ckpt
 from hookloop.checkpoint.atomic import remove_dir
 from hookloop.distributed import broadcast_object, is_sharded
 from hookloop.hookspecs import hookimpl
+from hookloop.logs import debug
 from hookloop.options import check_choice, check_int, check_number
 
 if TYPE_CHECKING:
@@ -266,7 +267,8 @@ class Checkpoint:
                 daemon=True,
             )
             self._thread.start()
-            log.debug(
+            debug(
+                log,
                 "checkpoint_started",
                 path=str(directory),
                 stall_ms=round(1000 * (time.perf_counter() - start), 3),

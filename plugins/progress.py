@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from hookloop import PluginError, hookimpl
+from hookloop.logs import debug
 from hookloop.options import check_number
 from hookloop.plugins._metrics import METRIC_WRITERS, ClosesAtEnd, planned_steps
 from hookloop.plugins._steplog import StepLog
@@ -77,8 +78,10 @@ class Progress(ClosesAtEnd):
         try:
             from tqdm.auto import tqdm
         except ImportError:
-            log.debug(
-                "progress_off", reason="tqdm is not installed (pip install 'hookloop[progress]')"
+            debug(
+                log,
+                "progress_off",
+                reason="tqdm is not installed (pip install 'hookloop[progress]')",
             )
             return
         self.bar = tqdm(

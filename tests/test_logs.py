@@ -41,3 +41,25 @@ def test_json_format_prints_one_json_object_per_line(capsys):
         assert "step" in stream.getvalue() and "loss=1.5" in stream.getvalue()
     finally:
         structlog.reset_defaults()
+
+
+def test_debug_lines_stay_hidden_from_python_use_as_from_the_cli():
+    """Unconfigured structlog prints every level; the library's default is info, as the
+    CLI's: `plugin_cost_ms_per_step` appears only once structlog is configured for debug."""
+    code = (
+        "import sys, structlog, torch\n"
+        "from hookloop import Engine\n"
+        "from hookloop.plugins.clip import GradClip\n"
+        "if sys.argv[1] == 'debug':\n"
+        "    from hookloop.logs import configure_logging\n"
+        "    configure_logging(level='debug')\n"
+        "m = torch.nn.Linear(2, 2)\n"
+        "e = Engine(m, torch.optim.SGD(m.parameters(), lr=0.1), [(torch.ones(1, 2),) * 2],\n"
+        "           loss_fn=lambda m, b: m(b[0]).sum(), plugins=[GradClip()])\n"
+        "e.fit(max_steps=3)\n"
+    )
+    run = [sys.executable, "-c", code]
+    quiet = subprocess.run([*run, "default"], capture_output=True, text=True, check=True)
+    assert "debug" not in quiet.stdout + quiet.stderr
+    loud = subprocess.run([*run, "debug"], capture_output=True, text=True, check=True)
+    assert "plugin_cost_ms_per_step" in loud.stdout + loud.stderr
