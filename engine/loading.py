@@ -81,11 +81,21 @@ class PluginInfo:
 
 @dataclass(frozen=True, slots=True)
 class LoadedPlugin:
-    """A plugin instance with the name it is registered under and where it came from."""
+    """A plugin instance with the name it is registered under and where it came from.
+
+    Any other attribute is the plugin instance's own (`loaded.exhausted_at` reads
+    `loaded.plugin.exhausted_at`), so a test holding what `load_plugin` returned reads its
+    plugin's state directly.
+    """
 
     name: str
     plugin: object
     origin: str = "python"
+
+    def __getattr__(self, attribute: str) -> Any:
+        if attribute.startswith("__") or attribute == "plugin":  # copy, pickle, half-made
+            raise AttributeError(attribute)
+        return getattr(self.plugin, attribute)
 
 
 def discover() -> dict[str, PluginInfo]:

@@ -54,7 +54,7 @@ def configure_logging(
     _configured = True
 
 
-def debug(logger: Any, event: str, **fields: Any) -> None:
+def debug(logger: Any, event: str, /, **fields: Any) -> None:
     """`logger.debug(event, **fields)` once structlog is configured; nothing before that
     (unconfigured structlog would print it, against the default level, info)."""
     if structlog.is_configured():

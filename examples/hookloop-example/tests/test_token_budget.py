@@ -8,6 +8,7 @@ def test_budget_stops_the_run(make_engine, load_plugin):
     budget = load_plugin("token_budget", max_tokens=100)
     state = make_engine(plugins=[budget]).fit(max_steps=50)
     assert state.should_stop == "token budget of 100 tokens reached"
+    assert budget.exhausted_at == state.step  # the plugin's own state, read directly
 
 
 def test_no_budget_only_reports(make_engine, load_plugin):
