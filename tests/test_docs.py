@@ -18,7 +18,8 @@ a temporary HOME and cache):
   (`# examples/.../plugin.py`) must match that file: line for line, or, when the comment says
   `(abridged)`, its lines must appear in the file in the same order.
 * a `toml` block whose first line is a comment naming a `.toml` file is written to that file,
-  so a later command can use it (`hookloop train -c shakespeare.toml`).
+  so a later command can use it (`hookloop train -c shakespeare.toml`); one naming a file of
+  the repository (`# examples/.../pyproject.toml`) must match that file line for line.
 
 Markers, as HTML comments (invisible on the rendered page):
 
@@ -268,7 +269,7 @@ class Page:
             elif block.lang == "python":
                 self.python(block, where)
             elif block.lang == "toml":
-                self.toml(block)
+                self.toml(block, where)
 
     def command(self, words: list[str], shown: list[str], block: Block, where: str) -> None:
         launcher = words[:1] if words[:1] == ["torchrun"] else []
@@ -346,9 +347,11 @@ class Page:
                         f"{where}: python block failed\n{traceback.format_exc()}"
                     ) from None
 
-    def toml(self, block: Block) -> None:
+    def toml(self, block: Block, where: str) -> None:
         named = re.match(r"#\s*(\S+\.toml)\s*$", block.text.splitlines()[0] if block.text else "")
-        if named:
+        if named and "/" in named[1] and (REPO / named[1]).is_file():  # a file of the repo
+            _matches_file(block.text, REPO / named[1], abridged=False, where=where)
+        elif named:
             (self.cwd / named[1]).write_text(block.text + "\n", encoding="utf-8")
 
 

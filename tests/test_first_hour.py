@@ -100,3 +100,29 @@ def test_first_hour(tmp_path: Path) -> None:
     assert "preparing_text" in out and "hookloop prepare" not in out
     out = sh.hookloop("train", "--set", "data.path=input.txt", *TINY)
     assert "preparing_text" not in out  # reused from the cache
+
+
+def test_a_plugin_package_shaped_as_the_page_shows_installs_after_a_run_made_runs(tmp_path):
+    """writing-a-plugin.md's pyproject.toml (the example package's, which the docs test
+    holds the page to) builds in a folder where `hookloop train` has made `runs/` and a
+    prepared `data/` folder sits: it names its package instead of letting setuptools guess."""
+    import shutil
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "hookloop-example"
+    project = tmp_path / "my-plugin"
+    shutil.copytree(example, project, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    for folder in ("runs/20260101-120000", "data/shakespeare"):
+        (project / folder).mkdir(parents=True)
+        (project / folder / "config.toml").write_text("")
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+        + ["-w", str(tmp_path / "wheels"), str(project)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = (tmp_path / "wheels").glob("hookloop_example-*.whl")
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(n.startswith("hookloop_example/") for n in names)
+    assert not any(n.startswith(("runs/", "data/")) for n in names)
