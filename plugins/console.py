@@ -62,6 +62,7 @@ class Console:
     name = "console"
     critical = False  # a broken log line must not stop training
     after = METRIC_WRITERS  # run after them in after_step: see this step's metrics
+    before = ("checkpoint",)  # step k's row is recorded before checkpoint k saves the average
 
     def __init__(self, *, every: int = 10, ema_beta: float = 0.9) -> None:
         check_int(self.name, "every", every, minimum=1)
@@ -107,6 +108,19 @@ class Console:
         self._last, self._last_tokens = now, state.tokens_seen
         with _bars_cleared():
             log.info("train", **fields)
+
+    @hookimpl
+    def on_save_checkpoint(self) -> dict[str, Any]:
+        """The smoothed loss up to the checkpoint's step, so a resumed run's `ema_loss`
+        goes on where it was (as `metrics.csv`'s does) instead of starting over."""
+        if self.log is not None:
+            self.log.flush()  # a save is a host sync anyway: read every row up to this step
+            self.reader.latest(self.log)
+        return {"ema_loss": self.reader.ema}
+
+    @hookimpl
+    def on_load_checkpoint(self, saved: dict[str, Any]) -> None:
+        self.reader.ema = saved.get("ema_loss")
 
     @hookimpl
     def on_eval_end(self, engine: Engine, state: State, metrics: dict[str, float]) -> None:

@@ -129,3 +129,31 @@ def test_lines_do_not_land_on_a_live_progress_bar(make_engine, log_stream, monke
     lines = screen.getvalue().replace("\r", "\n").splitlines()
     logged = [line for line in lines if " train " in line]
     assert len(logged) == 2 and all(line[:2].isdigit() for line in logged)  # each on its own line
+
+
+def test_a_resumed_run_goes_on_with_the_same_ema_loss_as_metrics_csv(
+    tiny_lm_data_args, tmp_path, monkeypatch, capsys
+):
+    """The smoothed loss is saved with each checkpoint: after a resume the console's
+    `ema_loss` is the one `metrics.csv` has at that step, not an average started over."""
+    import csv
+
+    from hookloop.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD", "1")
+    common = ["--run-dir", "run", *tiny_lm_data_args, "--set", "plugins.console.every=1"]
+    assert main(["train", *common, "--set", "training.max_steps=3", "-p", "no:progress"]) == 0
+    capsys.readouterr()
+    resume = ["train", "--resume", "auto", *common, "--set", "training.max_steps=6"]
+    assert main([*resume, "-p", "no:progress"]) == 0
+    logged = {
+        int(line.split("step=")[1].split()[0]): float(line.split("ema_loss=")[1].split()[0])
+        for line in capsys.readouterr().err.splitlines()
+        if " train " in line and "ema_loss=" in line
+    }
+    with open(tmp_path / "run" / "metrics.csv", newline="") as f:
+        rows = {int(r["step"]): float(r["ema_loss"]) for r in csv.DictReader(f)}
+    assert sorted(logged) == [4, 5, 6]
+    for step, ema in logged.items():
+        assert ema == pytest.approx(rows[step], rel=1e-4), (step, ema, rows[step])
