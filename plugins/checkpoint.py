@@ -31,6 +31,7 @@ into new memory.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -41,7 +42,7 @@ import structlog
 import torch
 
 from hookloop import checkpoint as ckpt
-from hookloop.checkpoint.atomic import remove_dir
+from hookloop.checkpoint.atomic import remove_dir, replace_file
 from hookloop.distributed import broadcast_object, is_sharded
 from hookloop.hookspecs import hookimpl
 from hookloop.logs import debug
@@ -237,7 +238,11 @@ class Checkpoint:
             / (prefix + ckpt.checkpoint_name((counters or state.counters())["step"]))
         )
         key = tuple((counters or state.counters()).values())
-        if key == self._last_saved_counters and not self._best_due(state):
+        if key == self._last_saved_counters:
+            if self._best_due(state):  # that state is on disk already: only name it best
+                self.wait(engine, deletions=False)
+                if main and directory.is_dir():
+                    self._mark_best(engine, directory)
             return directory if main else None
         self.wait(engine, deletions=False)
         is_best = self._best_due(state)
@@ -329,6 +334,20 @@ class Checkpoint:
         )
         self._prune(engine, directory.parent)
 
+    def _mark_best(self, engine: Engine, directory: Path) -> None:
+        """Name an already saved checkpoint the best one, without writing it again: its
+        state.json gets this plugin's new `best` fields and the `best` pointer moves."""
+        self.best, self.best_value = directory.name, self._pending_best[1]
+        self._pending_best = None
+        state_file = directory / ckpt.STATE_FILE
+        saved = json.loads(state_file.read_text(encoding="utf-8"))
+        saved.setdefault("plugins", {})[self.name] = self.on_save_checkpoint()
+        replace_file(state_file, json.dumps(saved, indent=1, default=str).encode())
+        ckpt.write_pointer(directory.parent, ckpt.BEST, directory.name)
+        engine.journal.record(
+            "checkpoint_best", step=engine.state.step, reason=self.monitor, path=str(directory)
+        )
+
     def _best_due(self, state: State) -> bool:
         return self._pending_best is not None and self._pending_best[0] == state.step
 
@@ -338,6 +357,8 @@ class Checkpoint:
         keep = set(self.written[-self.keep_last :]) | {self.best}
         for name in [n for n in self.written if n not in keep]:
             self.written.remove(name)
+            if not (checkpoints / name).is_dir():  # pruned by an earlier launch already
+                continue
             deleting = remove_dir(checkpoints / name, wait=not self.background)
             if deleting is not None:  # background: the loop does not wait for the disk
                 self._deleting = [t for t in self._deleting if t.is_alive()] + [deleting]

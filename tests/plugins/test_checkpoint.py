@@ -65,6 +65,42 @@ def test_best_by_watched_metric_is_never_pruned(make_engine, tmp_path):
     assert ckpt.read_pointer(tmp_path / "max" / "checkpoints", ckpt.BEST).name == "step-00000002"
 
 
+class EvalAtFitEnd:
+    """A final evaluation in on_fit_end, after the last periodic save (as the eval plugin's)."""
+
+    @hookimpl(tryfirst=True)
+    def on_fit_end(self, engine):
+        engine.hooks.call(
+            "on_eval_end", engine=engine, state=engine.state, metrics={"val_loss": 0.1}
+        )
+
+
+def test_a_saved_state_that_becomes_best_is_named_best_not_written_again(make_engine, tmp_path):
+    plugin = Checkpoint(every=4, keep_last=0)
+    engine = make_engine(batches=20, run_dir=tmp_path, plugins=[EvalAtFitEnd(), plugin])
+    engine.fit(max_steps=4)
+    assert [(e["step"], e["reason"]) for e in events(engine, "checkpoint_saved")] == [
+        (4, "periodic")
+    ]  # the end save found that state on disk: one write, not two
+    (marked,) = events(engine, "checkpoint_best")
+    assert marked["path"].endswith("step-00000004")
+    assert ckpt.read_pointer(tmp_path / "checkpoints", ckpt.BEST).name == "step-00000004"
+    saved = ckpt.verify_checkpoint(tmp_path / "checkpoints" / "step-00000004")
+    assert saved["plugins"]["checkpoint"]["best"] == "step-00000004"
+    assert saved["plugins"]["checkpoint"]["best_value"] == 0.1
+
+
+def test_a_resumed_run_does_not_prune_what_an_earlier_launch_pruned(make_engine, tmp_path):
+    first = make_engine(batches=20, run_dir=tmp_path, plugins=[Checkpoint(every=2, keep_last=1)])
+    first.fit(max_steps=4)  # step 2 was pruned after step 4's state (which lists it) was saved
+    second = make_engine(batches=20, run_dir=tmp_path, plugins=[Checkpoint(every=2, keep_last=1)])
+    ckpt.load_checkpoint(second, tmp_path / "checkpoints" / "step-00000004")
+    second.fit(max_steps=6)
+    pruned = [e["path"][-13:] for e in events(second, "checkpoint_pruned")]
+    assert pruned.count("step-00000002") == 1 and pruned[-1] == "step-00000004", pruned
+    assert names(tmp_path) == ["step-00000006"]
+
+
 def test_end_of_fit_save_and_its_options(make_engine, tmp_path):
     make_engine(run_dir=tmp_path / "a", plugins=[Checkpoint(every=0)]).fit(max_steps=3)
     assert names(tmp_path / "a") == ["step-00000003"]
