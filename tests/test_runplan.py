@@ -90,7 +90,9 @@ def test_the_same_command_starts_resumes_and_then_says_the_run_has_ended(
     assert main([*command, "--set", "training.max_steps=2"]) == 0  # a job cut short
     assert "no run in run yet: starting a fresh run" in capsys.readouterr().out
     assert main(command) == 0
-    assert "resuming run from step-00000002 (step 2)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "resuming run from step-00000002 (step 2)" in out
+    assert "done: 2 steps this launch (steps 3 to 4), 512 tokens" in out  # each count its own
     weights = (tmp_path / "run/checkpoints/step-00000004/model.safetensors").read_bytes()
     before = _snapshot(tmp_path / "run")
     assert main(command) == 0  # requeued once more: nothing left to do
