@@ -44,6 +44,7 @@ def build_adamw(
     betas: Iterable[float] = (0.9, 0.95),
     eps: float = 1e-8,
     weight_decay: float = 0.1,
+    fused: bool = True,
 ) -> torch.optim.AdamW:
     """AdamW over `param_groups(model, weight_decay)`.
 
@@ -53,6 +54,15 @@ def build_adamw(
         betas: `(beta1, beta2)`; 0.95 for beta2 is steadier than 0.999 on small batches.
         eps: Added to the denominator.
         weight_decay: Decoupled decay of the matrix group.
+        fused: Torch's fused kernel (CPU, CUDA; the model's parameters must be on one of
+            them): faster, and it lets a step be skipped on the device, so the guards need
+            no host sync (`hookloop.update`). False: torch's default, foreach.
     """
     b1, b2 = betas
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(b1, b2), eps=eps)
+    return torch.optim.AdamW(
+        param_groups(model, weight_decay),
+        lr=lr,
+        betas=(b1, b2),
+        eps=eps,
+        fused=True if fused else None,
+    )

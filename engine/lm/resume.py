@@ -46,6 +46,7 @@ SAFE_KEYS = (
     "training.compile",
     "training.threads",
     "data.val_batches",
+    "optimizer.fused",  # the kernel, not the maths; a checkpoint's runs predate the key
     "distributed.",
     "plugins.",
 )

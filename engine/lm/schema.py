@@ -146,6 +146,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
             (lambda v: all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
         ),
         "eps": _key(1e-8, "float", "AdamW's epsilon.", (lambda v: v > 0, "> 0")),
+        "fused": _key(
+            True,
+            "bool",
+            "Torch's fused AdamW kernel (CPU and CUDA): one kernel for every parameter, "
+            "and the guards check each step with no host sync. false: torch's default "
+            "(foreach).",
+        ),
         "weight_decay": _key(
             0.1,
             "float",

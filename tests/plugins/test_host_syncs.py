@@ -11,6 +11,7 @@ verdict, `hookloop.plugins._stepvalues.LateRead`); the loggers' batched copy is 
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 
 import pytest
@@ -129,3 +130,47 @@ def test_each_plugin_alone_reads_only_on_its_logging_steps(name, tmp_path, monke
     monkeypatch.undo()
     logged = {"console": {10, 20, 25}, "csv": {16}}.get(name, set())
     assert {s for s in range(1, STEPS + 1) if reads[s]} == logged
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_hookloop_trains_own_fit_reads_the_host_only_on_the_steps_it_logs(
+    fused, lm_data, tmp_path, monkeypatch
+):
+    """The recipe's run (`hookloop train`'s own engine, default plugins) with its default
+    fused AdamW: a step that logs nothing reads no device value, a logging step one. With
+    `optimizer.fused = false` the guards fall back to a read every step: the test sees it."""
+    from hookloop.lm.config import load_config
+    from hookloop.lm.recipe import build_run
+    from hookloop.testing import TINY_RUN
+
+    monkeypatch.setenv("HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD", "1")
+    steps = 2 * EVERY + 5
+    overrides = [*TINY_RUN, f"data.path={lm_data}", f"training.max_steps={steps}"]
+    overrides += ["plugins.eval.every=0", "plugins.checkpoint.every=0"]  # nothing else reads
+    overrides += ["plugins.progress.enabled=false", f"optimizer.fused={str(fused).lower()}"]
+    run = build_run(load_config(None, overrides), tmp_path / "run")
+    clock = StepClock()
+    run.engine.add_plugin(clock)
+    assert run.engine.optimizer.defaults["fused"] is (True if fused else None)
+    reads: Counter = Counter()
+    for method in READS:
+        real = getattr(torch.Tensor, method)
+
+        def counted(t, *args, _real=real, **kwargs):
+            # The sampler draws window indices on the host and reads its memmap with them:
+            # host tensors on any device, never a sync.
+            if sys._getframe(1).f_globals.get("__name__") != "hookloop.lm.data":
+                reads[clock.step] += 1
+            return _real(t, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method, counted)
+    run.fit()
+    monkeypatch.undo()
+    console = {s for s in range(1, steps + 1) if s % EVERY == 0 or s == steps}
+    csv_flushes = {s for s in range(1, steps + 1) if s % 16 == 0}  # its batched copy
+    read_on = {s for s in range(1, steps + 1) if reads[s]}
+    if fused:
+        assert read_on <= console | csv_flushes and console <= read_on, sorted(read_on)
+        assert all(reads[s] == 1 for s in read_on), dict(reads)
+    else:
+        assert read_on == set(range(1, steps + 1))
