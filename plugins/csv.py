@@ -21,7 +21,7 @@ Critical: yes. The file is the run's record (`hookloop plot` reads it). A write 
 (disk full, permissions) stops the run; resuming from the last checkpoint then produces a
 complete file, whereas disabling the plugin would leave a permanent hole in it.
 
-Rows travel to the host through the loggers' shared buffer (`hookloop.plugins._steplog`):
+Rows travel to the host through the loggers' shared buffer (`hookloop.plugins.stepvalues.steplog`):
 a step only files its values there, and rows are copied together, in one batch, when a
 logger logs (`console` every 10 steps) or 16 rows are waiting; they are written once the
 copy has landed, and always before a checkpoint and at the end (also when `fit()` raises).
@@ -43,9 +43,10 @@ import structlog
 
 from hookloop import PluginError, hookimpl
 from hookloop.options import check_int, check_number
-from hookloop.plugins._csvfile import MetricsFile
-from hookloop.plugins._metrics import METRIC_WRITERS, ClosesAtEnd, to_floats
-from hookloop.plugins._steplog import MAX_UNSENT, Row, RowReader, StepLog
+from hookloop.plugins.loggers.base import METRIC_WRITERS, ClosesAtEnd
+from hookloop.plugins.loggers.csvfile import MetricsFile
+from hookloop.plugins.stepvalues.hostcopy import to_floats
+from hookloop.plugins.stepvalues.steplog import MAX_UNSENT, Row, RowReader, StepLog
 
 if TYPE_CHECKING:
     from hookloop import Engine, State

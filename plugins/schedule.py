@@ -117,7 +117,7 @@ class LRSchedule:
 
     @hookimpl
     def on_fit_start(self, engine: Engine) -> None:
-        from hookloop.plugins._metrics import planned_steps  # here: keep the module torch-free
+        from hookloop.plugins.loggers.base import planned_steps  # here: keep the module torch-free
 
         total = self.total_steps or planned_steps(engine)
         if not total:
@@ -166,7 +166,7 @@ class LRSchedule:
         The run's length is `total_steps`, else the subject's `max_steps`, else the engine's
         planned length; the peak is group 0's `initial_lr` (or `lr`).
         """
-        from hookloop.plugins._metrics import planned_steps  # here: keep the module torch-free
+        from hookloop.plugins.loggers.base import planned_steps  # here: keep the module torch-free
 
         engine = subject.engine
         total = (

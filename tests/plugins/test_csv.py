@@ -155,7 +155,7 @@ def test_rows_waiting_for_a_device_copy_are_written_in_order_before_checkpoints_
 ):
     # Stand-in for a GPU whose copies never land by themselves: rows queue up, and are
     # written before a checkpoint collects state, and at the end.
-    from hookloop.plugins import _steplog
+    from hookloop.plugins.stepvalues import steplog
 
     class NeverLands:
         def query(self):
@@ -164,7 +164,7 @@ def test_rows_waiting_for_a_device_copy_are_written_in_order_before_checkpoints_
         def synchronize(self):
             pass
 
-    monkeypatch.setattr(_steplog, "_start_copy", lambda values: (values, NeverLands()))
+    monkeypatch.setattr(steplog, "_start_copy", lambda values: (values, NeverLands()))
     on_disk = {}
 
     class Peek:

@@ -13,7 +13,7 @@ from hookloop import PluginError
 from hookloop.plugins.eval import Eval
 
 pytest.importorskip("wandb")
-from hookloop.plugins._wandbfile import history_rows, offline_run_files, records  # noqa: E402
+from hookloop.plugins.tracking.wandbfile import history_rows, offline_run_files, records  # noqa: E402
 from hookloop.plugins.wandb import WandB, resolve_mode  # noqa: E402
 
 

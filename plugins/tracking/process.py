@@ -4,9 +4,9 @@ Not a plugin: no entry point. Tracker libraries run a lot of Python per logged v
 (MLflow: SQLAlchemy inserts; W&B: protobuf records), about a millisecond per step on the
 trivial benchmark model. On a thread of the training process that work holds the
 interpreter lock the training loop needs, so every step waits for it. Here it runs in a
-child process, `python -m hookloop.plugins._trackerproc`, which imports neither torch nor
+child process, `python -m hookloop.plugins.tracking.process`, which imports neither torch nor
 hookloop's engine; the training process writes one JSON line per batch of steps to its stdin
-(`hookloop.plugins._trackerlink`).
+(`hookloop.plugins.tracking.link`).
 
 Messages are JSON objects, one a line. To the child: `open` (the backend class and its
 options, the run id to resume or null, params, tags, the environment), `rows`, `finish`
@@ -35,44 +35,14 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["PRIVATE_ENV", "Row", "RunLock", "TrackerBackend", "main", "new_rows"]
+from hookloop.plugins.tracking.backend import Row, TrackerBackend
 
-Row = tuple[int, dict[str, float]]
-"""One logged step: `(optimizer step, {metric: value})`."""
+__all__ = ["PRIVATE_ENV", "RunLock", "main", "new_rows"]
 
 PRIVATE_ENV = ("WANDB_SERVICE",)
 """Variables a tracker process never inherits: W&B's service token would attach the child
 to a parent's W&B service, which outlives a killed run and refuses its resume ("run ID in
 use"); each tracker process starts a service of its own, which dies with it."""
-
-
-class TrackerBackend:
-    """The tracker calls, made in the tracker process. Built there from JSON options:
-    `Backend(**options)`."""
-
-    def open(self, run_id: str | None) -> tuple[str, dict[str, int]]:
-        """Start a run, or continue `run_id` when resuming.
-
-        Returns:
-            The run id, and for each metric the last step the run already holds (the key
-            `"*"` applies to every metric: for trackers whose steps only go forward).
-        """
-        raise NotImplementedError
-
-    def log_params(self, params: dict[str, str], tags: dict[str, str]) -> None:
-        """Record the flattened config and the tags (a resumed run may hold some already)."""
-        raise NotImplementedError
-
-    def log_rows(self, rows: list[Row]) -> None:
-        """Log metric rows, each at its step, in step order."""
-        raise NotImplementedError
-
-    def finish(self, status: str, artifacts: list[Path]) -> None:
-        """Upload the artifacts and end the run: status is `FINISHED`, `FAILED` or `KILLED`."""
-        raise NotImplementedError
-
-    def abandon(self) -> None:
-        """The training process died: write what is pending, leave the run to be resumed."""
 
 
 def new_rows(rows: list[Row], last: dict[str, int]) -> list[Row]:

@@ -1,10 +1,4 @@
-"""Helpers shared by the built-in plugins (mostly the loggers: console, csv, tensorboard,
-progress).
-
-Not a plugin: no entry point. It keeps the loggers agreeing on what they report (the same
-smoothed loss, the same perplexity), reads device values at most once per logged row, and
-knows how long the current run is planned to be.
-"""
+"""Scalar values on their way from the device to the host."""
 
 from __future__ import annotations
 
@@ -14,37 +8,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hookloop import hookimpl
-
 if TYPE_CHECKING:
-    from hookloop import Engine, State
+    from hookloop import State
 
 __all__ = [
-    "METRIC_WRITERS",
-    "ClosesAtEnd",
     "HostCopy",
     "LossEMA",
-    "planned_steps",
     "step_copy",
     "step_values",
     "to_floats",
     "with_ppl",
 ]
-
-METRIC_WRITERS = ("clip", "schedule", "eval", "throughput")
-"""Plugins that write `state.metrics`; loggers declare `after = METRIC_WRITERS` so that they
-run after them within a hook and see every value of the step."""
-
-
-def planned_steps(engine: Engine) -> int | None:
-    """The step the current `fit()` ends at if nothing stops it early: `max_steps`, or
-    `epochs` times the steps per epoch when the data has a length (the smaller of the two
-    when both are given); None when it cannot be known."""
-    by_epochs = None
-    if engine.max_epochs and hasattr(engine.train_data, "__len__"):
-        by_epochs = engine.max_epochs * (len(engine.train_data) // engine.accumulate)
-    limits = [n for n in (engine.max_steps, by_epochs) if n]
-    return min(limits) if limits else None
 
 
 class LossEMA:
@@ -148,22 +122,3 @@ def step_values(state: State, ema: LossEMA) -> dict[str, float]:
     """Everything a logger reports for the step just finished, as floats, now: `loss`,
     `ema_loss`, `ppl` (exp of loss) and every entry of `state.metrics`."""
     return with_ppl(step_copy(state, ema).result())
-
-
-class ClosesAtEnd:
-    """Base for plugins holding a file, writer or bar: `close()` runs when `fit()` ends,
-    normally or by an exception."""
-
-    def close(self) -> None:
-        """Release what the plugin holds; must be safe to call twice."""
-        raise NotImplementedError
-
-    @hookimpl
-    def on_fit_end(self) -> None:
-        """Close at a normal end."""
-        self.close()
-
-    @hookimpl
-    def on_exception(self) -> None:
-        """Close when the loop raised, so buffered lines reach the disk."""
-        self.close()

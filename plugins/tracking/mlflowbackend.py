@@ -1,6 +1,6 @@
 """The MLflow calls of the `mlflow` plugin, made in the tracker process.
 
-Not a plugin: no entry point. Imported by `hookloop.plugins._trackerproc` in its own
+Not a plugin: no entry point. Imported by `hookloop.plugins.tracking.process` in its own
 process, so it imports neither torch nor hookloop's engine.
 """
 
@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hookloop.plugins._trackerproc import Row, TrackerBackend
+from hookloop.plugins.tracking.backend import Row, TrackerBackend
 
 __all__ = ["MLflowBackend"]
 

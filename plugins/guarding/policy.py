@@ -1,6 +1,6 @@
 """What the `nan_guard` and `divergence` plugins share: what to do about a bad step
 (`GuardPolicy`: warn, skip, roll back to the last good checkpoint, or stop with an emergency
-save), and the step's values they judge it by (`hookloop.plugins._stepvalues`).
+save), and the step's values they judge it by (`hookloop.plugins.stepvalues.measure`).
 
 **Cost.** The guards measure a step on the device (`step_tensors()`: one fused pass over the
 gradients, shared with `clip`). When the optimizer can skip an update on the device (fused
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from hookloop.errors import HookloopError
-from hookloop.plugins._stepvalues import (
+from hookloop.plugins.stepvalues.measure import (
     StepScalars,
     bad_gradient_names,
     local_tensor,
