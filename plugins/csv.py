@@ -46,7 +46,7 @@ from hookloop.options import check_int, check_number
 from hookloop.plugins.loggers.base import METRIC_WRITERS, ClosesAtEnd
 from hookloop.plugins.loggers.csvfile import MetricsFile
 from hookloop.plugins.stepvalues.hostcopy import to_floats
-from hookloop.plugins.stepvalues.steplog import MAX_UNSENT, Row, RowReader, StepLog
+from hookloop.plugins.stepvalues.steplog import MAX_UNSENT, RowReader, StepLog, StepRow
 
 if TYPE_CHECKING:
     from hookloop import Engine, State
@@ -89,7 +89,7 @@ class CSVLogger(ClosesAtEnd):
         self.reader = RowReader(float(ema_beta))
         self.file: MetricsFile | None = None
         self.log: StepLog | None = None
-        self._queued: deque[tuple[dict[str, Any], Row]] = deque()  # rows on their way
+        self._queued: deque[tuple[dict[str, Any], StepRow]] = deque()  # rows on their way
         self._pending: dict[str, float] = {}  # eval metrics for the row about to be made
         self._seen_step = -1
 
@@ -121,7 +121,7 @@ class CSVLogger(ClosesAtEnd):
             self.log.send()
         self._write_landed()
 
-    def _queue(self, row: Row, extra: dict[str, float] | None = None) -> None:
+    def _queue(self, row: StepRow, extra: dict[str, float] | None = None) -> None:
         fields = {"step": row.step, "epoch": row.epoch, **self._pending, **(extra or {})}
         self._pending = {}
         last = self.reader.last

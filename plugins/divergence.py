@@ -40,8 +40,8 @@ import torch
 
 from hookloop import hookimpl
 from hookloop.options import check_choice, check_int, check_number
-from hookloop.plugins.guarding.policy import GuardPolicy, step_scalars
-from hookloop.plugins.stepvalues.measure import LateRead, step_tensors
+from hookloop.plugins.guarding.policy import GuardPolicy
+from hookloop.plugins.stepvalues.measure import LateRead, step_scalars, step_tensors
 from hookloop.update import can_skip_on_device
 
 if TYPE_CHECKING:

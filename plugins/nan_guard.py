@@ -48,8 +48,15 @@ import torch
 
 from hookloop import hookimpl
 from hookloop.options import check_choice, check_int, check_number
-from hookloop.plugins.guarding.policy import GuardPolicy, bad_gradient_names, step_scalars
-from hookloop.plugins.stepvalues.measure import LateRead, names_from_norms, nonfinite, step_tensors
+from hookloop.plugins.guarding.policy import GuardPolicy
+from hookloop.plugins.stepvalues.measure import (
+    LateRead,
+    bad_gradient_names,
+    names_from_norms,
+    nonfinite,
+    step_scalars,
+    step_tensors,
+)
 from hookloop.update import can_skip_on_device
 
 if TYPE_CHECKING:

@@ -17,27 +17,12 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from hookloop.errors import HookloopError
-from hookloop.plugins.stepvalues.measure import (
-    StepScalars,
-    bad_gradient_names,
-    local_tensor,
-    step_scalars,
-)
 
 if TYPE_CHECKING:
     from hookloop.engine import Engine
     from hookloop.state import State
 
-__all__ = [
-    "GuardPolicy",
-    "StepScalars",
-    "TrainingHalted",
-    "bad_gradient_names",
-    "emergency_save",
-    "local_tensor",
-    "rollback",
-    "step_scalars",
-]
+__all__ = ["GuardPolicy", "TrainingHalted", "emergency_save", "rollback"]
 
 log = structlog.get_logger("hookloop")
 

@@ -1,124 +1,111 @@
-"""Scalar values on their way from the device to the host."""
+"""The one device-to-host copy of the plugins: a 1-D tensor of step values queued now and
+read later, so that reading it waits for nothing (or for as little as possible).
+
+On CUDA, `HostCopy.start()` copies into pinned host memory, non-blocking, followed by an
+event, so the copy waits only for the work queued before it; `landed` asks the event and
+`read()` waits for it. Other devices are read in place (CPU: nothing to copy).
+
+A `HostCopy(buffered=True)` keeps one host buffer (pinned on CUDA, NumPy-backed elsewhere)
+and reuses it while the shape stays the same, so a copy made every step allocates nothing;
+it is read through a NumPy view: a memory read, not a device sync.
+
+Its users: `steplog.StepLog` (the loggers' rows, one copy per device and batch, read with
+one `tolist()` on the steps they log), `measure.LateRead` (buffered: the guards' values,
+read a step late) and `to_floats` (values read now).
+"""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Hashable, Iterable, Mapping
+from typing import Any, TypeVar
 
+import numpy
 import torch
 
-if TYPE_CHECKING:
-    from hookloop import State
+__all__ = ["HostCopy", "split_scalars", "stacked", "to_floats"]
 
-__all__ = [
-    "HostCopy",
-    "LossEMA",
-    "step_copy",
-    "step_values",
-    "to_floats",
-    "with_ppl",
-]
+Key = TypeVar("Key", bound=Hashable)
 
-
-class LossEMA:
-    """An exponential moving average of the training loss, kept as a tensor (no host sync).
-
-    It starts at the first loss it sees, so it needs no bias correction.
-    """
-
-    def __init__(self, beta: float = 0.9) -> None:
-        self.beta = beta
-        self.value: torch.Tensor | None = None
-
-    def update(self, loss: torch.Tensor | None) -> None:
-        """Fold one step's loss into the average."""
-        if loss is None:
-            return
-        loss = loss.detach().float()
-        self.value = loss if self.value is None else torch.lerp(self.value, loss, 1.0 - self.beta)
-
-    def save(self) -> float | None:
-        """The average as a JSON number (a float32 value, so it round-trips bit for bit)."""
-        return None if self.value is None else float(self.value.item())
-
-    def load(self, saved: float | None, device: torch.device) -> None:
-        """Restore a value written by `save()`."""
-        self.value = (
-            None if saved is None else torch.tensor(saved, dtype=torch.float32, device=device)
-        )
+_NUMPY_DTYPES = {torch.float32: numpy.float32, torch.float64: numpy.float64}
 
 
 class HostCopy:
-    """Scalar values on their way to the host: the copy is queued at once, read later.
+    """A 1-D float tensor on its way to the host: queued by `start()`, read by `read()`.
 
-    Numbers and CPU tensors are read immediately (about a microsecond each, waiting for
-    nothing). CUDA scalars are stacked and copied with one non-blocking transfer into pinned
-    memory, followed by an event, so `result()` waits only for the work queued before the
-    copy, not for later steps: read a step later, it usually waits for nothing. Other
-    devices are read in one blocking transfer per device. Entries that are neither numbers
-    nor scalar tensors are dropped.
+    Args:
+        buffered: Copy into a host buffer kept between copies and read it through NumPy
+            (for a copy made every step and read a step later); otherwise read a fresh
+            pinned copy (CUDA) or the tensor itself (other devices) with one `tolist()`.
     """
 
-    def __init__(self, values: Mapping[str, Any]) -> None:
-        self.floats: dict[str, float] = {}
-        by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
-        for key, value in values.items():
-            if isinstance(value, torch.Tensor):
-                if value.numel() != 1:
-                    continue
-                if value.device.type == "cpu":
-                    self.floats[key] = float(value.item())
-                else:
-                    by_device.setdefault(value.device, []).append((key, value))
-            elif isinstance(value, (int, float)):  # bool is an int: True -> 1.0
-                self.floats[key] = float(value)
-        self._copies: list[tuple[list[str], torch.Tensor, Any]] = []
-        for device, items in by_device.items():
-            stacked = torch.stack([v.detach().reshape(()).double() for _, v in items])
-            event = None
-            if device.type == "cuda":
-                host = stacked.to("cpu", non_blocking=True)  # lands in pinned memory
-                event = torch.cuda.Event()
-                event.record()
-            else:
-                host = stacked.cpu()
-            self._copies.append(([k for k, _ in items], host, event))
+    __slots__ = ("_buffered", "_event", "_host", "_view")
+
+    def __init__(self, *, buffered: bool = False) -> None:
+        self._buffered = buffered
+        self._host: torch.Tensor | None = None
+        self._view: Any = None  # a NumPy view of the buffer (buffered only)
+        self._event: Any = None  # marks the landing of a CUDA copy; None: landed
+
+    def start(self, values: torch.Tensor) -> None:
+        """Queue the copy of the 1-D float32 or float64 tensor `values` and return."""
+        cuda = values.device.type == "cuda"
+        values = values.detach()
+        if not self._buffered:
+            self._host = values.to("cpu", non_blocking=True) if cuda else values  # pinned
+        else:
+            if self._host is None or self._host.shape != values.shape:
+                if cuda:
+                    self._host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+                    self._view = self._host.numpy()
+                else:  # no tensor method touches it: host-sync counters see no read
+                    self._view = numpy.empty(values.shape, dtype=_NUMPY_DTYPES[values.dtype])
+                    self._host = torch.from_numpy(self._view)
+            self._host.copy_(values, non_blocking=cuda)
+        self._event = None
+        if cuda:
+            self._event = torch.cuda.Event()
+            self._event.record()
 
     @property
-    def ready(self) -> bool:
-        """True when `result()` would not wait."""
-        return all(event is None or event.query() for _, _, event in self._copies)
+    def landed(self) -> bool:
+        """True when `read()` would not wait."""
+        return self._event is None or self._event.query()
 
-    def result(self) -> dict[str, float]:
-        """The values as floats, waiting for the queued copies if they have not landed."""
-        for keys, host, event in self._copies:
-            if event is not None:
-                event.synchronize()
-            self.floats.update(zip(keys, host.tolist(), strict=True))
-        self._copies.clear()
-        return self.floats
+    def read(self) -> list[float]:
+        """The values, waiting for the copy if it has not landed."""
+        if self._event is not None:
+            self._event.synchronize()
+        assert self._host is not None, "read() before start()"
+        return self._view.tolist() if self._buffered else self._host.tolist()
+
+
+def split_scalars(
+    items: Iterable[tuple[Key, Any]],
+) -> tuple[list[tuple[Key, float]], dict[torch.device, list[tuple[Key, torch.Tensor]]]]:
+    """Sort `(key, value)` pairs into numbers (as floats, now) and scalar tensors (by device,
+    to be stacked into one `HostCopy` each). Anything else is dropped."""
+    numbers: list[tuple[Key, float]] = []
+    tensors: dict[torch.device, list[tuple[Key, torch.Tensor]]] = {}
+    for key, value in items:
+        if isinstance(value, torch.Tensor):
+            if value.numel() == 1:
+                tensors.setdefault(value.device, []).append((key, value))
+        elif isinstance(value, (int, float)):  # bool is an int: True -> 1.0
+            numbers.append((key, float(value)))
+    return numbers, tensors
+
+
+def stacked(tensors: list[tuple[Key, torch.Tensor]]) -> torch.Tensor:
+    """The scalar tensors of one device as one float64 tensor, ready for a `HostCopy`."""
+    return torch.stack([t.detach().reshape(()) for _, t in tensors]).double()
 
 
 def to_floats(values: Mapping[str, Any]) -> dict[str, float]:
-    """Numbers and scalar tensors of `values` as floats, now (one sync per accelerator)."""
-    return HostCopy(values).result()
-
-
-def step_copy(state: State, ema: LossEMA) -> HostCopy:
-    """Start copying what a logger reports for the step just finished: `loss`,
-    `ema_loss` and every entry of `state.metrics`. Finish with `with_ppl(copy.result())`."""
-    return HostCopy({"loss": state.loss, "ema_loss": ema.value, **state.metrics})
-
-
-def with_ppl(values: dict[str, float]) -> dict[str, float]:
-    """Add `ppl`, the exponential of `loss`, to a step's values."""
-    if "loss" in values:
-        values["ppl"] = math.exp(min(values["loss"], 700.0))
-    return values
-
-
-def step_values(state: State, ema: LossEMA) -> dict[str, float]:
-    """Everything a logger reports for the step just finished, as floats, now: `loss`,
-    `ema_loss`, `ppl` (exp of loss) and every entry of `state.metrics`."""
-    return with_ppl(step_copy(state, ema).result())
+    """Numbers and scalar tensors of `values` as floats, now (one copy per device)."""
+    numbers, by_device = split_scalars(values.items())
+    floats = dict(numbers)
+    for tensors in by_device.values():
+        copy = HostCopy()
+        copy.start(stacked(tensors))
+        floats.update(zip((k for k, _ in tensors), copy.read(), strict=True))
+    return {key: floats[key] for key in values if key in floats}  # in the order given

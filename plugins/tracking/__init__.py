@@ -6,7 +6,7 @@ Training process:
 
 Tracker process (`python -m hookloop.plugins.tracking.process`; imports no torch):
 - `process`: the child's message loop, its lock on the run, `new_rows`.
-- `backend`: `TrackerBackend`, the calls a tracker makes, and `Row`, what it logs.
+- `backend`: `TrackerBackend`, the calls a tracker makes, and `TrackerRow`, what it logs.
 - `mlflowbackend`, `wandbbackend`: the two backends.
 - `wandbfile`: reads an offline W&B run file (the steps a run already holds).
 

@@ -1,5 +1,5 @@
 """The calls a tracker plugin makes, as the tracker process sees them: `TrackerBackend`,
-the base class of `MLflowBackend` and `WandBBackend`, and `Row`, what they log.
+the base class of `MLflowBackend` and `WandBBackend`, and `TrackerRow`, what they log.
 
 Not a plugin: no entry point. Imported in the tracker process, so it imports neither torch
 nor hookloop's engine.
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["Row", "TrackerBackend"]
+__all__ = ["TrackerRow", "TrackerBackend"]
 
-Row = tuple[int, dict[str, float]]
+TrackerRow = tuple[int, dict[str, float]]
 """One logged step: `(optimizer step, {metric: value})`."""
 
 
@@ -32,7 +32,7 @@ class TrackerBackend:
         """Record the flattened config and the tags (a resumed run may hold some already)."""
         raise NotImplementedError
 
-    def log_rows(self, rows: list[Row]) -> None:
+    def log_rows(self, rows: list[TrackerRow]) -> None:
         """Log metric rows, each at its step, in step order."""
         raise NotImplementedError
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hookloop.plugins.tracking.backend import Row
+from hookloop.plugins.tracking.backend import TrackerRow
 from hookloop.plugins.tracking.process import PRIVATE_ENV
 
 __all__ = ["TrackerLink"]
@@ -35,7 +35,7 @@ class TrackerLink:
         run_id: The run to continue, or None for a new one.
         params: The flattened config.
         tags: The run's tags.
-        run_dir: Where the run's lock file goes (see `RunLock`); None: no lock.
+        run_dir: Where the run's lock file goes (see `tracking.process`); None: no lock.
         timeout: Seconds the tracker process waits for that lock, and for its calls after
             the training process died.
     """
@@ -74,7 +74,7 @@ class TrackerLink:
             }
         )
 
-    def send_rows(self, rows: list[Row]) -> None:
+    def send_rows(self, rows: list[TrackerRow]) -> None:
         """Hand rows to the tracker process (never waits)."""
         self._child.send({"op": "rows", "rows": rows})
 

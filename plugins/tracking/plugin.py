@@ -41,15 +41,14 @@ from hookloop import PluginError, hookimpl
 from hookloop.options import check_int, check_number
 from hookloop.plugins.loggers.base import METRIC_WRITERS
 from hookloop.plugins.stepvalues.hostcopy import to_floats
-from hookloop.plugins.stepvalues.steplog import MAX_UNSENT, RowReader, StepLog
-from hookloop.plugins.stepvalues.steplog import Row as StepRow
-from hookloop.plugins.tracking.backend import Row, TrackerBackend
+from hookloop.plugins.stepvalues.steplog import MAX_UNSENT, RowReader, StepLog, StepRow
+from hookloop.plugins.tracking.backend import TrackerBackend, TrackerRow
 from hookloop.plugins.tracking.link import TrackerLink
 
 if TYPE_CHECKING:
     from hookloop import Engine, State
 
-__all__ = ["Row", "TrackerBackend", "TrackerPlugin", "flatten_config", "run_tags"]
+__all__ = ["TrackerBackend", "TrackerPlugin", "flatten_config", "run_tags"]
 
 log = structlog.get_logger(__name__)
 
@@ -198,7 +197,7 @@ class TrackerPlugin:
 
     def _send(self, *, wait: bool = True) -> None:
         """Hand the queued rows whose values have landed (with `wait`: all) to the tracker."""
-        rows: list[Row] = []
+        rows: list[TrackerRow] = []
         landed: dict[int, dict[str, float]] = {}
         if self.log is not None:
             if wait:
@@ -250,7 +249,7 @@ class TrackerPlugin:
             files = [run_dir / n for n in ("config.toml", "metrics.csv") if (run_dir / n).is_file()]
         if run_dir is not None and (run_dir / "metrics.csv").is_file():
             try:
-                from hookloop.commands.plot import plot_run
+                from hookloop.plotting import plot_run
 
                 files.append(plot_run(run_dir, run_dir / "metrics.png"))
             except Exception as exc:  # no matplotlib, or nothing to plot yet
