@@ -28,7 +28,7 @@ import structlog
 
 from hookloop import hookimpl
 from hookloop.options import check_int, check_number
-from hookloop.plugins.loggers.base import METRIC_WRITERS, planned_steps
+from hookloop.plugins.loggers.base import planned_steps
 from hookloop.plugins.stepvalues.hostcopy import to_floats
 from hookloop.plugins.stepvalues.steplog import RowReader, StepLog
 
@@ -62,7 +62,7 @@ class Console:
 
     name = "console"
     critical = False  # a broken log line must not stop training
-    after = METRIC_WRITERS  # run after them in after_step: see this step's metrics
+    reads_metrics = True  # after the metric writers: see this step's metrics
 
     def __init__(self, *, every: int = 10, ema_beta: float = 0.9) -> None:
         check_int(self.name, "every", every, minimum=1)

@@ -43,7 +43,7 @@ import structlog
 
 from hookloop import PluginError, hookimpl
 from hookloop.options import check_int, check_number
-from hookloop.plugins.loggers.base import METRIC_WRITERS, ClosesAtEnd
+from hookloop.plugins.loggers.base import ClosesAtEnd
 from hookloop.plugins.loggers.csvfile import MetricsFile
 from hookloop.plugins.stepvalues.hostcopy import to_floats
 from hookloop.plugins.stepvalues.steplog import MAX_UNSENT, RowReader, StepLog, StepRow
@@ -73,7 +73,7 @@ class CSVLogger(ClosesAtEnd):
     """Append each step's metrics to a CSV file, resume-safe."""
 
     name = "csv"
-    after = METRIC_WRITERS  # run after them in after_step: the row holds this step's metrics
+    reads_metrics = True  # after the metric writers: the row holds this step's metrics
     before = ("checkpoint",)  # row k is on disk before checkpoint k, so a resume never loses it
 
     def __init__(

@@ -27,7 +27,7 @@ import structlog
 
 from hookloop import PluginError, hookimpl
 from hookloop.options import check_number
-from hookloop.plugins.loggers.base import METRIC_WRITERS, ClosesAtEnd, planned_steps
+from hookloop.plugins.loggers.base import ClosesAtEnd, planned_steps
 from hookloop.plugins.stepvalues.steplog import StepLog
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class Progress(ClosesAtEnd):
 
     name = "progress"
     critical = False  # a display: failing must not stop training
-    after = METRIC_WRITERS  # run after them in after_step: show this step's lr
+    reads_metrics = True  # after the metric writers: show this step's lr
 
     def __init__(self, *, enabled: bool | str = "auto", refresh_s: float = 0.5) -> None:
         if enabled not in ("auto", True, False):

@@ -92,6 +92,7 @@ class LRSchedule:
     """Warmup followed by cosine, constant, linear or warmup-stable-decay learning rates."""
 
     name = "schedule"
+    writes_metrics = True  # loggers (reads_metrics) run after it within a hook
 
     def __init__(
         self,

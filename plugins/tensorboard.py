@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from hookloop import PluginError, hookimpl
 from hookloop.options import check_int
-from hookloop.plugins.loggers.base import METRIC_WRITERS, ClosesAtEnd
+from hookloop.plugins.loggers.base import ClosesAtEnd
 from hookloop.plugins.stepvalues.hostcopy import to_floats
 from hookloop.plugins.stepvalues.steplog import RowReader, StepLog
 
@@ -37,7 +37,7 @@ class TensorBoard(ClosesAtEnd):
 
     name = "tensorboard"
     critical = False  # an optional viewer: failing must not stop training
-    after = METRIC_WRITERS  # run after them in after_step: see this step's metrics
+    reads_metrics = True  # after the metric writers: see this step's metrics
 
     def __init__(self, *, log_dir: str = "", every: int = 10) -> None:
         if not isinstance(log_dir, str):

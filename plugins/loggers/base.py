@@ -1,5 +1,6 @@
 """What the logger plugins (`console`, `csv`, `tensorboard`, `progress`, the trackers) share:
-which plugins they run after, how long the run is planned to be, and closing at the end.
+how long the run is planned to be, and closing at the end. (They run after the plugins that
+write `state.metrics` by declaring `reads_metrics = True`; see `hookloop.loading`.)
 
 Imports no torch, so `schedule` can use `planned_steps` while staying torch-free.
 """
@@ -13,11 +14,7 @@ from hookloop import hookimpl
 if TYPE_CHECKING:
     from hookloop import Engine
 
-__all__ = ["METRIC_WRITERS", "ClosesAtEnd", "planned_steps"]
-
-METRIC_WRITERS = ("clip", "schedule", "eval", "throughput")
-"""Plugins that write `state.metrics`; loggers declare `after = METRIC_WRITERS` so that they
-run after them within a hook and see every value of the step."""
+__all__ = ["ClosesAtEnd", "planned_steps"]
 
 
 def planned_steps(engine: Engine) -> int | None:

@@ -16,7 +16,6 @@ queues the copy and reads it at the next step, when it has long landed.
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -68,11 +67,6 @@ class StepTensors:
     per_parameter: bool
 
 
-_CACHE: weakref.WeakKeyDictionary[Any, tuple[torch.Tensor, StepTensors, StepScalars | None]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def step_tensors(engine: Engine, state: State) -> StepTensors:
     """The current step's loss and gradient norms on the device; no host sync.
 
@@ -80,7 +74,8 @@ def step_tensors(engine: Engine, state: State) -> StepTensors:
     unscaled first. Later calls in the same step return the cached result.
     """
     assert state.loss is not None, "step_tensors() is for after_backward"
-    cached = _CACHE.get(engine)
+    # In engine.shared: (the loss it was measured for, the tensors, the scalars once read)
+    cached = engine.shared.get(StepTensors)
     if cached is not None and cached[0] is state.loss:
         return cached[1]
     loss = state.loss.detach().reshape(()).float()
@@ -108,7 +103,7 @@ def step_tensors(engine: Engine, state: State) -> StepTensors:
     if per_parameter:
         state.metrics["grad_norm"] = total
     result = StepTensors(values=values, loss=values[0], total=total, per_parameter=per_parameter)
-    _CACHE[engine] = (state.loss, result, None)
+    engine.shared[StepTensors] = (state.loss, result, None)
     return result
 
 
@@ -121,13 +116,13 @@ def step_scalars(engine: Engine, state: State) -> StepScalars:
     """The loss and gradient norm of the current step on the host, now: one host sync per
     step, shared by every caller in the step (`step_tensors()`, read back in one copy)."""
     tensors = step_tensors(engine, state)
-    cached = _CACHE[engine]
+    cached = engine.shared[StepTensors]
     if cached[2] is not None:
         return cached[2]
     host = _to_host(tensors.values)
     norm = math.sqrt(sum(v * v for v in host[1:])) if tensors.per_parameter else host[1]
     scalars = StepScalars(loss=host[0], grad_norm=norm)
-    _CACHE[engine] = (cached[0], tensors, scalars)
+    engine.shared[StepTensors] = (cached[0], tensors, scalars)
     return scalars
 
 

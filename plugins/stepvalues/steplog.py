@@ -17,7 +17,6 @@ are dropped.
 from __future__ import annotations
 
 import math
-import weakref
 from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -86,18 +85,15 @@ class RowReader:
         return self.last[1] if self.last is not None else None
 
 
-_LOGS: weakref.WeakKeyDictionary[Any, StepLog] = weakref.WeakKeyDictionary()
-
-
 class StepLog:
     """Rows of step values on their way to the host, shared by every logger of an engine."""
 
     @classmethod
     def of(cls, engine: Engine) -> StepLog:
-        """The engine's log (made on first use)."""
-        log = _LOGS.get(engine)
+        """The engine's log (made on first use, kept in `engine.shared`)."""
+        log = engine.shared.get(cls)
         if log is None:
-            log = _LOGS[engine] = cls()
+            log = engine.shared[cls] = cls()
         return log
 
     def __init__(self) -> None:

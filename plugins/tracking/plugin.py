@@ -39,7 +39,6 @@ import structlog
 
 from hookloop import PluginError, hookimpl
 from hookloop.options import check_int, check_number
-from hookloop.plugins.loggers.base import METRIC_WRITERS
 from hookloop.plugins.stepvalues.hostcopy import to_floats
 from hookloop.plugins.stepvalues.steplog import MAX_UNSENT, RowReader, StepLog, StepRow
 from hookloop.plugins.tracking.backend import TrackerBackend, TrackerRow
@@ -86,7 +85,8 @@ class TrackerPlugin:
 
     name = "tracker"
     critical = False  # an optional viewer: failing must not stop training
-    after = (*METRIC_WRITERS, "csv")
+    reads_metrics = True  # after every writes_metrics plugin in a hook
+    after = ("csv",)
     backend_class = ""
     """`"module:Class"` of the `TrackerBackend`, built in the tracker process."""
 
