@@ -102,6 +102,9 @@ class Engine:
         self.config = config or {}
         self.count_tokens = count_tokens or default_count_tokens
         self.state = State()
+        self.shared: dict[type, Any] = {}
+        """What this engine's plugins share, keyed by its class (the loggers' `StepLog`, the
+        guards' step measurements): it lives and dies with the engine."""
         self.max_steps: int | None = None
         """The `max_steps` of the current `fit()` call, for schedules and progress."""
         self.max_epochs: int | None = None

@@ -263,14 +263,19 @@ def plugin_name(plugin: object) -> str:
 
 def order_plugins(plugins: list[LoadedPlugin]) -> list[LoadedPlugin]:
     """Sort plugins so each runs after the plugins it names in `after` and before those it
-    names in `before`. Ties keep the given order; names of absent plugins are ignored.
+    names in `before`. Ties keep the given order; names of absent plugins are ignored. A
+    plugin with `reads_metrics = True` (a logger) also runs after every plugin with
+    `writes_metrics = True`, so it sees every value of the step in `state.metrics`.
 
     Raises:
         PluginError: the declarations form a cycle.
     """
     index = {p.name: i for i, p in enumerate(plugins)}
     runs_after: dict[str, set[str]] = {p.name: set() for p in plugins}
+    writers = {p.name for p in plugins if getattr(p.plugin, "writes_metrics", False)}
     for p in plugins:
+        if getattr(p.plugin, "reads_metrics", False):
+            runs_after[p.name] |= writers - {p.name}
         for other in getattr(p.plugin, "after", ()):
             if other in index:
                 runs_after[p.name].add(other)

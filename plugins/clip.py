@@ -42,6 +42,7 @@ class GradClip:
     """Clip gradients after backward and record their pre-clip global norm."""
 
     name = "clip"
+    writes_metrics = True  # loggers (reads_metrics) run after it within a hook
 
     def __init__(
         self, *, max_norm: float = 1.0, mode: str = "norm", max_value: float = 1.0

@@ -10,7 +10,7 @@ validation metrics. Lines go through structlog, so `hookloop --log-format json` 
 into JSON objects and the default gives human key=value text.
 
 Hooks: `on_fit_start`, `after_step`, `on_eval_end`, `on_fit_end`. Cost: filing the step's
-values in the loggers' shared buffer (`hookloop.plugins._steplog`, no tensor work); on the
+values in the loggers' shared buffer (`hookloop.plugins.stepvalues.steplog`, no tensor work); on the
 steps it logs, one batched copy of every row since the last line (shared with `csv` and
 `tensorboard`) and the one host sync, none on the others. `ema_loss` is computed on the host
 from every step's loss.
@@ -28,8 +28,9 @@ import structlog
 
 from hookloop import hookimpl
 from hookloop.options import check_int, check_number
-from hookloop.plugins._metrics import METRIC_WRITERS, planned_steps, to_floats
-from hookloop.plugins._steplog import RowReader, StepLog
+from hookloop.plugins.loggers.base import planned_steps
+from hookloop.plugins.stepvalues.hostcopy import to_floats
+from hookloop.plugins.stepvalues.steplog import RowReader, StepLog
 
 if TYPE_CHECKING:
     from hookloop import Engine, State
@@ -61,7 +62,7 @@ class Console:
 
     name = "console"
     critical = False  # a broken log line must not stop training
-    after = METRIC_WRITERS  # run after them in after_step: see this step's metrics
+    reads_metrics = True  # after the metric writers: see this step's metrics
     before = ("checkpoint",)  # step k's row is recorded before checkpoint k saves the average
 
     def __init__(self, *, every: int = 10, ema_beta: float = 0.9) -> None:

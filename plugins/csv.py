@@ -21,7 +21,7 @@ Critical: yes. The file is the run's record (`hookloop plot` reads it). A write 
 (disk full, permissions) stops the run; resuming from the last checkpoint then produces a
 complete file, whereas disabling the plugin would leave a permanent hole in it.
 
-Rows travel to the host through the loggers' shared buffer (`hookloop.plugins._steplog`):
+Rows travel to the host through the loggers' shared buffer (`hookloop.plugins.stepvalues.steplog`):
 a step only files its values there, and rows are copied together, in one batch, when a
 logger logs (`console` every 10 steps) or 16 rows are waiting; they are written once the
 copy has landed, and always before a checkpoint and at the end (also when `fit()` raises).
@@ -43,9 +43,10 @@ import structlog
 
 from hookloop import PluginError, hookimpl
 from hookloop.options import check_int, check_number
-from hookloop.plugins._csvfile import MetricsFile
-from hookloop.plugins._metrics import METRIC_WRITERS, ClosesAtEnd, to_floats
-from hookloop.plugins._steplog import MAX_UNSENT, Row, RowReader, StepLog
+from hookloop.plugins.loggers.base import ClosesAtEnd
+from hookloop.plugins.loggers.csvfile import MetricsFile
+from hookloop.plugins.stepvalues.hostcopy import to_floats
+from hookloop.plugins.stepvalues.steplog import MAX_UNSENT, RowReader, StepLog, StepRow
 
 if TYPE_CHECKING:
     from hookloop import Engine, State
@@ -72,7 +73,7 @@ class CSVLogger(ClosesAtEnd):
     """Append each step's metrics to a CSV file, resume-safe."""
 
     name = "csv"
-    after = METRIC_WRITERS  # run after them in after_step: the row holds this step's metrics
+    reads_metrics = True  # after the metric writers: the row holds this step's metrics
     before = ("checkpoint",)  # row k is on disk before checkpoint k, so a resume never loses it
 
     def __init__(
@@ -88,7 +89,7 @@ class CSVLogger(ClosesAtEnd):
         self.reader = RowReader(float(ema_beta))
         self.file: MetricsFile | None = None
         self.log: StepLog | None = None
-        self._queued: deque[tuple[dict[str, Any], Row]] = deque()  # rows on their way
+        self._queued: deque[tuple[dict[str, Any], StepRow]] = deque()  # rows on their way
         self._pending: dict[str, float] = {}  # eval metrics for the row about to be made
         self._seen_step = -1
 
@@ -120,7 +121,7 @@ class CSVLogger(ClosesAtEnd):
             self.log.send()
         self._write_landed()
 
-    def _queue(self, row: Row, extra: dict[str, float] | None = None) -> None:
+    def _queue(self, row: StepRow, extra: dict[str, float] | None = None) -> None:
         fields = {"step": row.step, "epoch": row.epoch, **self._pending, **(extra or {})}
         self._pending = {}
         last = self.reader.last

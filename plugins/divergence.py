@@ -27,7 +27,7 @@ read on the host before the update and it acts at once.
 
 Hooks: `after_backward`, `after_step`, `on_fit_end`, `on_exception`, `on_save_checkpoint`,
 `on_load_checkpoint`. Cost: a few float operations on the host; the loss and norm come from
-`hookloop.plugins._stepvalues.step_tensors`, measured once per step for all guards. No host
+`hookloop.plugins.stepvalues.measure.step_tensors`, measured once per step for all guards. No host
 sync with `warn`, nor with a fused optimizer; else one per step shared with `nan_guard`.
 """
 
@@ -40,8 +40,8 @@ import torch
 
 from hookloop import hookimpl
 from hookloop.options import check_choice, check_int, check_number
-from hookloop.plugins._guards import GuardPolicy, step_scalars
-from hookloop.plugins._stepvalues import LateRead, step_tensors
+from hookloop.plugins.guarding.policy import GuardPolicy
+from hookloop.plugins.stepvalues.measure import LateRead, step_scalars, step_tensors
 from hookloop.update import can_skip_on_device
 
 if TYPE_CHECKING:

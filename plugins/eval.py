@@ -37,6 +37,7 @@ class Eval:
     """Run `engine.evaluate()` on a schedule and publish the validation metrics."""
 
     name = "eval"
+    writes_metrics = True  # loggers (reads_metrics) run after it within a hook
 
     def __init__(
         self, *, every: int = 200, epoch_end: bool = True, final: bool = True, max_batches: int = 0

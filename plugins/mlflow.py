@@ -23,7 +23,7 @@ are not logged twice. A run that ends normally is marked FINISHED, one that rais
 (KILLED on Ctrl-C); one killed outright stays RUNNING until resumed.
 
 Non-critical, rank 0 only. Every MLflow call runs in a tracker process of its own (see
-`hookloop.plugins._trackerproc`): a failing or unreachable store is logged once, journaled
+`hookloop.plugins.tracking.process`): a failing or unreachable store is logged once, journaled
 and the plugin disabled; training goes on. Hooks: `on_fit_start`, `after_step`, `on_eval_end`,
 `on_fit_end`, `on_exception`, `on_save_checkpoint`, `on_load_checkpoint`.
 Cost: a reference kept per step; every `flush_every` logged steps one stacked copy to the host
@@ -36,7 +36,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from hookloop import PluginError
-from hookloop.plugins._tracker import TrackerPlugin
+from hookloop.plugins.tracking.plugin import TrackerPlugin
 
 if TYPE_CHECKING:
     from hookloop import Engine
@@ -48,7 +48,7 @@ class MLflow(TrackerPlugin):
     """Log the run to MLflow (see the module docstring for options)."""
 
     name = "mlflow"
-    backend_class = "hookloop.plugins._mlflowbackend:MLflowBackend"
+    backend_class = "hookloop.plugins.tracking.mlflowbackend:MLflowBackend"
 
     def __init__(
         self,

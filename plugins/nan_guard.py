@@ -35,7 +35,7 @@ are read on the host before the update and the guard acts at once.
 Hooks: `after_backward`, `after_step`, `on_fit_end`, `on_exception`, `on_save_checkpoint`,
 `on_load_checkpoint`. Cost: one fused pass over the gradients for their norms (reused by
 `clip`), a few scalar ops on the device; no host sync with a fused optimizer, else one per
-step, shared with `divergence` (see `hookloop.plugins._guards`).
+step, shared with `divergence` (see `hookloop.plugins.guarding.policy`).
 """
 
 from __future__ import annotations
@@ -48,8 +48,15 @@ import torch
 
 from hookloop import hookimpl
 from hookloop.options import check_choice, check_int, check_number
-from hookloop.plugins._guards import GuardPolicy, bad_gradient_names, step_scalars
-from hookloop.plugins._stepvalues import LateRead, names_from_norms, nonfinite, step_tensors
+from hookloop.plugins.guarding.policy import GuardPolicy
+from hookloop.plugins.stepvalues.measure import (
+    LateRead,
+    bad_gradient_names,
+    names_from_norms,
+    nonfinite,
+    step_scalars,
+    step_tensors,
+)
 from hookloop.update import can_skip_on_device
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ so log files and CI output stay clean; if tqdm is not installed it is silently o
 log line says why). `enabled = true` forces the bar on and is a `PluginError` without tqdm.
 
 Hooks: `on_fit_start`, `after_step`, `on_fit_end`, `on_exception`. Cost: a counter update
-and filing the step's values in the loggers' shared buffer (`hookloop.plugins._steplog`)
+and filing the step's values in the loggers' shared buffer (`hookloop.plugins.stepvalues.steplog`)
 per step; at most once every `refresh_s` seconds the rows waiting there are sent to the host
 without waiting, and the bar shows the newest loss that has landed (on a GPU, usually
 that of a step or so earlier).
@@ -28,8 +28,8 @@ import structlog
 from hookloop import PluginError, hookimpl
 from hookloop.logs import debug
 from hookloop.options import check_number
-from hookloop.plugins._metrics import METRIC_WRITERS, ClosesAtEnd, planned_steps
-from hookloop.plugins._steplog import StepLog
+from hookloop.plugins.loggers.base import ClosesAtEnd, planned_steps
+from hookloop.plugins.stepvalues.steplog import StepLog
 
 if TYPE_CHECKING:
     from hookloop import Engine, State
@@ -44,7 +44,7 @@ class Progress(ClosesAtEnd):
 
     name = "progress"
     critical = False  # a display: failing must not stop training
-    after = METRIC_WRITERS  # run after them in after_step: show this step's lr
+    reads_metrics = True  # after the metric writers: show this step's lr
 
     def __init__(self, *, enabled: bool | str = "auto", refresh_s: float = 0.5) -> None:
         if enabled not in ("auto", True, False):

@@ -92,6 +92,7 @@ class LRSchedule:
     """Warmup followed by cosine, constant, linear or warmup-stable-decay learning rates."""
 
     name = "schedule"
+    writes_metrics = True  # loggers (reads_metrics) run after it within a hook
 
     def __init__(
         self,
@@ -117,7 +118,7 @@ class LRSchedule:
 
     @hookimpl
     def on_fit_start(self, engine: Engine) -> None:
-        from hookloop.plugins._metrics import planned_steps  # here: keep the module torch-free
+        from hookloop.plugins.loggers.base import planned_steps  # here: keep the module torch-free
 
         total = self.total_steps or planned_steps(engine)
         if not total:
@@ -166,7 +167,7 @@ class LRSchedule:
         The run's length is `total_steps`, else the subject's `max_steps`, else the engine's
         planned length; the peak is group 0's `initial_lr` (or `lr`).
         """
-        from hookloop.plugins._metrics import planned_steps  # here: keep the module torch-free
+        from hookloop.plugins.loggers.base import planned_steps  # here: keep the module torch-free
 
         engine = subject.engine
         total = (

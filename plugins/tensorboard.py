@@ -10,7 +10,7 @@ grad_norm, tokens_per_s and every other metric of the step), evaluation scalars 
 `val/`. A resumed run purges the events written after the checkpoint it resumes from.
 
 Hooks: `on_fit_start`, `after_step`, `on_eval_end`, `on_fit_end`, `on_exception`.
-Cost: filing the step's values in the loggers' shared buffer (`hookloop.plugins._steplog`,
+Cost: filing the step's values in the loggers' shared buffer (`hookloop.plugins.stepvalues.steplog`,
 no tensor work); on logged steps one batched copy (shared with `console` and `csv`), the one
 host sync, and a buffered write.
 """
@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from hookloop import PluginError, hookimpl
 from hookloop.options import check_int
-from hookloop.plugins._metrics import METRIC_WRITERS, ClosesAtEnd, to_floats
-from hookloop.plugins._steplog import RowReader, StepLog
+from hookloop.plugins.loggers.base import ClosesAtEnd
+from hookloop.plugins.stepvalues.hostcopy import to_floats
+from hookloop.plugins.stepvalues.steplog import RowReader, StepLog
 
 if TYPE_CHECKING:
     from hookloop import Engine, State
@@ -36,7 +37,7 @@ class TensorBoard(ClosesAtEnd):
 
     name = "tensorboard"
     critical = False  # an optional viewer: failing must not stop training
-    after = METRIC_WRITERS  # run after them in after_step: see this step's metrics
+    reads_metrics = True  # after the metric writers: see this step's metrics
 
     def __init__(self, *, log_dir: str = "", every: int = 10) -> None:
         if not isinstance(log_dir, str):

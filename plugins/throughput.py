@@ -32,6 +32,7 @@ class Throughput:
     """Tokens per second, step time and model FLOPs utilisation of each step."""
 
     name = "throughput"
+    writes_metrics = True  # loggers (reads_metrics) run after it within a hook
     critical = False  # a measurement, not part of training
     before = ("eval",)  # stop the clock before eval's after_step evaluates
 

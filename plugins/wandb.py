@@ -23,11 +23,11 @@ artifact `hookloop-<run id>` with `config.toml`, `metrics.csv`, `metrics.png` an
 Resume: the W&B run id is saved in the checkpoint; `--resume` calls `wandb.init(id=...,
 resume="allow")`. W&B drops steps that go backwards, so the steps the run already holds
 (online: the server's step; offline: the earlier offline files of the run, read by
-`hookloop.plugins._wandbfile`) are not logged again: each step appears once. Offline, each
+`hookloop.plugins.tracking.wandbfile`) are not logged again: each step appears once. Offline, each
 start writes a folder of its own with the same run id; `wandb sync` uploads them in order.
 
 Non-critical, rank 0 only. Every W&B call runs in a tracker process of its own (see
-`hookloop.plugins._trackerproc`), which starts its own W&B service (an inherited
+`hookloop.plugins.tracking.process`), which starts its own W&B service (an inherited
 `WANDB_SERVICE` is not used): a failure is logged once, journaled and the plugin disabled;
 training goes on. Hooks: `on_fit_start`, `after_step`, `on_eval_end`, `on_fit_end`,
 `on_exception`, `on_save_checkpoint`, `on_load_checkpoint`.
@@ -45,7 +45,7 @@ from urllib.parse import urlparse
 
 from hookloop import PluginError
 from hookloop.options import check_choice
-from hookloop.plugins._tracker import TrackerPlugin
+from hookloop.plugins.tracking.plugin import TrackerPlugin
 
 if TYPE_CHECKING:
     from hookloop import Engine
@@ -80,7 +80,7 @@ class WandB(TrackerPlugin):
     """Log the run to W&B (see the module docstring for options)."""
 
     name = "wandb"
-    backend_class = "hookloop.plugins._wandbbackend:WandBBackend"
+    backend_class = "hookloop.plugins.tracking.wandbbackend:WandBBackend"
 
     def __init__(
         self,

@@ -39,7 +39,7 @@ def preload() -> None:
     build_parser()  # every command module
     for module in ("hookloop.lm.recipe", "hookloop.lm.prepare", "hookloop.checkpoint"):
         importlib.import_module(module)
-    from hookloop.commands.plot import pyplot
+    from hookloop.plotting import pyplot
 
     pyplot()  # matplotlib on Agg, its font cache read (or built) once
     for ep in entry_points(group="hookloop"):

@@ -631,7 +631,7 @@ def logged_steps(tracker_name, run_dir):
                 return [s for (s,) in db.execute("SELECT step FROM metrics WHERE key = 'loss'")]
         except sqlite3.Error:  # not created yet, or locked by a write
             return []
-    from hookloop.plugins._wandbfile import history_steps
+    from hookloop.plugins.tracking.wandbfile import history_steps
 
     return [s for f in (run_dir / "wandb").glob("offline-run-*/*.wandb") for s in history_steps(f)]
 

@@ -131,6 +131,15 @@ def test_declared_before_and_after_resolve_one_deterministic_order(make_engine):
     assert engine.hook_order()["after_step"] == ["schedule", "clip", "logger", "other"]
 
 
+def test_a_metrics_reader_runs_after_every_metrics_writer(make_engine):
+    reader, writer, other = Named("logger"), Named("lr"), Named("timer")
+    reader.reads_metrics = True
+    writer.writes_metrics = other.writes_metrics = True
+    engine = make_engine(plugins=[reader, writer, Named("plain"), other], config={})
+    engine.fit(max_steps=1)
+    assert engine.config["order"] == ["lr", "plain", "timer", "logger"]
+
+
 def test_tryfirst_and_trylast_still_pin_the_ends(make_engine):
     class Last:
         name = "last"

@@ -248,7 +248,7 @@ def test_the_recipe_resume_and_sample_paths_never_unpickle(
 
 
 def test_a_rollback_to_the_last_checkpoint_never_unpickles(make_engine, tmp_path, no_unpickling):
-    from hookloop.plugins._guards import rollback
+    from hookloop.plugins.guarding.policy import rollback
 
     engine = make_engine(batches=10, run_dir=tmp_path)
     engine.fit(max_steps=2)

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from hookloop.errors import RunLockedError
-from hookloop.runlock import LOCK_FILE, holds_lock, lock_run_dir, release_run_dir
+from hookloop.runlock import (
+    LOCK_FILE,
+    holds_lock,
+    lock_file,
+    lock_run_dir,
+    release_run_dir,
+    unlock_file,
+)
 
 HOLDER = """
 import sys, time
@@ -120,3 +127,12 @@ def test_train_holds_the_lock_a_second_train_is_refused_and_kill_9_then_resume_w
     out, err = resumed.communicate(timeout=180)
     assert resumed.returncode == 0, err
     assert f"(step {step})" in out and f"done: {step + 2} steps" in out
+
+
+def test_lock_file_waits_at_most_its_timeout_and_is_free_once_unlocked(tmp_path):
+    path = tmp_path / ".tracker.lock"
+    held = lock_file(path, timeout=0)
+    with pytest.raises(TimeoutError, match=rf"still locked .* \(PID {os.getpid()}\)"):
+        lock_file(path, timeout=0.1)
+    unlock_file(held)
+    unlock_file(lock_file(path, timeout=0))

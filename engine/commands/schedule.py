@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     width = max(min(args.width, total), 1)
     print(sparkline([lr(s) for s in sample_steps(total, width)]))
     if args.out:
-        from hookloop.commands.plot import pyplot
+        from hookloop.plotting import pyplot
 
         plt = pyplot()
         stride = max(total // 5000, 1)

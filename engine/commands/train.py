@@ -201,8 +201,8 @@ def _final_eval(engine: Any, max_batches: int | None, say: Any = print) -> None:
 
 def _plot(run_dir: Path) -> None:
     """Draw the run's curves into run_dir/metrics.png when matplotlib is there."""
-    from hookloop.commands.plot import plot_run
     from hookloop.errors import HookloopError
+    from hookloop.plotting import plot_run
 
     if not (run_dir / "metrics.csv").is_file():
         return  # the csv plugin was disabled

@@ -155,16 +155,9 @@ def test_rows_waiting_for_a_device_copy_are_written_in_order_before_checkpoints_
 ):
     # Stand-in for a GPU whose copies never land by themselves: rows queue up, and are
     # written before a checkpoint collects state, and at the end.
-    from hookloop.plugins import _steplog
+    from hookloop.plugins.stepvalues.hostcopy import HostCopy
 
-    class NeverLands:
-        def query(self):
-            return False
-
-        def synchronize(self):
-            pass
-
-    monkeypatch.setattr(_steplog, "_start_copy", lambda values: (values, NeverLands()))
+    monkeypatch.setattr(HostCopy, "landed", property(lambda self: False))
     on_disk = {}
 
     class Peek:

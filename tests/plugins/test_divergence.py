@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from hookloop import PluginError, hookimpl
-from hookloop.plugins._guards import TrainingHalted
 from hookloop.plugins.divergence import Divergence
+from hookloop.plugins.guarding.policy import TrainingHalted
 
 
 class LrJump:
@@ -139,10 +139,10 @@ def test_with_a_fused_optimizer_a_spike_is_skipped_on_the_device_and_stops_a_ste
 
 
 def test_warn_never_reads_the_host_before_an_update(make_engine, monkeypatch):
-    from hookloop.plugins import _stepvalues
+    from hookloop.plugins.stepvalues import measure
 
     reads = []
-    monkeypatch.setattr(_stepvalues, "_to_host", lambda t: reads.append(1) or t.tolist())
+    monkeypatch.setattr(measure, "_to_host", lambda t: reads.append(1) or t.tolist())
     engine = make_engine(batches=4, plugins=[Divergence(warmup_steps=2)])
     engine.fit(max_steps=8)  # SGD: warn needs no skip, so it is judged a step late
     assert reads == [] and engine.plugin_states()["divergence"]["seen"] == 8

@@ -5,7 +5,7 @@ On a CPU nothing waits for a device, so the test counts what would wait on one: 
 that turns a tensor into a host value (`item`, `tolist`, `bool(t)`, `float(t)`, `int(t)`,
 `.cpu()`, `.numpy()`), attributed to the step in progress. Reading a host buffer after its
 copy has landed is not a sync and goes through NumPy, not a tensor (the guards' one-step-late
-verdict, `hookloop.plugins._stepvalues.LateRead`); the loggers' batched copy is read with one
+verdict, `hookloop.plugins.stepvalues.measure.LateRead`); the loggers' batched copy is read with one
 `tolist()` on the steps they log.
 """
 

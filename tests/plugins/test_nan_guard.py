@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hookloop import PluginError, hookimpl
-from hookloop.plugins._guards import TrainingHalted
+from hookloop.plugins.guarding.policy import TrainingHalted
 from hookloop.plugins.nan_guard import NanGuard
 
 
@@ -81,12 +81,12 @@ def test_skip_stops_after_max_consecutive_bad_steps(make_engine):
 def test_with_a_non_fused_optimizer_the_guards_cost_one_host_read_per_step(
     make_engine, monkeypatch
 ):
-    from hookloop.plugins import _stepvalues
     from hookloop.plugins.divergence import Divergence
+    from hookloop.plugins.stepvalues import measure
 
     reads = []
-    real = _stepvalues._to_host
-    monkeypatch.setattr(_stepvalues, "_to_host", lambda t: reads.append(1) or real(t))
+    real = measure._to_host
+    monkeypatch.setattr(measure, "_to_host", lambda t: reads.append(1) or real(t))
     engine = make_engine(batches=6, plugins=[NanGuard(), Divergence(warmup_steps=1)])
     engine.fit(max_steps=6)  # SGD cannot skip an update on the device: read before it
     assert len(reads) == 6
@@ -276,10 +276,10 @@ class Seen:
 def test_a_fused_optimizer_skips_the_bad_update_on_the_device_with_no_host_read(
     make_engine, monkeypatch
 ):
-    from hookloop.plugins import _stepvalues
+    from hookloop.plugins.stepvalues import measure
 
     reads = []
-    monkeypatch.setattr(_stepvalues, "_to_host", lambda t: reads.append(1) or t.tolist())
+    monkeypatch.setattr(measure, "_to_host", lambda t: reads.append(1) or t.tolist())
     seen = Seen()
     engine = fused(make_engine(batches=6, plugins=[NanGuard(action="skip"), seen]))
     poison(engine, 2)
@@ -322,10 +322,10 @@ def test_a_fused_optimizer_learns_of_the_bad_step_one_step_late_and_stops(make_e
 
 
 def test_fp16_falls_back_to_a_host_read_even_with_a_fused_optimizer(make_engine, monkeypatch):
-    from hookloop.plugins import _stepvalues
+    from hookloop.plugins.stepvalues import measure
 
     reads = []
-    monkeypatch.setattr(_stepvalues, "_to_host", lambda t: reads.append(1) or t.tolist())
+    monkeypatch.setattr(measure, "_to_host", lambda t: reads.append(1) or t.tolist())
     engine = fused(make_engine(batches=3, precision="fp16", plugins=[NanGuard()]))
     engine.fit(max_steps=3)
     assert len(reads) == 3  # the GradScaler owns found_inf under fp16

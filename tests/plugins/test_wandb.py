@@ -13,7 +13,7 @@ from hookloop import PluginError
 from hookloop.plugins.eval import Eval
 
 pytest.importorskip("wandb")
-from hookloop.plugins._wandbfile import history_rows, offline_run_files, records  # noqa: E402
+from hookloop.plugins.tracking.wandbfile import history_rows, offline_run_files, records  # noqa: E402
 from hookloop.plugins.wandb import WandB, resolve_mode  # noqa: E402
 
 
@@ -101,28 +101,6 @@ def test_kill_9_between_a_logged_step_and_its_checkpoint_then_resume(tmp_path, t
     assert len(before) >= 5  # steps past the checkpoint
     assert [s for s, _ in before + after] == list(range(1, 11))  # each step exactly once
     assert after[-1][1]["loss"] == pytest.approx(float(engine.state.loss))
-
-
-def test_offline_run_files_orders_the_starts_of_a_run(tmp_path):
-    for name in (
-        "offline-run-20260102_030405-abc-1",
-        "offline-run-20260102_030405-abc",
-        "offline-run-20260102_030405-abc-10",
-        "offline-run-20260102_030405-abc-2",
-        "offline-run-20260101_000000-abc",
-        "offline-run-20260101_000000-xabc",  # another run whose id ends the same
-    ):
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / f"run-{name.split('-')[3]}.wandb").write_bytes(b"")
-    names = [p.parent.name.removeprefix("offline-run-") for p in offline_run_files(tmp_path, "abc")]
-    assert names == [
-        "20260101_000000-abc",
-        "20260102_030405-abc",
-        "20260102_030405-abc-1",
-        "20260102_030405-abc-2",
-        "20260102_030405-abc-10",
-    ]
 
 
 def test_a_tracker_error_disables_the_plugin_once_and_training_goes_on(make_engine, tmp_path):

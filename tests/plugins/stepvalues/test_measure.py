@@ -1,4 +1,5 @@
-"""hookloop.plugins._guards: the one-sync step reader, also under DDP (two gloo processes)."""
+"""hookloop.plugins.stepvalues.measure: the one-sync step reader, also under DDP (two gloo
+processes)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import pytest
 
 BODY = """
-from hookloop.plugins._guards import step_scalars
+from hookloop.plugins.stepvalues.measure import step_scalars
 from hookloop.plugins.nan_guard import NanGuard
 
 
@@ -57,8 +58,8 @@ def test_step_scalars_reuse_the_clip_norm_and_are_cached_per_step(make_engine):
     import torch
 
     from hookloop import hookimpl
-    from hookloop.plugins._guards import step_scalars
     from hookloop.plugins.clip import GradClip
+    from hookloop.plugins.stepvalues.measure import step_scalars
 
     seen = []
 
@@ -90,7 +91,7 @@ def test_step_scalars_reuse_the_clip_norm_and_are_cached_per_step(make_engine):
 def test_a_non_finite_gradient_makes_the_step_not_finite_and_is_named():
     import torch
 
-    from hookloop.plugins._guards import StepScalars, bad_gradient_names
+    from hookloop.plugins.stepvalues.measure import StepScalars, bad_gradient_names
 
     model = torch.nn.Sequential(*[torch.nn.Linear(2, 2) for _ in range(6)])
     for p in model.parameters():
@@ -105,7 +106,7 @@ def test_a_non_finite_gradient_makes_the_step_not_finite_and_is_named():
 def test_an_overflowing_norm_of_finite_gradients_names_the_largest():
     import torch
 
-    from hookloop.plugins._guards import bad_gradient_names
+    from hookloop.plugins.stepvalues.measure import bad_gradient_names
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
     for p in model.parameters():

@@ -1,6 +1,6 @@
 """What the `nan_guard` and `divergence` plugins share: what to do about a bad step
 (`GuardPolicy`: warn, skip, roll back to the last good checkpoint, or stop with an emergency
-save), and the step's values they judge it by (`hookloop.plugins._stepvalues`).
+save), and the step's values they judge it by (`hookloop.plugins.stepvalues.measure`).
 
 **Cost.** The guards measure a step on the device (`step_tensors()`: one fused pass over the
 gradients, shared with `clip`). When the optimizer can skip an update on the device (fused
@@ -17,27 +17,12 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from hookloop.errors import HookloopError
-from hookloop.plugins._stepvalues import (
-    StepScalars,
-    bad_gradient_names,
-    local_tensor,
-    step_scalars,
-)
 
 if TYPE_CHECKING:
     from hookloop.engine import Engine
     from hookloop.state import State
 
-__all__ = [
-    "GuardPolicy",
-    "StepScalars",
-    "TrainingHalted",
-    "bad_gradient_names",
-    "emergency_save",
-    "local_tensor",
-    "rollback",
-    "step_scalars",
-]
+__all__ = ["GuardPolicy", "TrainingHalted", "emergency_save", "rollback"]
 
 log = structlog.get_logger("hookloop")
 

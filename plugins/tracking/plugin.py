@@ -5,11 +5,11 @@ Not a plugin: no entry point. A tracker plugin subclasses `TrackerPlugin`, names
 parameters, log rows of metrics, finish with artifacts) and gives that backend's options.
 
 **Almost nothing per step, no host syncs.** `after_step` files the step's row in the
-loggers' shared buffer (`hookloop.plugins._steplog`: the loss and `state.metrics` kept as
+loggers' shared buffer (`hookloop.plugins.stepvalues.steplog`: the loss and `state.metrics` kept as
 tensors, no tensor work). Every `flush_every` logged steps the rows are sent to the host in
 one batched copy (asynchronous on a GPU) and handed on once landed, with `ema_loss` and
 `ppl` computed on the host. The rows then go to the tracker process
-(`hookloop.plugins._trackerproc`), which makes every tracker call outside the training
+(`hookloop.plugins.tracking.process`), which makes every tracker call outside the training
 process: a slow store, a down server or a network timeout never stalls a training step, and
 the tracker's own Python never competes with the loop for the interpreter lock. Only
 `fit()`'s end waits, at most `timeout` seconds, for the tracker to finish. Values in
@@ -39,16 +39,15 @@ import structlog
 
 from hookloop import PluginError, hookimpl
 from hookloop.options import check_int, check_number
-from hookloop.plugins._metrics import METRIC_WRITERS, to_floats
-from hookloop.plugins._steplog import MAX_UNSENT, RowReader, StepLog
-from hookloop.plugins._steplog import Row as StepRow
-from hookloop.plugins._trackerlink import TrackerLink
-from hookloop.plugins._trackerproc import Row, TrackerBackend
+from hookloop.plugins.stepvalues.hostcopy import to_floats
+from hookloop.plugins.stepvalues.steplog import MAX_UNSENT, RowReader, StepLog, StepRow
+from hookloop.plugins.tracking.backend import TrackerBackend, TrackerRow
+from hookloop.plugins.tracking.link import TrackerLink
 
 if TYPE_CHECKING:
     from hookloop import Engine, State
 
-__all__ = ["Row", "TrackerBackend", "TrackerPlugin", "flatten_config", "run_tags"]
+__all__ = ["TrackerBackend", "TrackerPlugin", "flatten_config", "run_tags"]
 
 log = structlog.get_logger(__name__)
 
@@ -86,7 +85,8 @@ class TrackerPlugin:
 
     name = "tracker"
     critical = False  # an optional viewer: failing must not stop training
-    after = (*METRIC_WRITERS, "csv")
+    reads_metrics = True  # after every writes_metrics plugin in a hook
+    after = ("csv",)
     backend_class = ""
     """`"module:Class"` of the `TrackerBackend`, built in the tracker process."""
 
@@ -197,7 +197,7 @@ class TrackerPlugin:
 
     def _send(self, *, wait: bool = True) -> None:
         """Hand the queued rows whose values have landed (with `wait`: all) to the tracker."""
-        rows: list[Row] = []
+        rows: list[TrackerRow] = []
         landed: dict[int, dict[str, float]] = {}
         if self.log is not None:
             if wait:
@@ -249,7 +249,7 @@ class TrackerPlugin:
             files = [run_dir / n for n in ("config.toml", "metrics.csv") if (run_dir / n).is_file()]
         if run_dir is not None and (run_dir / "metrics.csv").is_file():
             try:
-                from hookloop.commands.plot import plot_run
+                from hookloop.plotting import plot_run
 
                 files.append(plot_run(run_dir, run_dir / "metrics.png"))
             except Exception as exc:  # no matplotlib, or nothing to plot yet

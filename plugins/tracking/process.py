@@ -4,9 +4,9 @@ Not a plugin: no entry point. Tracker libraries run a lot of Python per logged v
 (MLflow: SQLAlchemy inserts; W&B: protobuf records), about a millisecond per step on the
 trivial benchmark model. On a thread of the training process that work holds the
 interpreter lock the training loop needs, so every step waits for it. Here it runs in a
-child process, `python -m hookloop.plugins._trackerproc`, which imports neither torch nor
+child process, `python -m hookloop.plugins.tracking.process`, which imports neither torch nor
 hookloop's engine; the training process writes one JSON line per batch of steps to its stdin
-(`hookloop.plugins._trackerlink`).
+(`hookloop.plugins.tracking.link`).
 
 Messages are JSON objects, one a line. To the child: `open` (the backend class and its
 options, the run id to resume or null, params, tags, the environment), `rows`, `finish`
@@ -18,9 +18,11 @@ A child serves one run at a time; after a clean finish it waits for the next, so
 SIGTERM (the training process ends its run: Ctrl-C is recorded as KILLED). When the training
 process dies (its stdin closes), it logs what it was already given, leaves the run to be
 resumed (`TrackerBackend.abandon`) and exits; a call that hangs is cut short `timeout`
-seconds after the parent died. While a run is open it holds the run's `RunLock`, which a
+seconds after the parent died. While a run is open it holds `<run_dir>/.<tracker>.lock`
+(`hookloop.runlock.lock_file`; the kernel lets it go however the process exits), which a
 resumed run takes first: a resume never reads the tracker's history while a killed start's
-tracker process is still writing it.
+tracker process is still writing it (W&B flushes the last logged step as it ends), so no
+step is logged twice.
 """
 
 from __future__ import annotations
@@ -35,10 +37,10 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["PRIVATE_ENV", "Row", "RunLock", "TrackerBackend", "main", "new_rows"]
+from hookloop.plugins.tracking.backend import TrackerBackend, TrackerRow
+from hookloop.runlock import lock_file, unlock_file
 
-Row = tuple[int, dict[str, float]]
-"""One logged step: `(optimizer step, {metric: value})`."""
+__all__ = ["PRIVATE_ENV", "main", "new_rows"]
 
 PRIVATE_ENV = ("WANDB_SERVICE",)
 """Variables a tracker process never inherits: W&B's service token would attach the child
@@ -46,36 +48,7 @@ to a parent's W&B service, which outlives a killed run and refuses its resume ("
 use"); each tracker process starts a service of its own, which dies with it."""
 
 
-class TrackerBackend:
-    """The tracker calls, made in the tracker process. Built there from JSON options:
-    `Backend(**options)`."""
-
-    def open(self, run_id: str | None) -> tuple[str, dict[str, int]]:
-        """Start a run, or continue `run_id` when resuming.
-
-        Returns:
-            The run id, and for each metric the last step the run already holds (the key
-            `"*"` applies to every metric: for trackers whose steps only go forward).
-        """
-        raise NotImplementedError
-
-    def log_params(self, params: dict[str, str], tags: dict[str, str]) -> None:
-        """Record the flattened config and the tags (a resumed run may hold some already)."""
-        raise NotImplementedError
-
-    def log_rows(self, rows: list[Row]) -> None:
-        """Log metric rows, each at its step, in step order."""
-        raise NotImplementedError
-
-    def finish(self, status: str, artifacts: list[Path]) -> None:
-        """Upload the artifacts and end the run: status is `FINISHED`, `FAILED` or `KILLED`."""
-        raise NotImplementedError
-
-    def abandon(self) -> None:
-        """The training process died: write what is pending, leave the run to be resumed."""
-
-
-def new_rows(rows: list[Row], last: dict[str, int]) -> list[Row]:
+def new_rows(rows: list[TrackerRow], last: dict[str, int]) -> list[TrackerRow]:
     """The values of `rows` the run does not hold yet (above `last[key]` and `last["*"]`);
     advances `last` past them."""
     floor = last.get("*", -1)
@@ -96,7 +69,7 @@ def main() -> None:
     out, sys.stdout = sys.stdout, sys.stderr  # a library's print must not corrupt replies
     watchdog = _Watchdog(os.getppid())
     backend: TrackerBackend | None = None
-    lock = RunLock()
+    lock: int | None = None  # the run's lock file, held while a run is open
     last: dict[str, int] = {}
     try:
         for line in sys.stdin:
@@ -104,13 +77,14 @@ def main() -> None:
             if msg["op"] == "open":
                 watchdog.grace = msg["timeout"]
                 _set_environment(msg["env"])
-                lock = RunLock(msg["lock"], msg["timeout"])
-                if msg["run_id"]:
-                    lock.acquire()  # an earlier, killed start of the run may still finish
+                path, timeout = msg["lock"], msg["timeout"]
+                if msg["run_id"] and path:  # an earlier, killed start may still be writing
+                    lock = lock_file(path, timeout=timeout)
                 module, _, cls = msg["backend"].partition(":")
                 backend = getattr(importlib.import_module(module), cls)(**msg["options"])
                 run_id, last = backend.open(msg["run_id"])
-                lock.acquire()
+                if lock is None and path:
+                    lock = lock_file(path, timeout=timeout)
                 _reply(out, opened=run_id)
                 backend.log_params(msg["params"], msg["tags"])
             elif backend is not None and msg["op"] == "rows":
@@ -119,61 +93,14 @@ def main() -> None:
             elif backend is not None and msg["op"] == "finish":
                 backend.finish(msg["status"], [Path(p) for p in msg["artifacts"]])
                 backend = None
-                lock.release()
+                if lock is not None:
+                    unlock_file(lock)
+                    lock = None
                 _reply(out, finished=True)
         if backend is not None:  # the training process died: leave the run resumable
             backend.abandon()
     except Exception as exc:  # reported to the plugin, which is then disabled
         _reply(out, error=f"{type(exc).__name__}: {exc}".splitlines()[0][:2000])
-
-
-class RunLock:
-    """An exclusive lock on `<run_dir>/.<tracker>.lock`, held by the tracker process while
-    its run is open and released when it ends or exits (however it exits).
-
-    A resumed run takes it before reading what the tracker holds, so it waits for a killed
-    run's tracker process to finish writing (W&B flushes the last logged step as it ends);
-    otherwise a step could be logged twice. No lock without a run directory, or without
-    `fcntl` (Windows).
-    """
-
-    def __init__(self, path: str | None = None, timeout: float = 0.0) -> None:
-        self.path, self.timeout = path, timeout
-        self._file: IO[bytes] | None = None
-
-    def acquire(self) -> None:
-        """Take the lock (once), waiting at most `timeout` seconds.
-
-        Raises:
-            TimeoutError: another process held it all that time.
-        """
-        try:
-            import fcntl
-        except ImportError:
-            return
-        if self.path is None or self._file is not None:
-            return
-        file = open(self.path, "ab")  # noqa: SIM115 - held until release()
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self._file = file
-                return
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    file.close()
-                    raise TimeoutError(
-                        f"{self.path} is still locked after {self.timeout:g}s: another "
-                        "process is writing this run (a killed run's tracker still ending?)"
-                    ) from None
-                time.sleep(0.05)
-
-    def release(self) -> None:
-        """Let the lock go."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
 
 
 class _Watchdog:

@@ -1,6 +1,6 @@
 """The MLflow calls of the `mlflow` plugin, made in the tracker process.
 
-Not a plugin: no entry point. Imported by `hookloop.plugins._trackerproc` in its own
+Not a plugin: no entry point. Imported by `hookloop.plugins.tracking.process` in its own
 process, so it imports neither torch nor hookloop's engine.
 """
 
@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hookloop.plugins._trackerproc import Row, TrackerBackend
+from hookloop.plugins.tracking.backend import TrackerBackend, TrackerRow
 
 __all__ = ["MLflowBackend"]
 
@@ -77,7 +77,7 @@ class MLflowBackend(TrackerBackend):
                 tags=[RunTag(k, v) for k, v in tags.items()] if i == 0 else [],
             )
 
-    def log_rows(self, rows: list[Row]) -> None:
+    def log_rows(self, rows: list[TrackerRow]) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)

@@ -16,14 +16,13 @@ queues the copy and reads it at the next step, when it has long landed.
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy
 import torch
 
 from hookloop.distributed import all_reduce_sum
+from hookloop.plugins.stepvalues.hostcopy import HostCopy
 
 if TYPE_CHECKING:
     from hookloop.engine import Engine
@@ -68,11 +67,6 @@ class StepTensors:
     per_parameter: bool
 
 
-_CACHE: weakref.WeakKeyDictionary[Any, tuple[torch.Tensor, StepTensors, StepScalars | None]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def step_tensors(engine: Engine, state: State) -> StepTensors:
     """The current step's loss and gradient norms on the device; no host sync.
 
@@ -80,7 +74,8 @@ def step_tensors(engine: Engine, state: State) -> StepTensors:
     unscaled first. Later calls in the same step return the cached result.
     """
     assert state.loss is not None, "step_tensors() is for after_backward"
-    cached = _CACHE.get(engine)
+    # In engine.shared: (the loss it was measured for, the tensors, the scalars once read)
+    cached = engine.shared.get(StepTensors)
     if cached is not None and cached[0] is state.loss:
         return cached[1]
     loss = state.loss.detach().reshape(()).float()
@@ -108,7 +103,7 @@ def step_tensors(engine: Engine, state: State) -> StepTensors:
     if per_parameter:
         state.metrics["grad_norm"] = total
     result = StepTensors(values=values, loss=values[0], total=total, per_parameter=per_parameter)
-    _CACHE[engine] = (state.loss, result, None)
+    engine.shared[StepTensors] = (state.loss, result, None)
     return result
 
 
@@ -121,13 +116,13 @@ def step_scalars(engine: Engine, state: State) -> StepScalars:
     """The loss and gradient norm of the current step on the host, now: one host sync per
     step, shared by every caller in the step (`step_tensors()`, read back in one copy)."""
     tensors = step_tensors(engine, state)
-    cached = _CACHE[engine]
+    cached = engine.shared[StepTensors]
     if cached[2] is not None:
         return cached[2]
     host = _to_host(tensors.values)
     norm = math.sqrt(sum(v * v for v in host[1:])) if tensors.per_parameter else host[1]
     scalars = StepScalars(loss=host[0], grad_norm=norm)
-    _CACHE[engine] = (cached[0], tensors, scalars)
+    engine.shared[StepTensors] = (cached[0], tensors, scalars)
     return scalars
 
 
@@ -139,43 +134,28 @@ def _to_host(values: torch.Tensor) -> list[float]:
 class LateRead:
     """One step's values on their way to the host, read at a later step without waiting.
 
-    `put()` queues the copy and returns: on CUDA into pinned memory, non-blocking, followed
-    by an event; elsewhere a plain copy. `take()`, a step later, finds the copy landed long
-    ago (it waits for the event if not) and reads the host buffer through a NumPy view: a
-    memory read, not a device sync. Under several ranks every rank reads at the same point.
+    `put()` queues the copy (a buffered `HostCopy`: one host buffer, reused step after
+    step) and returns. `take()`, a step later, finds the copy landed long ago (it waits if not) and
+    reads the host buffer: a memory read, not a device sync. Under several ranks every
+    rank reads at the same point.
     """
 
     def __init__(self) -> None:
-        self._host: torch.Tensor | None = None
-        self._view: Any = None
-        self._event: Any = None
+        self._copy = HostCopy(buffered=True)
         self.note: Any = None
         """What the caller attached to the values in flight; None when none are."""
 
     def put(self, values: torch.Tensor, note: Any) -> None:
         """Queue the copy of the 1-D float32 tensor `values`, with `note` (not None)."""
-        cuda = values.device.type == "cuda"
-        if self._host is None or self._host.shape != values.shape:
-            if cuda:
-                self._host = torch.empty(values.shape, dtype=torch.float32, pin_memory=True)
-                self._view = self._host.numpy()
-            else:
-                self._view = numpy.empty(values.shape, dtype=numpy.float32)
-                self._host = torch.from_numpy(self._view)
-        self._host.copy_(values.detach(), non_blocking=cuda)
-        if cuda:
-            self._event = torch.cuda.Event()
-            self._event.record()
+        self._copy.start(values)
         self.note = note
 
     def take(self) -> tuple[list[float], Any] | None:
         """The values and note of the last `put()`, once; None when nothing is in flight."""
         if self.note is None:
             return None
-        if self._event is not None:
-            self._event.synchronize()  # landed a step ago: returns at once
         note, self.note = self.note, None
-        return self._view.tolist(), note
+        return self._copy.read(), note
 
 
 def _is_dtensor(t: torch.Tensor) -> bool:

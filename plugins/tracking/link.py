@@ -1,4 +1,4 @@
-"""The training process's end of a tracker process (`hookloop.plugins._trackerproc`).
+"""The training process's end of a tracker process (`hookloop.plugins.tracking.process`).
 
 Not a plugin: no entry point. `TrackerLink` is one run in a tracker process: it starts the
 process (or reuses an idle one), sends it the run's messages and reads its replies. Nothing
@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hookloop.plugins._trackerproc import PRIVATE_ENV, Row
+from hookloop.plugins.tracking.backend import TrackerRow
+from hookloop.plugins.tracking.process import PRIVATE_ENV
 
 __all__ = ["TrackerLink"]
 
@@ -34,7 +35,7 @@ class TrackerLink:
         run_id: The run to continue, or None for a new one.
         params: The flattened config.
         tags: The run's tags.
-        run_dir: Where the run's lock file goes (see `RunLock`); None: no lock.
+        run_dir: Where the run's lock file goes (see `tracking.process`); None: no lock.
         timeout: Seconds the tracker process waits for that lock, and for its calls after
             the training process died.
     """
@@ -73,7 +74,7 @@ class TrackerLink:
             }
         )
 
-    def send_rows(self, rows: list[Row]) -> None:
+    def send_rows(self, rows: list[TrackerRow]) -> None:
         """Hand rows to the tracker process (never waits)."""
         self._child.send({"op": "rows", "rows": rows})
 
@@ -159,7 +160,7 @@ class _Child:
         self.link = link
         env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hookloop.plugins._trackerproc"],
+            [sys.executable, "-m", "hookloop.plugins.tracking.process"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

@@ -4,9 +4,10 @@ Every step, the first logger to call `StepLog.record()` in `after_step` files a 
 step's loss and `state.metrics`, kept as they are (tensors stay on the device, nothing is
 launched, nothing waits). Rows reach the host together, in one batched copy, when a logger
 calls `send()`: on the steps it logs, or when `MAX_UNSENT` rows are waiting. Per device,
-the rows' scalar tensors are stacked and copied; on CUDA into pinned memory, non-blocking,
-followed by an event. `receive()` turns copies that have landed into floats (one `tolist()`
-per copy); `receive(wait=True)` waits for them, the one sync of a logging step.
+the rows' scalar tensors are stacked and copied (one `HostCopy`: on CUDA into pinned
+memory, non-blocking, followed by an event). `receive()` turns copies that have landed into
+floats (one `tolist()` per copy); `receive(wait=True)` waits for them, the one sync of a
+logging step.
 
 Each logger reads the rows through its own `RowReader`, in order, with its own smoothed
 loss (`ema_loss`, computed on the host from every step's loss). Rows every reader has read
@@ -16,23 +17,22 @@ are dropped.
 from __future__ import annotations
 
 import math
-import weakref
 from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import torch
+from hookloop.plugins.stepvalues.hostcopy import HostCopy, split_scalars, stacked
 
 if TYPE_CHECKING:
     from hookloop import Engine, State
 
-__all__ = ["MAX_UNSENT", "Row", "RowReader", "StepLog"]
+__all__ = ["MAX_UNSENT", "RowReader", "StepLog", "StepRow"]
 
 MAX_UNSENT = 16
 """Rows waiting to be sent before a logger that writes every row (csv) sends them itself."""
 
 
-class Row:
+class StepRow:
     """One step's values: `raw` until sent, then `values` (floats) once landed."""
 
     __slots__ = ("epoch", "host", "loss", "raw", "seq", "step", "values")
@@ -54,9 +54,9 @@ class RowReader:
         self.beta = beta
         self.ema: float | None = None
         self.pos = 0  # the seq of the next row to read
-        self.last: tuple[Row, dict[str, float]] | None = None  # the last row read, with values
+        self.last: tuple[StepRow, dict[str, float]] | None = None  # the last row read, with values
 
-    def rows(self, log: StepLog) -> Iterator[tuple[Row, dict[str, float]]]:
+    def rows(self, log: StepLog) -> Iterator[tuple[StepRow, dict[str, float]]]:
         """The landed rows not read yet, in order, each with `ema_loss` and `ppl` added."""
         for row in log.rows:
             if row.seq < self.pos:
@@ -85,27 +85,23 @@ class RowReader:
         return self.last[1] if self.last is not None else None
 
 
-_LOGS: weakref.WeakKeyDictionary[Any, StepLog] = weakref.WeakKeyDictionary()
-
-
 class StepLog:
     """Rows of step values on their way to the host, shared by every logger of an engine."""
 
     @classmethod
     def of(cls, engine: Engine) -> StepLog:
-        """The engine's log (made on first use)."""
-        log = _LOGS.get(engine)
+        """The engine's log (made on first use, kept in `engine.shared`)."""
+        log = engine.shared.get(cls)
         if log is None:
-            log = _LOGS[engine] = cls()
+            log = engine.shared[cls] = cls()
         return log
 
     def __init__(self) -> None:
-        self.rows: deque[Row] = deque()
+        self.rows: deque[StepRow] = deque()
         self.readers: list[RowReader] = []
-        self._unsent: list[Row] = []
-        self._in_flight: deque[tuple[list[Row], list[tuple[list[Any], torch.Tensor, Any]]]] = (
-            deque()
-        )
+        self._unsent: list[StepRow] = []
+        # sent rows, with one copy per device: (the (row, key) of each value, the copy)
+        self._in_flight: deque[tuple[list[StepRow], list[tuple[list[Any], HostCopy]]]] = deque()
         self._seq = 0
         self.latest: dict[str, float] | None = None
         """The values of the newest landed row, for a display that needs no order."""
@@ -116,11 +112,11 @@ class StepLog:
             reader.pos = self._seq
             self.readers.append(reader)
 
-    def record(self, state: State) -> Row:
+    def record(self, state: State) -> StepRow:
         """File the row of the step just finished (once per step: later calls return it)."""
         if self.rows and self.rows[-1].loss is state.loss and self.rows[-1].step == state.step:
             return self.rows[-1]
-        row = Row(self._seq, state)
+        row = StepRow(self._seq, state)
         self._seq += 1
         self.rows.append(row)
         self._unsent.append(row)
@@ -136,19 +132,18 @@ class StepLog:
         if not self._unsent:
             return
         rows, self._unsent = self._unsent, []
-        by_device: dict[torch.device, list[tuple[Row, str, torch.Tensor]]] = {}
+        numbers, by_device = split_scalars(
+            ((row, key), value) for row in rows for key, value in (row.raw or {}).items()
+        )
+        for (row, key), number in numbers:
+            row.host[key] = number
         for row in rows:
-            for key, value in (row.raw or {}).items():
-                if isinstance(value, torch.Tensor):
-                    if value.numel() == 1:
-                        by_device.setdefault(value.device, []).append((row, key, value))
-                elif isinstance(value, (int, float)):  # bool is an int: True -> 1.0
-                    row.host[key] = float(value)
             row.raw = None
         copies = []
-        for items in by_device.values():
-            stacked = torch.stack([t.detach().reshape(()) for _, _, t in items]).double()
-            copies.append(([(row, key) for row, key, _ in items], *_start_copy(stacked)))
+        for tensors in by_device.values():
+            copy = HostCopy()
+            copy.start(stacked(tensors))
+            copies.append(([key for key, _ in tensors], copy))
         self._in_flight.append((rows, copies))
         self.receive()  # rows with nothing on a device land at once
 
@@ -156,13 +151,11 @@ class StepLog:
         """Turn the copies that have landed (with `wait`: all of them) into row values."""
         while self._in_flight:
             rows, copies = self._in_flight[0]
-            if not wait and not all(e is None or e.query() for _, _, e in copies):
+            if not wait and not all(copy.landed for _, copy in copies):
                 break
             self._in_flight.popleft()
-            for keys, host, event in copies:
-                if event is not None:
-                    event.synchronize()
-                for (row, key), value in zip(keys, host.tolist(), strict=True):
+            for keys, copy in copies:
+                for (row, key), value in zip(keys, copy.read(), strict=True):
                     row.host[key] = value
             for row in rows:
                 row.values, row.host = row.host, {}
@@ -179,14 +172,3 @@ class StepLog:
         done = min((r.pos for r in self.readers), default=self._seq)
         while self.rows and self.rows[0].seq < done and self.rows[0].values is not None:
             self.rows.popleft()
-
-
-def _start_copy(values: torch.Tensor) -> tuple[torch.Tensor, Any]:
-    """Queue the copy of `values` to the host: the host tensor, and the event that marks its
-    landing (None when it is there already: CPU tensors, read in place)."""
-    if values.device.type != "cuda":
-        return values, None
-    host = values.to("cpu", non_blocking=True)  # lands in pinned memory
-    event = torch.cuda.Event()
-    event.record()
-    return host, event

@@ -1,6 +1,6 @@
 """The W&B calls of the `wandb` plugin, made in the tracker process.
 
-Not a plugin: no entry point. Imported by `hookloop.plugins._trackerproc` in its own
+Not a plugin: no entry point. Imported by `hookloop.plugins.tracking.process` in its own
 process, so it imports neither torch nor hookloop's engine.
 """
 
@@ -10,8 +10,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from hookloop.plugins._trackerproc import Row, TrackerBackend
-from hookloop.plugins._wandbfile import history_steps, offline_run_files
+from hookloop.plugins.tracking.backend import TrackerBackend, TrackerRow
+from hookloop.plugins.tracking.wandbfile import history_steps, offline_run_files
 
 __all__ = ["WandBBackend"]
 
@@ -62,7 +62,7 @@ class WandBBackend(TrackerBackend):
         self.run.config.update(params, allow_val_change=True)
         self.run.tags = tuple(sorted({*self.run.tags, *(f"{k}={v}"[:64] for k, v in tags.items())}))
 
-    def log_rows(self, rows: list[Row]) -> None:
+    def log_rows(self, rows: list[TrackerRow]) -> None:
         for step, values in rows:
             self.run.log(values, step=step, commit=True)  # written now, not at the next step
 
