@@ -126,7 +126,7 @@ def test_train_holds_the_lock_a_second_train_is_refused_and_kill_9_then_resume_w
     )
     out, err = resumed.communicate(timeout=180)
     assert resumed.returncode == 0, err
-    assert f"(step {step})" in out and f"done: {step + 2} steps" in out
+    assert f"(step {step})" in out and f"done: 2 steps this launch (steps {step + 1} to" in out
 
 
 def test_lock_file_waits_at_most_its_timeout_and_is_free_once_unlocked(tmp_path):
