@@ -198,6 +198,29 @@ def broken_plugin(w: Path) -> None:
     )
 
 
+def truncated_parquet(rel: str) -> Callable[[Path], None]:
+    """A real Parquet file of a few row groups, cut in half (its footer gone)."""
+
+    def setup(w: Path) -> None:
+        pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+        pq.write_table(pa.table({"text": ["x" * 50] * 2000}), w / rel, row_group_size=500)
+        data = (w / rel).read_bytes()
+        (w / rel).write_bytes(data[: len(data) // 2])
+
+    return setup
+
+
+def saved_dataset(rel: str) -> Callable[[Path], None]:
+    """A Hugging Face `Dataset` (no named splits) written by `save_to_disk`."""
+
+    def setup(w: Path) -> None:
+        datasets = pytest.importorskip("datasets")
+        datasets.disable_progress_bars()  # its bars would go to the stderr this test reads
+        datasets.Dataset.from_dict({"text": ["alpha", "beta"]}).save_to_disk(str(w / rel))
+
+    return setup
+
+
 def steps(**counters: object) -> Callable[[dict], None]:
     return lambda s: s["counters"].update(counters)
 
@@ -221,6 +244,7 @@ RESUME = ["train", "--resume", "auto", "--run-dir", "run"]
 EVAL = ["eval", "--run", "run", "--max-batches", "1"]
 SAMPLE = ["sample", "--run", "run", "--max-new-tokens", "2"]
 EXPORT = ["export", "run", "--format", "hf", "--out"]
+PREPARE = ["prepare", "--out", "prepared"]
 
 ROWS = [
     # --- --set values: type and range, before anything is created ---------------------------
@@ -295,6 +319,17 @@ ROWS = [
     Row("tokenizer-json-missing-kind", TRAIN, "field kind is missing", "prepare the data again", edit_json("data/tokenizer.json", lambda t: t.pop("kind"))),
     Row("tokenizer-json-not-utf8", SAMPLE, "run/tokenizer.json is not UTF-8 text", "copy the run's tokenizer.json back", write("run/tokenizer.json", b"\xc3\x28")),
     Row("tokenizer-json-duplicate-chars", TRAIN, "distinct single characters", "prepare the data again", edit_json("data/tokenizer.json", lambda t: t.update(chars=["a", "a"]))),
+    # --- prepare: every source is read through, checked, before anything is written ---------
+    Row("prepare-lone-surrogate-in-json", [*PREPARE, "s.jsonl"], "s.jsonl line 2: field 'text' is not valid Unicode (lone surrogate '\\ud800'", "fix or remove the record", write("s.jsonl", '{"text": "ok"}\n{"text": "a\\ud800"}\n'), subprocess=True),
+    Row("prepare-json-nested-too-deep", [*PREPARE, "d.jsonl"], "d.jsonl line 21: JSON nested too deeply", "fix or remove the line", write("d.jsonl", '{"text": "ok"}\n' * 20 + "[" * 100_000 + "\n")),
+    Row("prepare-parquet-not-parquet", [*PREPARE, "x.parquet"], "x.parquet is not a readable Parquet file", "write it again or leave it out with --glob", write("x.parquet", "text\nnot parquet\n")),
+    Row("prepare-parquet-truncated", [*PREPARE, "cut.parquet"], "cut.parquet is not a readable Parquet file", "write it again", truncated_parquet("cut.parquet"), subprocess=True),
+    Row("prepare-val-parquet-truncated", [*PREPARE, "t.txt", "--val", "cut.parquet"], "cut.parquet is not a readable Parquet file", "write it again", lambda w: (write("t.txt", TEXT)(w), truncated_parquet("cut.parquet")(w))),
+    Row("prepare-hf-dataset-a-file", ["prepare", "--hf-dataset", "data/meta.json", "--out", "prepared"], "--hf-dataset data/meta.json is a file, not a directory written by Dataset.save_to_disk", "give it as PATH: hookloop prepare data/meta.json", subprocess=True),
+    Row("prepare-hf-dataset-missing", ["prepare", "--hf-dataset", "gpt2", "--out", "prepared"], "--hf-dataset gpt2 does not exist", "give a directory written by Dataset.save_to_disk"),
+    Row("prepare-hf-dataset-data-files", ["prepare", "--hf-dataset", "data", "--out", "prepared"], "--hf-dataset data is not a dataset written by save_to_disk", "give it as PATH: hookloop prepare data"),
+    Row("prepare-hf-dataset-damaged", ["prepare", "--hf-dataset", "ds", "--out", "prepared"], "cannot read the saved dataset ds", "save it again with save_to_disk", write("ds/dataset_info.json", "{not json")),
+    Row("prepare-hf-split-it-lacks", ["prepare", "--hf-dataset", "ds", "--split", "test", "--out", "prepared"], "single saved Dataset with no named splits, not 'test'", "leave out --split", saved_dataset("ds")),
     # --- sampling and evaluation options ------------------------------------------------------
     Row("sample-nan-temperature", [*SAMPLE, "--temperature", "nan"], "--temperature must be 0 (greedy) or between", "got nan", subprocess=True),
     Row("sample-huge-seed", [*SAMPLE, "--seed", "9" * 30], "--seed must be between 0 and 2**63 - 1", "999", subprocess=True),

@@ -69,10 +69,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--hf-dataset",
         metavar="PATH",
-        help="a Hugging Face dataset saved with save_to_disk, or a directory of data files "
-        "(read locally; needs pip install 'hookloop[datasets]')",
+        help="a local directory written by a Hugging Face dataset's save_to_disk (never "
+        "downloaded; needs pip install 'hookloop[datasets]')",
     )
-    parser.add_argument("--split", default="train", help="dataset split (default: train)")
+    parser.add_argument(
+        "--split",
+        default=None,
+        help="split of a saved DatasetDict (default: train); a single saved Dataset needs none",
+    )
     parser.add_argument(
         "--bpe-vocab-size",
         type=int,
