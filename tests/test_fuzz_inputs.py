@@ -26,6 +26,7 @@ from hookloop.errors import CheckpointError, ConfigError, DataError, HookloopErr
 from hookloop.lm.config import dumps_toml, load_config, parse_override
 from hookloop.lm.prepare import read_meta
 from hookloop.lm.schema import SCHEMA, SECTIONS
+from hookloop.lm.sources import open_source
 from hookloop.lm.tokenizers import load_tokenizer
 
 FUZZ = settings(
@@ -150,6 +151,61 @@ def test_any_tokenizer_json_gives_a_tokenizer_or_a_data_error(tmp_path, content)
     data = content.encode() if isinstance(content, str) else content
     with contextlib.suppress(DataError):
         load_tokenizer(_write(tmp_path / "tokenizer.json", data))
+
+
+# --- prepare sources: JSON lines and Parquet --------------------------------------------------
+
+texts_with_surrogates = st.text(
+    alphabet=st.one_of(
+        st.characters(codec="utf-8"), st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
+    ),
+    max_size=8,
+)
+json_records = st.one_of(
+    json_values,
+    st.fixed_dictionaries({"text": st.one_of(texts_with_surrogates, json_values)}),
+)
+
+
+def _read_all(source) -> list[str]:
+    """Every document of `source` joined; each must be valid Unicode when it is read at all."""
+    out = ["".join(doc) for doc in source.documents()]
+    for text in out:
+        text.encode("utf-8")  # a lone surrogate must never get through
+    return out
+
+
+@FUZZ
+@given(records=st.lists(json_records, max_size=4), junk=st.binary(max_size=20))
+def test_any_json_lines_give_documents_or_a_data_error(tmp_path, records, junk):
+    lines = [json.dumps(r).encode() for r in records] + ([junk] if junk.strip() else [])
+    path = _write(tmp_path / "s.jsonl", b"\n".join(lines) + b"\n")
+    with contextlib.suppress(DataError):
+        open_source(path).count_documents()
+        _read_all(open_source(path))
+
+
+@pytest.fixture(scope="module")
+def parquet_bytes(tmp_path_factory) -> bytes:
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    path = tmp_path_factory.mktemp("pq") / "g.parquet"
+    pq.write_table(pa.table({"text": [f"row {i}" for i in range(600)]}), path, row_group_size=200)
+    return path.read_bytes()
+
+
+@FUZZ
+@given(cut=st.integers(0, 10**6), flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=4), junk=st.binary(max_size=40))  # fmt: skip
+def test_any_damaged_parquet_gives_documents_or_a_data_error(
+    tmp_path, parquet_bytes, cut, flips, junk
+):
+    data = bytearray(parquet_bytes[: len(parquet_bytes) - cut % len(parquet_bytes)] + junk)
+    for at, value in flips:
+        if data:
+            data[at % len(data)] = value
+    path = _write(tmp_path / "d.parquet", bytes(data))
+    with contextlib.suppress(DataError):
+        open_source(path).count_documents()
+        _read_all(open_source(path))
 
 
 # --- safetensors headers ---------------------------------------------------------------------
