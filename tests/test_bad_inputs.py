@@ -245,6 +245,21 @@ EVAL = ["eval", "--run", "run", "--max-batches", "1"]
 SAMPLE = ["sample", "--run", "run", "--max-new-tokens", "2"]
 EXPORT = ["export", "run", "--format", "hf", "--out"]
 PREPARE = ["prepare", "--out", "prepared"]
+MIX = ["train", "--run-dir", "new", "-c", "mix.toml", *_sets(TINY)]
+
+
+def mix(*weights: str) -> Callable[[Path], None]:
+    """mix.toml: `data.sources` over copies of the prepared data, with these weights."""
+
+    def setup(w: Path) -> None:
+        entries = []
+        for i, weight in enumerate(weights):
+            shutil.copytree(w / "data", w / f"data{i}")
+            entries.append(f'{{path = "data{i}", weight = {weight}}}')
+        (w / "mix.toml").write_text(f"[data]\nsources = [{', '.join(entries)}]\n")
+
+    return setup
+
 
 ROWS = [
     # --- --set values: type and range, before anything is created ---------------------------
@@ -330,6 +345,13 @@ ROWS = [
     Row("prepare-hf-dataset-data-files", ["prepare", "--hf-dataset", "data", "--out", "prepared"], "--hf-dataset data is not a dataset written by save_to_disk", "give it as PATH: hookloop prepare data"),
     Row("prepare-hf-dataset-damaged", ["prepare", "--hf-dataset", "ds", "--out", "prepared"], "cannot read the saved dataset ds", "save it again with save_to_disk", write("ds/dataset_info.json", "{not json")),
     Row("prepare-hf-split-it-lacks", ["prepare", "--hf-dataset", "ds", "--split", "test", "--out", "prepared"], "single saved Dataset with no named splits, not 'test'", "leave out --split", saved_dataset("ds")),
+    # --- data.sources weights: checked with the config, before the run directory is made ----
+    Row("mix-weight-inf", MIX, "data.sources[0].weight must be a finite number > 0", "got inf in mix.toml", mix("inf", "1.0"), subprocess=True),
+    Row("mix-weight-nan", MIX, "data.sources[1].weight must be a finite number > 0", "only the ratios of the weights matter", mix("1.0", "nan")),
+    Row("mix-weight-negative", MIX, "data.sources[0].weight must be a finite number > 0", "got -0.5", mix("-0.5", "1.0")),
+    Row("mix-weights-all-zero", MIX, "data.sources[0].weight must be a finite number > 0", "got 0.0", mix("0.0", "0.0")),
+    Row("mix-weights-sum-overflows", MIX, "data.sources weights sum to more than the largest float (1e+308, 1e+308)", "scale them down", mix("1e308", "1e308"), subprocess=True),
+    Row("mix-weight-set-inf", ["train", "--run-dir", "new", *_sets(TINY), "--set", "data.sources=[{path='data', weight=inf}]"], "weight must be a finite number > 0", "got inf"),
     # --- sampling and evaluation options ------------------------------------------------------
     Row("sample-nan-temperature", [*SAMPLE, "--temperature", "nan"], "--temperature must be 0 (greedy) or between", "got nan", subprocess=True),
     Row("sample-huge-seed", [*SAMPLE, "--seed", "9" * 30], "--seed must be between 0 and 2**63 - 1", "999", subprocess=True),

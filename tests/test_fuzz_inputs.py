@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import shutil
 import string
 from pathlib import Path
@@ -24,6 +25,7 @@ from hookloop.checkpoint import load_checkpoint, read_checkpoint, save_checkpoin
 from hookloop.checkpoint.tensorfile import read_tensors, write_tensors
 from hookloop.errors import CheckpointError, ConfigError, DataError, HookloopError
 from hookloop.lm.config import dumps_toml, load_config, parse_override
+from hookloop.lm.mixture import check_sources
 from hookloop.lm.prepare import read_meta
 from hookloop.lm.schema import SCHEMA, SECTIONS
 from hookloop.lm.sources import open_source
@@ -206,6 +208,19 @@ def test_any_damaged_parquet_gives_documents_or_a_data_error(
     with contextlib.suppress(DataError):
         open_source(path).count_documents()
         _read_all(open_source(path))
+
+
+# --- data.sources weights ------------------------------------------------------------------
+
+
+@FUZZ
+@given(weights=st.lists(st.one_of(st.floats(), st.integers(-(2**70), 2**1100), scalars), min_size=1, max_size=4))  # fmt: skip
+def test_any_source_weights_are_refused_or_normalise_to_finite_probabilities(weights):
+    entries = [{"path": f"d{i}", "weight": w} for i, w in enumerate(weights)]
+    with contextlib.suppress(ConfigError):
+        checked = [e["weight"] for e in check_sources(entries)]
+        total = sum(checked)
+        assert all(math.isfinite(w / total) and w > 0 for w in checked), checked
 
 
 # --- safetensors headers ---------------------------------------------------------------------
