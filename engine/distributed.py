@@ -19,7 +19,7 @@ import datetime as _dt
 import gc
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -52,6 +52,11 @@ BACKENDS = ("auto", "nccl", "gloo")
 STRATEGIES = ("ddp", "fsdp")
 """`distributed.strategy` values: replicate (DDP) or shard (FSDP2) the model."""
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+_RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT")
+_LAUNCH_FIX = (
+    "launch with torchrun (which sets them all), or unset RANK, WORLD_SIZE and LOCAL_RANK "
+    "to run one process"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,23 +75,70 @@ class Launch:
     """`ddp` or `fsdp`."""
 
 
-def launch_from_env(environ: dict[str, str] | None = None) -> tuple[int, int, int] | None:
+def launch_from_env(environ: Mapping[str, str] | None = None) -> tuple[int, int, int] | None:
     """`(rank, world_size, local_rank)` when torchrun started this process, else None.
 
+    None only when none of `RANK`, `WORLD_SIZE` and `LOCAL_RANK` is set. Once any is, every
+    variable a launch reads is checked here, before anything is written or any connection
+    tried: all three are set, each a whole number, `0 <= RANK < WORLD_SIZE`,
+    `0 <= LOCAL_RANK`, and `LOCAL_RANK < LOCAL_WORLD_SIZE <= WORLD_SIZE` when
+    `LOCAL_WORLD_SIZE` is set; the rendezvous address `MASTER_ADDR` is not empty and
+    `MASTER_PORT` a port number (without them `torch.distributed` raises a traceback, and a
+    rank other than 0 would wait for a rank 0 that no one started).
+
     Raises:
-        ConfigError: the variables are there but not whole numbers in range.
+        ConfigError: the variables are incomplete, not whole numbers, out of range or
+            inconsistent, or the rendezvous address is missing or malformed.
     """
     env = os.environ if environ is None else environ
-    if not all(name in env for name in _ENV):
+    present = [name for name in _ENV if name in env]
+    if not present:
         return None
-    try:
-        rank, world, local = (int(env[name]) for name in _ENV)
-    except ValueError:
-        values = ", ".join(f"{n}={env[n]!r}" for n in _ENV)
-        raise ConfigError(f"torchrun variables are not whole numbers ({values})") from None
+    missing = [name for name in _ENV if name not in env]
+    if missing:
+        given = ", ".join(f"{n}={env[n]!r}" for n in present)
+        raise ConfigError(
+            f"torchrun variables incomplete: {given} set but {' and '.join(missing)} not; "
+            + _LAUNCH_FIX
+        )
+    rank, world, local = (_whole_number(env, name) for name in _ENV)
     if world < 1 or not 0 <= rank < world or local < 0:
-        raise ConfigError(f"torchrun variables out of range: RANK={rank}, WORLD_SIZE={world}")
+        raise ConfigError(
+            f"torchrun variables out of range: RANK={rank}, WORLD_SIZE={world}, "
+            f"LOCAL_RANK={local} (need WORLD_SIZE >= 1, 0 <= RANK < WORLD_SIZE and "
+            f"LOCAL_RANK >= 0); {_LAUNCH_FIX}"
+        )
+    if "LOCAL_WORLD_SIZE" in env:
+        local_world = _whole_number(env, "LOCAL_WORLD_SIZE")
+        if not local < local_world <= world:
+            raise ConfigError(
+                f"torchrun variables inconsistent: LOCAL_RANK={local}, LOCAL_WORLD_SIZE="
+                f"{local_world}, WORLD_SIZE={world} (need LOCAL_RANK < LOCAL_WORLD_SIZE <= "
+                f"WORLD_SIZE); {_LAUNCH_FIX}"
+            )
+    unset = [name for name in _RENDEZVOUS if not env.get(name, "").strip()]
+    if unset:
+        raise ConfigError(
+            f"RANK={rank}, WORLD_SIZE={world} and LOCAL_RANK={local} are set but the "
+            f"rendezvous address is not ({' and '.join(unset)} missing); {_LAUNCH_FIX}"
+        )
+    port = env["MASTER_PORT"].strip()
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ConfigError(
+            f"MASTER_PORT must be a port number from 1 to 65535, got {env['MASTER_PORT']!r}; "
+            + _LAUNCH_FIX
+        )
     return rank, world, local
+
+
+def _whole_number(env: Mapping[str, str], name: str) -> int:
+    """`env[name]` as an int, or a ConfigError naming the variable and its value."""
+    text = env[name].strip()
+    if not (text.isascii() and text.lstrip("-").isdigit() and len(text) <= 18):
+        raise ConfigError(
+            f"torchrun variable {name} must be a whole number, got {env[name]!r}; " + _LAUNCH_FIX
+        )
+    return int(text)
 
 
 def _choose_backend(backend: str, device: str) -> str:
@@ -131,7 +183,9 @@ def process_group(
     others, so no rank waits forever (collectives also time out after `timeout_s`).
 
     Raises:
-        ConfigError: an unknown backend or strategy, or nccl without a GPU.
+        ConfigError: an unknown backend or strategy, nccl without a GPU, torchrun variables
+            that are incomplete or inconsistent (see `launch_from_env`), or a rendezvous
+            that cannot be joined (a port in use, an address no rank can reach).
     """
     found = launch_from_env()
     if strategy not in STRATEGIES:
@@ -152,7 +206,16 @@ def process_group(
         return
     if chosen == "nccl":
         torch.cuda.set_device(local)
-    dist.init_process_group(chosen, timeout=_dt.timedelta(seconds=timeout_s))
+    try:
+        dist.init_process_group(chosen, timeout=_dt.timedelta(seconds=timeout_s))
+    except (dist.DistError, ValueError) as exc:  # a rendezvous that cannot be reached or held
+        where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+        raise ConfigError(
+            f"rank {rank} of {world} cannot join the rendezvous at {where} "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); check that the "
+            "port is free and the address reachable from every machine, or launch with "
+            "torchrun --standalone"
+        ) from None
     ok = False
     try:
         yield launch
