@@ -352,6 +352,12 @@ ROWS = [
     Row("mix-weights-all-zero", MIX, "data.sources[0].weight must be a finite number > 0", "got 0.0", mix("0.0", "0.0")),
     Row("mix-weights-sum-overflows", MIX, "data.sources weights sum to more than the largest float (1e+308, 1e+308)", "scale them down", mix("1e308", "1e308"), subprocess=True),
     Row("mix-weight-set-inf", ["train", "--run-dir", "new", *_sets(TINY), "--set", "data.sources=[{path='data', weight=inf}]"], "weight must be a finite number > 0", "got inf"),
+    # --- torchrun variables: checked before the run directory is made or a rendezvous tried --
+    Row("rank-vars-without-rendezvous", TRAIN, "RANK=1, WORLD_SIZE=2 and LOCAL_RANK=1 are set but the rendezvous address is not (MASTER_ADDR and MASTER_PORT missing)", "launch with torchrun", subprocess=True, env={"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "", "MASTER_PORT": ""}),
+    Row("rank-vars-rank-past-world", TRAIN, "out of range: RANK=2, WORLD_SIZE=2", "unset RANK, WORLD_SIZE and LOCAL_RANK", subprocess=True, env={"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}),
+    Row("rank-vars-not-a-number", RESUME, "torchrun variable WORLD_SIZE must be a whole number, got 'two'", "launch with torchrun", subprocess=True, env={"RANK": "0", "WORLD_SIZE": "two", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}),
+    Row("rank-vars-incomplete", TRAIN, "RANK='0' set but WORLD_SIZE and LOCAL_RANK not", "to run one process", subprocess=True, env={"RANK": "0", "WORLD_SIZE": "", "LOCAL_RANK": "", "MASTER_ADDR": "", "MASTER_PORT": ""}),
+    Row("rank-vars-bad-port", TRAIN, "MASTER_PORT must be a port number from 1 to 65535, got '99999'", "launch with torchrun", subprocess=True, env={"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "99999"}),
     # --- sampling and evaluation options ------------------------------------------------------
     Row("sample-nan-temperature", [*SAMPLE, "--temperature", "nan"], "--temperature must be 0 (greedy) or between", "got nan", subprocess=True),
     Row("sample-huge-seed", [*SAMPLE, "--seed", "9" * 30], "--seed must be between 0 and 2**63 - 1", "999", subprocess=True),

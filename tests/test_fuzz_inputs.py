@@ -3,7 +3,8 @@ hookloop's readers raise nothing but hookloop's own errors.
 
 Covered: the config parser (TOML text, bytes, tables), `--set` parsing, `state.json`
 (arbitrary JSON, and a valid one with one field replaced), `meta.json`, `tokenizer.json`,
-and the safetensors header reader. Examples are bounded so the module stays fast.
+the safetensors header reader and torchrun's rank variables. Examples are bounded so the
+module stays fast.
 """
 
 from __future__ import annotations
@@ -224,6 +225,34 @@ def test_any_source_weights_are_refused_or_normalise_to_finite_probabilities(wei
 
 
 # --- safetensors headers ---------------------------------------------------------------------
+
+
+RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # fmt: skip
+rank_values = st.one_of(
+    st.integers(-3, 70000).map(str),
+    st.sampled_from(["", " ", "1.0", "0x1", "1e3", "٣", "9" * 30, "localhost"]),
+    st.text(max_size=8),
+)
+
+
+@FUZZ
+@given(env=st.dictionaries(st.sampled_from(RANK_VARIABLES), rank_values, max_size=6))
+def test_any_rank_environment_is_a_launch_none_or_one_config_error(env):
+    """Whatever torchrun-style variables a shell holds: no launch, a consistent launch, or
+    one line saying what is wrong; never a ValueError or a launch torch could not start."""
+    from hookloop.distributed import launch_from_env
+
+    try:
+        found = launch_from_env(env)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+        return
+    if found is None:
+        assert not {"RANK", "WORLD_SIZE", "LOCAL_RANK"} & set(env)
+        return
+    rank, world, local = found
+    assert 0 <= rank < world and local >= 0
+    assert env["MASTER_ADDR"].strip() and 1 <= int(env["MASTER_PORT"]) <= 65535
 
 
 @FUZZ
