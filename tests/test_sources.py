@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -216,6 +217,15 @@ def test_a_string_column_holding_bytes_that_are_not_utf8_names_the_row(tmp_path)
     datasets.Dataset(datasets.table.InMemoryTable(table)).save_to_disk(str(tmp_path / "ds"))
     with pytest.raises(DataError, match=r"ds row 2: text is not valid UTF-8"):
         texts(open_source(hf_dataset=tmp_path / "ds"))
+
+
+@pytest.mark.parametrize("glob", ["/etc/*", "../*", "a/../../*", ""])
+def test_a_glob_that_would_leave_the_directory_is_refused(tmp_path, glob):
+    """An absolute pattern made pathlib raise NotImplementedError; `..` could reach out."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("a")
+    with pytest.raises(DataError, match=re.escape(f"--glob {glob!r} is not a file pattern")):
+        open_source(tmp_path / "d", glob=glob)
 
 
 def test_missing_paths(tmp_path):

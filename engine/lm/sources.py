@@ -25,7 +25,7 @@ import codecs
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from hookloop.errors import DataError
@@ -274,10 +274,17 @@ def list_files(path: str | Path, glob: str = "*") -> list[Path]:
     (hidden ones skipped), so the order does not depend on the file system's listing.
 
     Raises:
-        DataError: the path does not exist, or the directory has no matching file.
+        DataError: the path does not exist, the directory has no matching file, or `glob`
+            is not a pattern inside the directory (empty, absolute, or with a `..` part).
     """
     path = Path(path)
     if path.is_dir():
+        pattern = PurePath(glob)
+        if not glob or pattern.is_absolute() or pattern.anchor or ".." in pattern.parts:
+            raise DataError(
+                f"--glob {glob!r} is not a file pattern inside {path}; give one relative to "
+                "it, such as '*.txt' or 'part-*/*.jsonl'"
+            )
         files = sorted(
             p
             for p in path.rglob(glob)
