@@ -221,6 +221,40 @@ def saved_dataset(rel: str) -> Callable[[Path], None]:
     return setup
 
 
+GPT2 = {"model_type": "gpt2", "vocab_size": 64, "n_embd": 16, "n_head": 2, "n_layer": 1, "n_positions": 16, "n_inner": 32}  # fmt: skip
+
+
+def gpt2(config: Callable[[dict], object] | None = None, **files: bytes | str):
+    """gpt/: a tiny GPT-2-format directory (config.json, model.safetensors), `config`
+    changing its config.json and `files` (dots for underscores) replacing or adding files."""
+
+    def setup(w: Path) -> None:
+        import torch
+        from safetensors.torch import save_file
+
+        (w / "gpt").mkdir()
+        settings = dict(GPT2)
+        e, v, p, inner = settings["n_embd"], settings["vocab_size"], settings["n_positions"], 32
+        shapes = {"wte.weight": [v, e], "wpe.weight": [p, e], "ln_f.weight": [e], "ln_f.bias": [e]}
+        for name, shape in {
+            "ln_1.weight": [e], "ln_1.bias": [e], "ln_2.weight": [e], "ln_2.bias": [e],
+            "attn.c_attn.weight": [e, 3 * e], "attn.c_attn.bias": [3 * e],
+            "attn.c_proj.weight": [e, e], "attn.c_proj.bias": [e],
+            "mlp.c_fc.weight": [e, inner], "mlp.c_fc.bias": [inner],
+            "mlp.c_proj.weight": [inner, e], "mlp.c_proj.bias": [e],
+        }.items():  # fmt: skip
+            shapes[f"h.0.{name}"] = shape
+        tensors = {f"transformer.{k}": torch.zeros(shape) for k, shape in shapes.items()}
+        save_file(tensors, str(w / "gpt" / "model.safetensors"))
+        if config is not None:
+            config(settings)
+        (w / "gpt" / "config.json").write_text(json.dumps(settings))
+        for name, content in files.items():
+            write(f"gpt/{name.replace('_', '.')}", content)(w)
+
+    return setup
+
+
 def steps(**counters: object) -> Callable[[dict], None]:
     return lambda s: s["counters"].update(counters)
 
@@ -245,6 +279,7 @@ EVAL = ["eval", "--run", "run", "--max-batches", "1"]
 SAMPLE = ["sample", "--run", "run", "--max-new-tokens", "2"]
 EXPORT = ["export", "run", "--format", "hf", "--out"]
 PREPARE = ["prepare", "--out", "prepared"]
+INIT = ["train", "--run-dir", "new", "--set", "data.path=data", "--set", "model.init_from=hf:gpt", *_sets([o for o in TINY if not o.startswith("model.")])]  # fmt: skip
 MIX = ["train", "--run-dir", "new", "-c", "mix.toml", *_sets(TINY)]
 
 
@@ -358,6 +393,29 @@ ROWS = [
     Row("rank-vars-not-a-number", RESUME, "torchrun variable WORLD_SIZE must be a whole number, got 'two'", "launch with torchrun", subprocess=True, env={"RANK": "0", "WORLD_SIZE": "two", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}),
     Row("rank-vars-incomplete", TRAIN, "RANK='0' set but WORLD_SIZE and LOCAL_RANK not", "to run one process", subprocess=True, env={"RANK": "0", "WORLD_SIZE": "", "LOCAL_RANK": "", "MASTER_ADDR": "", "MASTER_PORT": ""}),
     Row("rank-vars-bad-port", TRAIN, "MASTER_PORT must be a port number from 1 to 65535, got '99999'", "launch with torchrun", subprocess=True, env={"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "99999"}),
+    # --- model.init_from = "hf:...": every field of config.json, the index and the weights ----
+    Row("init-config-not-an-object", INIT, "gpt/config.json is malformed: the top level must be an object, got list", "save_pretrained", gpt2(config_json="[16, 2]"), subprocess=True),
+    Row("init-config-not-json", INIT, "gpt/config.json is not valid JSON", "save_pretrained", gpt2(config_json='{"n_head": 2,')),
+    Row("init-config-string-heads", INIT, "field n_head must be an integer, got '2'", "save_pretrained", gpt2(lambda c: c.update(n_head="2")), subprocess=True),
+    Row("init-config-float-width", INIT, "field n_embd must be an integer, got 16.0", "save_pretrained", gpt2(lambda c: c.update(n_embd=16.0))),
+    Row("init-config-bool-layers", INIT, "field n_layer must be an integer, got True", "save_pretrained", gpt2(lambda c: c.update(n_layer=True))),
+    Row("init-config-null-vocab", INIT, "field vocab_size must be an integer, got None", "save_pretrained", gpt2(lambda c: c.update(vocab_size=None))),
+    Row("init-config-nan-positions", INIT, "field n_positions must be an integer, got nan", "save_pretrained", gpt2(config_json=json.dumps(GPT2).replace('"n_positions": 16', '"n_positions": NaN'))),
+    Row("init-config-zero-heads", INIT, "field n_head must be an integer from 1 to 2147483647, got 0", "save_pretrained", gpt2(lambda c: c.update(n_head=0))),
+    Row("init-config-negative-inner", INIT, "field n_inner must be null or an integer from 1", "got -4", gpt2(lambda c: c.update(n_inner=-4))),
+    Row("init-config-heads-do-not-divide", INIT, "n_embd (16) must be divisible by n_head (3)", "save_pretrained", gpt2(lambda c: c.update(n_head=3))),
+    Row("init-config-activation-a-list", INIT, "field activation_function must be a string, got []", "hookloop supports gelu", gpt2(lambda c: c.update(activation_function=[]))),
+    Row("init-config-unsupported-a-string", INIT, "sets tie_word_embeddings = 'yes'", "it needs True", gpt2(lambda c: c.update(tie_word_embeddings="yes"))),
+    Row("init-index-not-an-object", INIT, "gpt/model.safetensors.index.json is malformed: the top level must be an object", "save_pretrained", gpt2(model_safetensors_index_json="[1]"), subprocess=True),
+    Row("init-index-no-weight-map", INIT, "field weight_map is missing", "save_pretrained", gpt2(model_safetensors_index_json='{"metadata": {}}')),
+    Row("init-index-weight-map-a-list", INIT, "field weight_map must be an object, got []", "save_pretrained", gpt2(model_safetensors_index_json='{"weight_map": []}')),
+    Row("init-index-shard-escapes", INIT, "must be a plain file name", "each shard must be a file in gpt", gpt2(model_safetensors_index_json='{"weight_map": {"transformer.wte.weight": "../data/meta.json"}}')),
+    Row("init-index-shard-not-a-string", INIT, "field transformer.wte.weight must be a plain file name", "got 3", gpt2(model_safetensors_index_json='{"weight_map": {"transformer.wte.weight": 3}}')),
+    Row("init-index-shard-missing", INIT, "names the shard model-00002-of-00002.safetensors, which is missing", "copy it there", gpt2(model_safetensors_index_json='{"weight_map": {"transformer.wte.weight": "model-00002-of-00002.safetensors"}}')),
+    Row("init-index-shard-lacks-tensor", INIT, "puts transformer.h.7.ln_1.weight in model.safetensors, which does not hold it", "save_pretrained", gpt2(model_safetensors_index_json='{"weight_map": {"transformer.h.7.ln_1.weight": "model.safetensors"}}')),
+    Row("init-pickle-as-safetensors", INIT, "gpt/model.safetensors is truncated or not safetensors", "not a safetensors file", gpt2(model_safetensors=EVIL_PICKLE), subprocess=True),
+    Row("init-truncated-safetensors", INIT, "gpt/model.safetensors", "not a safetensors file", lambda w: (gpt2()(w), (w / "gpt/model.safetensors").write_bytes((w / "gpt/model.safetensors").read_bytes()[:-100]))),
+    Row("init-tensor-wrong-shape", INIT, "does not fit: tok_emb.weight has shape [64, 16], the model from its config.json needs [65, 16]", "save_pretrained", gpt2(lambda c: c.update(vocab_size=65))),
     # --- sampling and evaluation options ------------------------------------------------------
     Row("sample-nan-temperature", [*SAMPLE, "--temperature", "nan"], "--temperature must be 0 (greedy) or between", "got nan", subprocess=True),
     Row("sample-huge-seed", [*SAMPLE, "--seed", "9" * 30], "--seed must be between 0 and 2**63 - 1", "999", subprocess=True),
@@ -398,6 +456,21 @@ def test_the_table_is_large_and_has_a_good_share_of_real_subprocesses():
     assert len(ROWS) >= 40 and len({r.id for r in ROWS}) == len(ROWS)
     assert sum(r.subprocess for r in ROWS) >= 12
     assert sum(not r.id.endswith("-for-real") for r in ROWS) >= 40  # all run as root too
+
+
+def test_the_gpt2_directory_the_init_rows_break_imports_as_it_is(base, tmp_path, monkeypatch):
+    """The init-* rows are refused for what they break, not for a broken fixture."""
+    w = tmp_path / "w"
+    shutil.copytree(base, w)
+    gpt2()(w)
+    monkeypatch.chdir(w)
+    monkeypatch.setenv("HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD", "1")
+    try:
+        assert main([*INIT, "--set", 'plugins.disable=["progress", "eval"]']) == 0
+    finally:
+        for held in list(runlock._held):
+            runlock.release_run_dir(held)
+    assert (w / "new" / "checkpoints").is_dir()
 
 
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: r.id)
