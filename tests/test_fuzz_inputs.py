@@ -224,6 +224,43 @@ def test_any_source_weights_are_refused_or_normalise_to_finite_probabilities(wei
         assert all(math.isfinite(w / total) and w > 0 for w in checked), checked
 
 
+# --- model.init_from = "hf:...": config.json ----------------------------------------------------
+
+wrong_types = st.one_of(
+    st.none(), st.booleans(), st.floats(), st.text(max_size=4), st.lists(st.integers(), max_size=2),
+    st.integers(-(2**70), 2**70),
+)  # fmt: skip
+hf_configs = st.fixed_dictionaries(
+    {"model_type": st.one_of(st.just("gpt2"), wrong_types)},
+    optional={
+        **{k: st.one_of(st.integers(-2, 24), wrong_types) for k in ("vocab_size", "n_embd", "n_head", "n_layer", "n_positions", "n_inner")},
+        "activation_function": st.one_of(st.sampled_from(["gelu", "gelu_new", "relu"]), wrong_types),
+        "tie_word_embeddings": st.one_of(st.just(True), wrong_types),
+        "scale_attn_weights": wrong_types,
+    },
+)  # fmt: skip
+
+
+@FUZZ
+@given(config=st.one_of(hf_configs, json_values), raw=st.one_of(st.none(), st.binary(max_size=30)))
+def test_any_init_from_config_json_gives_a_model_or_a_config_error(tmp_path, config, raw):
+    from hookloop.lm.recipe import build_model
+
+    directory = tmp_path / "gpt"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir()
+    (directory / "config.json").write_bytes(raw if raw is not None else json.dumps(config).encode())
+    try:
+        loaded = load_config(None, [f"model.init_from=hf:{directory}", "data.seq_len=2"])
+    except ConfigError:
+        return
+    m = loaded["model"]
+    assert all(type(m[k]) is int and m[k] >= 1 for k in ("d_model", "n_heads", "n_layers", "d_ff"))
+    assert m["d_model"] % m["n_heads"] == 0
+    if max(m["vocab_size"], m["d_model"], m["d_ff"], m["max_seq_len"], m["n_layers"]) <= 64:
+        build_model(loaded, 1)  # small enough to build here: it must build
+
+
 # --- safetensors headers ---------------------------------------------------------------------
 
 
