@@ -379,6 +379,10 @@ ROWS = [
     Row("prepare-hf-dataset-missing", ["prepare", "--hf-dataset", "gpt2", "--out", "prepared"], "--hf-dataset gpt2 does not exist", "give a directory written by Dataset.save_to_disk"),
     Row("prepare-hf-dataset-data-files", ["prepare", "--hf-dataset", "data", "--out", "prepared"], "--hf-dataset data is not a dataset written by save_to_disk", "give it as PATH: hookloop prepare data"),
     Row("prepare-hf-dataset-damaged", ["prepare", "--hf-dataset", "ds", "--out", "prepared"], "cannot read the saved dataset ds", "save it again with save_to_disk", write("ds/dataset_info.json", "{not json")),
+    Row("prepare-glob-absolute", [*PREPARE, "data", "--glob", "/etc/*"], "--glob '/etc/*' is not a file pattern inside data", "give one relative to it"),
+    Row("prepare-out-under-a-file", ["prepare", "data/meta.json", "--out", "data/meta.json/p"], "--out data/meta.json/p is under data/meta.json, which is a file", "choose another --out", subprocess=True),
+    Row("prepare-bpe-vocab-huge", [*PREPARE, "data", "--tokenizer", "bpe", "--bpe-vocab-size", "9" * 20], "--bpe-vocab-size must be from 257 to 16,777,216", "got 999"),
+    Row("prepare-piece-bytes-huge", [*PREPARE, "data", "--piece-bytes", "9" * 25], "--piece-bytes must be from 1 to 1,073,741,824", "got 999"),
     Row("prepare-hf-split-it-lacks", ["prepare", "--hf-dataset", "ds", "--split", "test", "--out", "prepared"], "single saved Dataset with no named splits, not 'test'", "leave out --split", saved_dataset("ds")),
     # --- data.sources weights: checked with the config, before the run directory is made ----
     Row("mix-weight-inf", MIX, "data.sources[0].weight must be a finite number > 0", "got inf in mix.toml", mix("inf", "1.0"), subprocess=True),
