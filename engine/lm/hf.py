@@ -295,7 +295,7 @@ def _weight_files(directory: Path) -> dict[Path, str | None]:
         if not path.is_file():
             raise CheckpointError(
                 f"model.init_from: {index} names the shard {path.name}, which is missing; "
-                f"copy it there or {fix}"
+                "copy it there, or re-save the model with save_pretrained"
             )
     return {path: shards[path] for path in sorted(shards)}
 
