@@ -2,7 +2,9 @@
 
 User mistakes (`HookloopError`), and a read-only, full or forbidden place to write (an
 `OSError` of those kinds), print one line and exit with status 2; set `HOOKLOOP_DEBUG=1` to
-see their traceback. Internal errors keep their traceback.
+see their traceback. Internal errors keep their traceback. A reader that closes the pipe
+early (`hookloop plugins --order | head -3`) ends the command quietly with status 141
+(128 + SIGPIPE), as shell tools do.
 """
 
 from __future__ import annotations
@@ -123,8 +125,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+BROKEN_PIPE_STATUS = 128 + 13
+"""Exit status when stdout's reader went away: 128 + SIGPIPE, what a shell reports."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one `hookloop` command and return its exit status."""
+    """Run one `hookloop` command and return its exit status.
+
+    When whoever reads stdout closes the pipe early (`| head`), the command stops quietly
+    with `BROKEN_PIPE_STATUS`: stdout is pointed at `os.devnull`, so the interpreter's own
+    flush at exit cannot raise `BrokenPipeError` a second time (the recipe in Python's
+    `signal` documentation). Output is flushed here, not at exit, so the error is seen here.
+    """
+    try:
+        status = _run(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        return BROKEN_PIPE_STATUS
+    return status
+
+
+def _silence_stdout() -> None:
+    """Point file descriptor 1 at `os.devnull`, so nothing more is written to a closed pipe."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by a test harness: nothing to do
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    """Parse `argv`, run its command and map user mistakes to one line and status 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -142,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"hookloop {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        raise  # the reader left: `main` ends quietly
     except OSError as exc:
         # The machine, not hookloop: a read-only or full disk, a file without permission.
         if exc.errno not in _ENVIRONMENT_ERRNOS or os.environ.get("HOOKLOOP_DEBUG"):

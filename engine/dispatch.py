@@ -17,6 +17,9 @@ Every caller goes through here: the loop, `on_exception`, the doctor, third-part
   refused when a plugin is registered (`hookloop.loading.register_plugins`).
 - A hook specified with `firstresult=True` stops at the first implementation that returns
   something other than None and returns that value, as in pluggy.
+- The caller is checked against the hook's spec: a missing or unknown argument raises a
+  `TypeError` naming the hook and the argument, and no plugin is blamed or disabled for it
+  (see `HookDispatcher.call` for when the check runs and why it costs the loop nothing).
 """
 
 from __future__ import annotations
@@ -50,9 +53,13 @@ class _Impl:
 
 
 class _Plan:
-    """How to call one hook: wrappers (outermost first), plain implementations, in order."""
+    """How to call one hook: wrappers (outermost first), plain implementations, in order.
 
-    __slots__ = ("firstresult", "impls", "wrappers")
+    `argnames` are the spec's argument names (None for a hook nobody specified, which is
+    not checked) and `arity` their number, so the hot path can compare one integer.
+    """
+
+    __slots__ = ("argnames", "arity", "firstresult", "impls", "wrappers")
 
     def __init__(self, caller: pluggy.HookCaller, rank: Mapping[str, int]) -> None:
         ordered = call_order(caller.get_hookimpls(), rank)
@@ -60,6 +67,31 @@ class _Plan:
         self.impls = tuple(_Impl(i) for i in ordered if not i.wrapper)
         spec = caller.spec
         self.firstresult: bool = bool(spec is not None and spec.opts.get("firstresult"))
+        self.argnames: tuple[str, ...] | None = None if spec is None else tuple(spec.argnames)
+        self.arity: int = -1 if self.argnames is None else len(self.argnames)
+
+
+def check_arguments(hook: str, argnames: tuple[str, ...] | None, given: Mapping[str, Any]) -> None:
+    """Raise a `TypeError` naming `hook` and the argument when `given` does not match its spec.
+
+    A `TypeError`, as Python raises for a function called with a missing or unexpected
+    keyword: the caller (the loop, or code calling `Engine.call_hook`) has a bug. It is not a
+    `HookloopError`, because no configuration or data the user gave can cause it, so it keeps
+    its traceback and is never reported as a one-line user mistake or blamed on a plugin.
+    """
+    if argnames is None:  # a hook without a spec: pluggy checks nothing either
+        return
+    takes = ", ".join(argnames)
+    for name in argnames:
+        if name not in given:
+            raise TypeError(
+                f"hook {hook!r} called without argument {name!r} (its spec takes {takes})"
+            )
+    for name in given:
+        if name not in argnames:
+            raise TypeError(
+                f"hook {hook!r} called with unknown argument {name!r} (its spec takes {takes})"
+            )
 
 
 class HookDispatcher:
@@ -80,22 +112,38 @@ class HookDispatcher:
         self.disabled: dict[str, str] = {}
         """Plugins unregistered after a failure, with the reason."""
 
-    def _plan(self, hook: str) -> _Plan:
-        """The cached calling plan of `hook`, resolved on first use."""
-        try:
-            return self._plans[hook]
-        except KeyError:
-            plan = self._plans[hook] = _Plan(getattr(self._pm.hook, hook), self._rank)
-            return plan
+    def _plan(self, hook: str, kwargs: Mapping[str, Any]) -> _Plan:
+        """The cached calling plan of `hook`, resolved on first use, with the call checked.
+
+        The full check (`check_arguments`) runs when the plan is resolved (the first call,
+        and again after a plugin was disabled, added or removed) and whenever the number of
+        arguments differs from the spec's; otherwise it costs one integer comparison.
+        `_blame` checks again before a plugin's `KeyError` or `TypeError` is blamed on it.
+        """
+        plan = self._plans.get(hook)
+        if plan is None:
+            plan = _Plan(getattr(self._pm.hook, hook), self._rank)
+            check_arguments(hook, plan.argnames, kwargs)
+            self._plans[hook] = plan
+        elif len(kwargs) != plan.arity and plan.argnames is not None:
+            check_arguments(hook, plan.argnames, kwargs)
+        return plan
 
     def call(self, hook: str, /, **kwargs: Any) -> Any:
         """Call every implementation of `hook` in order with the arguments it takes.
+
+        The arguments must be exactly those of the hook's spec: a missing or unknown one
+        raises a `TypeError` naming the hook and the argument (see `check_arguments`), and
+        no plugin is disabled for it. The loop calls hooks on every step, so the full check
+        runs only on the first call of each hook, when the number of arguments differs from
+        the spec's, and when a plugin raises `KeyError` or `TypeError` (the two errors a bad
+        call causes inside a plugin); otherwise it costs one integer comparison.
 
         Returns:
             What pluggy would return: for a `firstresult` hook the first non-None result (or
             None), otherwise the list of non-None results in calling order.
         """
-        plan = self._plan(hook)
+        plan = self._plan(hook, kwargs)
         if plan.wrappers:
             return self._call_wrapped(hook, plan, kwargs)
         return self._call_plain(hook, plan, kwargs, raise_errors=True)
@@ -106,12 +154,12 @@ class HookDispatcher:
         For `on_exception`: the error being handled is the one that matters, and every
         plugin should get its chance to react to it.
         """
-        self._call_plain(hook, self._plan(hook), kwargs, raise_errors=False)
+        self._call_plain(hook, self._plan(hook, kwargs), kwargs, raise_errors=False)
 
     def collect(self, hook: str, /, **kwargs: Any) -> dict[str, Any]:
         """Call `hook` and return each plugin's non-None result under its plugin name."""
         results: dict[str, Any] = {}
-        for impl in self._plan(hook).impls:
+        for impl in self._plan(hook, kwargs).impls:
             result = self._call_one(hook, impl, kwargs)
             if result is not None:
                 results[impl.plugin_name] = result
@@ -119,7 +167,13 @@ class HookDispatcher:
 
     def call_each(self, hook: str, per_plugin: Mapping[str, Mapping[str, Any]]) -> None:
         """Call `hook` only on the plugins named in `per_plugin`, each with its own arguments."""
-        for impl in self._plan(hook).impls:
+        if not per_plugin:
+            return
+        calls = list(per_plugin.values())
+        argnames = self._plan(hook, calls[0]).argnames
+        for kwargs in calls[1:]:
+            check_arguments(hook, argnames, kwargs)
+        for impl in self._plans[hook].impls:
             if impl.plugin_name in per_plugin:
                 self._call_one(hook, impl, per_plugin[impl.plugin_name])
 
@@ -168,6 +222,7 @@ class HookDispatcher:
         except StopIteration:
             raise RuntimeError(f"wrapper {impl.plugin_name!r} of {hook!r} did not yield") from None
         except Exception as exc:
+            self._blame(hook, kwargs, exc)
             self._fail(hook, impl, exc)
             return None
         finally:
@@ -215,6 +270,7 @@ class HookDispatcher:
         try:
             return impl.function(*[kwargs[name] for name in impl.argnames])
         except Exception as exc:
+            self._blame(hook, kwargs, exc)
             if raise_errors:
                 self._fail(hook, impl, exc)
             else:
@@ -225,6 +281,16 @@ class HookDispatcher:
 
     def _charge(self, plugin: str, start: float) -> None:
         self._seconds[plugin] = self._seconds.get(plugin, 0.0) + perf_counter() - start
+
+    def _blame(self, hook: str, kwargs: Mapping[str, Any], exc: Exception) -> None:
+        """Before a plugin is blamed for `exc`: raise instead if the call itself was wrong.
+
+        A missing argument shows up inside a plugin as a `KeyError` (or a `TypeError`), which
+        would otherwise disable an innocent plugin; the spec is checked only on this path.
+        """
+        if isinstance(exc, (KeyError, TypeError)):
+            spec = getattr(self._pm.hook, hook).spec
+            check_arguments(hook, None if spec is None else tuple(spec.argnames), kwargs)
 
     def _fail(self, hook: str, impl: _Impl, exc: Exception) -> None:
         if impl.critical:

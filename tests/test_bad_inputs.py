@@ -198,6 +198,63 @@ def broken_plugin(w: Path) -> None:
     )
 
 
+def truncated_parquet(rel: str) -> Callable[[Path], None]:
+    """A real Parquet file of a few row groups, cut in half (its footer gone)."""
+
+    def setup(w: Path) -> None:
+        pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+        pq.write_table(pa.table({"text": ["x" * 50] * 2000}), w / rel, row_group_size=500)
+        data = (w / rel).read_bytes()
+        (w / rel).write_bytes(data[: len(data) // 2])
+
+    return setup
+
+
+def saved_dataset(rel: str) -> Callable[[Path], None]:
+    """A Hugging Face `Dataset` (no named splits) written by `save_to_disk`."""
+
+    def setup(w: Path) -> None:
+        datasets = pytest.importorskip("datasets")
+        datasets.disable_progress_bars()  # its bars would go to the stderr this test reads
+        datasets.Dataset.from_dict({"text": ["alpha", "beta"]}).save_to_disk(str(w / rel))
+
+    return setup
+
+
+GPT2 = {"model_type": "gpt2", "vocab_size": 64, "n_embd": 16, "n_head": 2, "n_layer": 1, "n_positions": 16, "n_inner": 32}  # fmt: skip
+
+
+def gpt2(config: Callable[[dict], object] | None = None, **files: bytes | str):
+    """gpt/: a tiny GPT-2-format directory (config.json, model.safetensors), `config`
+    changing its config.json and `files` (dots for underscores) replacing or adding files."""
+
+    def setup(w: Path) -> None:
+        import torch
+        from safetensors.torch import save_file
+
+        (w / "gpt").mkdir()
+        settings = dict(GPT2)
+        e, v, p, inner = settings["n_embd"], settings["vocab_size"], settings["n_positions"], 32
+        shapes = {"wte.weight": [v, e], "wpe.weight": [p, e], "ln_f.weight": [e], "ln_f.bias": [e]}
+        for name, shape in {
+            "ln_1.weight": [e], "ln_1.bias": [e], "ln_2.weight": [e], "ln_2.bias": [e],
+            "attn.c_attn.weight": [e, 3 * e], "attn.c_attn.bias": [3 * e],
+            "attn.c_proj.weight": [e, e], "attn.c_proj.bias": [e],
+            "mlp.c_fc.weight": [e, inner], "mlp.c_fc.bias": [inner],
+            "mlp.c_proj.weight": [inner, e], "mlp.c_proj.bias": [e],
+        }.items():  # fmt: skip
+            shapes[f"h.0.{name}"] = shape
+        tensors = {f"transformer.{k}": torch.zeros(shape) for k, shape in shapes.items()}
+        save_file(tensors, str(w / "gpt" / "model.safetensors"))
+        if config is not None:
+            config(settings)
+        (w / "gpt" / "config.json").write_text(json.dumps(settings))
+        for name, content in files.items():
+            write(f"gpt/{name.replace('_', '.')}", content)(w)
+
+    return setup
+
+
 def steps(**counters: object) -> Callable[[dict], None]:
     return lambda s: s["counters"].update(counters)
 
@@ -221,6 +278,23 @@ RESUME = ["train", "--resume", "auto", "--run-dir", "run"]
 EVAL = ["eval", "--run", "run", "--max-batches", "1"]
 SAMPLE = ["sample", "--run", "run", "--max-new-tokens", "2"]
 EXPORT = ["export", "run", "--format", "hf", "--out"]
+PREPARE = ["prepare", "--out", "prepared"]
+INIT = ["train", "--run-dir", "new", "--set", "data.path=data", "--set", "model.init_from=hf:gpt", *_sets([o for o in TINY if not o.startswith("model.")])]  # fmt: skip
+MIX = ["train", "--run-dir", "new", "-c", "mix.toml", *_sets(TINY)]
+
+
+def mix(*weights: str) -> Callable[[Path], None]:
+    """mix.toml: `data.sources` over copies of the prepared data, with these weights."""
+
+    def setup(w: Path) -> None:
+        entries = []
+        for i, weight in enumerate(weights):
+            shutil.copytree(w / "data", w / f"data{i}")
+            entries.append(f'{{path = "data{i}", weight = {weight}}}')
+        (w / "mix.toml").write_text(f"[data]\nsources = [{', '.join(entries)}]\n")
+
+    return setup
+
 
 ROWS = [
     # --- --set values: type and range, before anything is created ---------------------------
@@ -295,6 +369,57 @@ ROWS = [
     Row("tokenizer-json-missing-kind", TRAIN, "field kind is missing", "prepare the data again", edit_json("data/tokenizer.json", lambda t: t.pop("kind"))),
     Row("tokenizer-json-not-utf8", SAMPLE, "run/tokenizer.json is not UTF-8 text", "copy the run's tokenizer.json back", write("run/tokenizer.json", b"\xc3\x28")),
     Row("tokenizer-json-duplicate-chars", TRAIN, "distinct single characters", "prepare the data again", edit_json("data/tokenizer.json", lambda t: t.update(chars=["a", "a"]))),
+    # --- prepare: every source is read through, checked, before anything is written ---------
+    Row("prepare-lone-surrogate-in-json", [*PREPARE, "s.jsonl"], "s.jsonl line 2: field 'text' is not valid Unicode (lone surrogate '\\ud800'", "fix or remove the record", write("s.jsonl", '{"text": "ok"}\n{"text": "a\\ud800"}\n'), subprocess=True),
+    Row("prepare-json-nested-too-deep", [*PREPARE, "d.jsonl"], "d.jsonl line 21: JSON nested too deeply", "fix or remove the line", write("d.jsonl", '{"text": "ok"}\n' * 20 + "[" * 100_000 + "\n")),
+    Row("prepare-parquet-not-parquet", [*PREPARE, "x.parquet"], "x.parquet is not a readable Parquet file", "write it again or leave it out with --glob", write("x.parquet", "text\nnot parquet\n")),
+    Row("prepare-parquet-truncated", [*PREPARE, "cut.parquet"], "cut.parquet is not a readable Parquet file", "write it again", truncated_parquet("cut.parquet"), subprocess=True),
+    Row("prepare-val-parquet-truncated", [*PREPARE, "t.txt", "--val", "cut.parquet"], "cut.parquet is not a readable Parquet file", "write it again", lambda w: (write("t.txt", TEXT)(w), truncated_parquet("cut.parquet")(w))),
+    Row("prepare-hf-dataset-a-file", ["prepare", "--hf-dataset", "data/meta.json", "--out", "prepared"], "--hf-dataset data/meta.json is a file, not a directory written by Dataset.save_to_disk", "give it as PATH: hookloop prepare data/meta.json", subprocess=True),
+    Row("prepare-hf-dataset-missing", ["prepare", "--hf-dataset", "gpt2", "--out", "prepared"], "--hf-dataset gpt2 does not exist", "give a directory written by Dataset.save_to_disk"),
+    Row("prepare-hf-dataset-data-files", ["prepare", "--hf-dataset", "data", "--out", "prepared"], "--hf-dataset data is not a dataset written by save_to_disk", "give it as PATH: hookloop prepare data"),
+    Row("prepare-hf-dataset-damaged", ["prepare", "--hf-dataset", "ds", "--out", "prepared"], "cannot read the saved dataset ds", "save it again with save_to_disk", write("ds/dataset_info.json", "{not json")),
+    Row("prepare-glob-absolute", [*PREPARE, "data", "--glob", "/etc/*"], "--glob '/etc/*' is not a file pattern inside data", "give one relative to it"),
+    Row("prepare-out-under-a-file", ["prepare", "data/meta.json", "--out", "data/meta.json/p"], "--out data/meta.json/p is under data/meta.json, which is a file", "choose another --out", subprocess=True),
+    Row("prepare-bpe-vocab-huge", [*PREPARE, "data", "--tokenizer", "bpe", "--bpe-vocab-size", "9" * 20], "--bpe-vocab-size must be from 257 to 16,777,216", "got 999"),
+    Row("prepare-piece-bytes-huge", [*PREPARE, "data", "--piece-bytes", "9" * 25], "--piece-bytes must be from 1 to 1,073,741,824", "got 999"),
+    Row("prepare-hf-split-it-lacks", ["prepare", "--hf-dataset", "ds", "--split", "test", "--out", "prepared"], "single saved Dataset with no named splits, not 'test'", "leave out --split", saved_dataset("ds")),
+    # --- data.sources weights: checked with the config, before the run directory is made ----
+    Row("mix-weight-inf", MIX, "data.sources[0].weight must be a finite number > 0", "got inf in mix.toml", mix("inf", "1.0"), subprocess=True),
+    Row("mix-weight-nan", MIX, "data.sources[1].weight must be a finite number > 0", "only the ratios of the weights matter", mix("1.0", "nan")),
+    Row("mix-weight-negative", MIX, "data.sources[0].weight must be a finite number > 0", "got -0.5", mix("-0.5", "1.0")),
+    Row("mix-weights-all-zero", MIX, "data.sources[0].weight must be a finite number > 0", "got 0.0", mix("0.0", "0.0")),
+    Row("mix-weights-sum-overflows", MIX, "data.sources weights sum to more than the largest float (1e+308, 1e+308)", "scale them down", mix("1e308", "1e308"), subprocess=True),
+    Row("mix-weight-set-inf", ["train", "--run-dir", "new", *_sets(TINY), "--set", "data.sources=[{path='data', weight=inf}]"], "weight must be a finite number > 0", "got inf"),
+    # --- torchrun variables: checked before the run directory is made or a rendezvous tried --
+    Row("rank-vars-without-rendezvous", TRAIN, "RANK=1, WORLD_SIZE=2 and LOCAL_RANK=1 are set but the rendezvous address is not (MASTER_ADDR and MASTER_PORT missing)", "launch with torchrun", subprocess=True, env={"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "", "MASTER_PORT": ""}),
+    Row("rank-vars-rank-past-world", TRAIN, "out of range: RANK=2, WORLD_SIZE=2", "unset RANK, WORLD_SIZE and LOCAL_RANK", subprocess=True, env={"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}),
+    Row("rank-vars-not-a-number", RESUME, "torchrun variable WORLD_SIZE must be a whole number, got 'two'", "launch with torchrun", subprocess=True, env={"RANK": "0", "WORLD_SIZE": "two", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}),
+    Row("rank-vars-incomplete", TRAIN, "RANK='0' set but WORLD_SIZE and LOCAL_RANK not", "to run one process", subprocess=True, env={"RANK": "0", "WORLD_SIZE": "", "LOCAL_RANK": "", "MASTER_ADDR": "", "MASTER_PORT": ""}),
+    Row("rank-vars-bad-port", TRAIN, "MASTER_PORT must be a port number from 1 to 65535, got '99999'", "launch with torchrun", subprocess=True, env={"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "99999"}),
+    # --- model.init_from = "hf:...": every field of config.json, the index and the weights ----
+    Row("init-config-not-an-object", INIT, "gpt/config.json is malformed: the top level must be an object, got list", "save_pretrained", gpt2(config_json="[16, 2]"), subprocess=True),
+    Row("init-config-not-json", INIT, "gpt/config.json is not valid JSON", "save_pretrained", gpt2(config_json='{"n_head": 2,')),
+    Row("init-config-string-heads", INIT, "field n_head must be an integer, got '2'", "save_pretrained", gpt2(lambda c: c.update(n_head="2")), subprocess=True),
+    Row("init-config-float-width", INIT, "field n_embd must be an integer, got 16.0", "save_pretrained", gpt2(lambda c: c.update(n_embd=16.0))),
+    Row("init-config-bool-layers", INIT, "field n_layer must be an integer, got True", "save_pretrained", gpt2(lambda c: c.update(n_layer=True))),
+    Row("init-config-null-vocab", INIT, "field vocab_size must be an integer, got None", "save_pretrained", gpt2(lambda c: c.update(vocab_size=None))),
+    Row("init-config-nan-positions", INIT, "field n_positions must be an integer, got nan", "save_pretrained", gpt2(config_json=json.dumps(GPT2).replace('"n_positions": 16', '"n_positions": NaN'))),
+    Row("init-config-zero-heads", INIT, "field n_head must be an integer from 1 to 2147483647, got 0", "save_pretrained", gpt2(lambda c: c.update(n_head=0))),
+    Row("init-config-negative-inner", INIT, "field n_inner must be null or an integer from 1", "got -4", gpt2(lambda c: c.update(n_inner=-4))),
+    Row("init-config-heads-do-not-divide", INIT, "n_embd (16) must be divisible by n_head (3)", "save_pretrained", gpt2(lambda c: c.update(n_head=3))),
+    Row("init-config-activation-a-list", INIT, "field activation_function must be a string, got []", "hookloop supports gelu", gpt2(lambda c: c.update(activation_function=[]))),
+    Row("init-config-unsupported-a-string", INIT, "sets tie_word_embeddings = 'yes'", "it needs True", gpt2(lambda c: c.update(tie_word_embeddings="yes"))),
+    Row("init-index-not-an-object", INIT, "gpt/model.safetensors.index.json is malformed: the top level must be an object", "save_pretrained", gpt2(model_safetensors_index_json="[1]"), subprocess=True),
+    Row("init-index-no-weight-map", INIT, "field weight_map is missing", "save_pretrained", gpt2(model_safetensors_index_json='{"metadata": {}}')),
+    Row("init-index-weight-map-a-list", INIT, "field weight_map must be an object, got []", "save_pretrained", gpt2(model_safetensors_index_json='{"weight_map": []}')),
+    Row("init-index-shard-escapes", INIT, "must be a plain file name", "each shard must be a file in gpt", gpt2(model_safetensors_index_json='{"weight_map": {"transformer.wte.weight": "../data/meta.json"}}')),
+    Row("init-index-shard-not-a-string", INIT, "field transformer.wte.weight must be a plain file name", "got 3", gpt2(model_safetensors_index_json='{"weight_map": {"transformer.wte.weight": 3}}')),
+    Row("init-index-shard-missing", INIT, "names the shard model-00002-of-00002.safetensors, which is missing", "copy it there", gpt2(model_safetensors_index_json='{"weight_map": {"transformer.wte.weight": "model-00002-of-00002.safetensors"}}')),
+    Row("init-index-shard-lacks-tensor", INIT, "puts transformer.h.7.ln_1.weight in model.safetensors, which does not hold it", "save_pretrained", gpt2(model_safetensors_index_json='{"weight_map": {"transformer.h.7.ln_1.weight": "model.safetensors"}}')),
+    Row("init-pickle-as-safetensors", INIT, "gpt/model.safetensors is truncated or not safetensors", "not a safetensors file", gpt2(model_safetensors=EVIL_PICKLE), subprocess=True),
+    Row("init-truncated-safetensors", INIT, "gpt/model.safetensors", "not a safetensors file", lambda w: (gpt2()(w), (w / "gpt/model.safetensors").write_bytes((w / "gpt/model.safetensors").read_bytes()[:-100]))),
+    Row("init-tensor-wrong-shape", INIT, "does not fit: tok_emb.weight has shape [64, 16], the model from its config.json needs [65, 16]", "save_pretrained", gpt2(lambda c: c.update(vocab_size=65))),
     # --- sampling and evaluation options ------------------------------------------------------
     Row("sample-nan-temperature", [*SAMPLE, "--temperature", "nan"], "--temperature must be 0 (greedy) or between", "got nan", subprocess=True),
     Row("sample-huge-seed", [*SAMPLE, "--seed", "9" * 30], "--seed must be between 0 and 2**63 - 1", "999", subprocess=True),
@@ -315,8 +440,6 @@ ROWS = [
     Row("export-out-other-files", [*EXPORT, "notes"], "not empty and not an earlier export (it holds todo.txt)", "pick a new or empty directory", write("notes/todo.txt", "keep me")),
     Row("export-out-export-plus-a-file", [*EXPORT, "hf"], "not an earlier export (it holds README.md)", "pick a new or empty directory", lambda w: [write(f"hf/{n}", "x")(w) for n in ("config.json", "model.safetensors", "README.md")]),
     # --- plugins -------------------------------------------------------------------------------
-    Row("torchrun-variables-without-rendezvous", TRAIN, "torchrun's RANK=0, WORLD_SIZE=2, LOCAL_RANK=0 but not MASTER_ADDR, MASTER_PORT", "start the command with torchrun", subprocess=True, env={"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}),
-    Row("torchrun-variables-partly-set", TRAIN, "but not WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT", "or unset RANK to run one process", subprocess=True, env={"RANK": "1"}),
     Row("plugin-raises-at-import", TRAIN, "plugin 'broken' from broken-plugin 0.1 could not be imported (RuntimeError: boom at import)", "-p no:broken", broken_plugin, subprocess=True, env={"PYTHONPATH": "site", "HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD": ""}),
 ]  # fmt: skip
 
@@ -337,6 +460,21 @@ def test_the_table_is_large_and_has_a_good_share_of_real_subprocesses():
     assert len(ROWS) >= 40 and len({r.id for r in ROWS}) == len(ROWS)
     assert sum(r.subprocess for r in ROWS) >= 12
     assert sum(not r.id.endswith("-for-real") for r in ROWS) >= 40  # all run as root too
+
+
+def test_the_gpt2_directory_the_init_rows_break_imports_as_it_is(base, tmp_path, monkeypatch):
+    """The init-* rows are refused for what they break, not for a broken fixture."""
+    w = tmp_path / "w"
+    shutil.copytree(base, w)
+    gpt2()(w)
+    monkeypatch.chdir(w)
+    monkeypatch.setenv("HOOKLOOP_DISABLE_PLUGIN_AUTOLOAD", "1")
+    try:
+        assert main([*INIT, "--set", 'plugins.disable=["progress", "eval"]']) == 0
+    finally:
+        for held in list(runlock._held):
+            runlock.release_run_dir(held)
+    assert (w / "new" / "checkpoints").is_dir()
 
 
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: r.id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import subprocess
 import sys
 
@@ -105,3 +106,23 @@ def test_printed_commands_work_as_printed(monkeypatch, tmp_path):
     assert command_line("sample") == "hookloop sample"
     monkeypatch.setattr(sys, "argv", ["/x/hookloop/__main__.py"])
     assert command_line("eval") == f"{sys.executable} -m hookloop eval"
+
+
+@pytest.mark.parametrize("command", [["plugins", "--order"], ["plugins"]])
+def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly(command, tmp_path):
+    """`hookloop plugins --order | head -3`: status 141 (128 + SIGPIPE), no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first byte: every write hits EPIPE
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "hookloop", *command],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+    finally:
+        os.close(write_end)
+    assert out.returncode == 141, out.stderr
+    assert out.stderr == ""

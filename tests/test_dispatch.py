@@ -508,3 +508,81 @@ def test_saving_plugin_states_hands_each_plugin_the_engine_and_state(make_engine
     seen_engine = engine
     engine.fit(max_steps=2)
     assert engine.plugin_states() == {"remembers": {"step": 2, "same_engine": True}}
+
+
+# --- the dispatcher checks its callers ------------------------------------------------------
+
+
+class Reads:
+    """A non-critical plugin that reads `state` in after_step (a logger, say)."""
+
+    name = "reads"
+    critical = False
+
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.fail = fail
+        self.calls = 0
+
+    @hookimpl
+    def after_step(self, state):
+        self.calls += 1
+        if self.fail is not None:
+            raise self.fail
+
+
+@pytest.mark.parametrize("first_call", [True, False])
+def test_a_call_missing_an_argument_names_hook_and_argument_and_disables_nothing(
+    make_engine, first_call
+):
+    plugin = Reads()
+    engine = make_engine(plugins=[plugin])
+    if not first_call:  # the plan is cached: the later, wrong call must still be caught
+        engine.call_hook("after_step", engine=engine, state=engine.state)
+    with pytest.raises(TypeError) as info:
+        engine.call_hook("after_step", engine=engine)
+    assert str(info.value) == (
+        "hook 'after_step' called without argument 'state' (its spec takes engine, state)"
+    )
+    assert not isinstance(info.value, PluginError)
+    assert engine.disabled_plugins == {}
+    assert "reads" in engine.hook_order()["after_step"]
+    engine.call_hook("after_step", engine=engine, state=engine.state)
+    assert plugin.calls == (2 if not first_call else 1)
+
+
+@pytest.mark.parametrize("first_call", [True, False])
+def test_a_call_with_an_unknown_argument_names_hook_and_argument(make_engine, first_call):
+    engine = make_engine(plugins=[Reads()])
+    if not first_call:
+        engine.call_hook("after_step", engine=engine, state=engine.state)
+    with pytest.raises(TypeError, match="hook 'after_step' called with unknown argument 'stat'"):
+        engine.call_hook("after_step", engine=engine, state=engine.state, stat=1)
+    assert engine.disabled_plugins == {}
+
+
+def test_a_swapped_argument_is_caught_when_a_plugin_trips_on_it(make_engine):
+    # same number of arguments, so only the plugin's KeyError reveals the bad call
+    plugin = Reads()
+    engine = make_engine(plugins=[plugin])
+    engine.call_hook("after_step", engine=engine, state=engine.state)
+    with pytest.raises(TypeError, match="without argument 'state'"):
+        engine.call_hook("after_step", engine=engine, stat=engine.state)
+    assert engine.disabled_plugins == {} and plugin.calls == 1
+
+
+def test_on_exception_and_call_each_check_their_callers_too(make_engine):
+    engine = make_engine(plugins=[Reads()])
+    with pytest.raises(TypeError, match="hook 'on_exception' called without argument 'error'"):
+        engine.hooks.call_logging_errors("on_exception", engine=engine, state=engine.state)
+    with pytest.raises(
+        TypeError, match="hook 'on_load_checkpoint' called without argument 'saved'"
+    ):
+        engine.hooks.call_each("on_load_checkpoint", {"reads": {"engine": engine, "state": 1}})
+
+
+@pytest.mark.parametrize("error", [KeyError("state"), TypeError("bad operand")])
+def test_a_plugins_own_key_or_type_error_still_disables_it(make_engine, error):
+    engine = make_engine(plugins=[Reads(fail=error)])
+    engine.call_hook("after_step", engine=engine, state=engine.state)
+    reason = engine.disabled_plugins["reads"]
+    assert reason.startswith("failed in hook 'after_step': ") and type(error).__name__ in reason

@@ -44,34 +44,91 @@ def test_ddp_keeps_ranks_in_step_and_stops_them_together(run_ddp):
 # --- hookloop.distributed: the launch, without starting processes ---------------------------
 
 
+RENDEZVOUS = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+
+
 def test_launch_is_read_from_torchrun_variables_only():
+    from hookloop.distributed import launch_from_env
+
+    assert launch_from_env({}) is None
+    assert launch_from_env({"MASTER_ADDR": "h", "MASTER_PORT": "1"}) is None  # not launched
+    env = {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", **RENDEZVOUS}
+    launch = launch_from_env(env)
+    assert (launch.rank, launch.world_size, launch.local_rank) == (1, 4, 1)
+    assert launch_from_env({**env, "LOCAL_WORLD_SIZE": "2"}) == launch
+
+
+def test_the_rank_device_of_cuda_is_this_ranks_own_gpu():
+    from hookloop.distributed import rank_device
+
+    place = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", **RENDEZVOUS}
+    assert rank_device("cuda", place) == "cuda:1"
+    assert rank_device("cuda", {}) == "cuda" and rank_device("cpu", place) == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"RANK": "x"}, "torchrun variable RANK must be a whole number, got 'x'"),
+        ({"WORLD_SIZE": "2.0"}, "WORLD_SIZE must be a whole number, got '2.0'"),
+        ({"LOCAL_RANK": ""}, "LOCAL_RANK must be a whole number, got ''"),
+        ({"RANK": "9" * 40}, "RANK must be a whole number"),
+        ({"RANK": "2"}, "out of range: RANK=2, WORLD_SIZE=2, LOCAL_RANK=0"),
+        ({"RANK": "-1"}, "out of range: RANK=-1"),
+        ({"WORLD_SIZE": "0", "RANK": "0"}, "out of range: RANK=0, WORLD_SIZE=0"),
+        ({"LOCAL_RANK": "-3"}, "LOCAL_RANK=-3 (need"),
+        ({"LOCAL_WORLD_SIZE": "1", "LOCAL_RANK": "1"}, "LOCAL_RANK=1, LOCAL_WORLD_SIZE=1"),
+        ({"LOCAL_WORLD_SIZE": "3"}, "LOCAL_WORLD_SIZE=3, WORLD_SIZE=2"),
+        ({"WORLD_SIZE": None}, "RANK='1', LOCAL_RANK='0' set but WORLD_SIZE not"),
+        ({"WORLD_SIZE": None, "LOCAL_RANK": None}, "set but WORLD_SIZE and LOCAL_RANK not"),
+        ({"MASTER_ADDR": None}, "rendezvous address is not (MASTER_ADDR missing)"),
+        ({"MASTER_ADDR": None, "MASTER_PORT": None}, "(MASTER_ADDR and MASTER_PORT missing)"),
+        ({"MASTER_ADDR": " "}, "(MASTER_ADDR missing)"),
+        ({"MASTER_PORT": "http"}, "MASTER_PORT must be a port number from 1 to 65535, got 'http'"),
+        ({"MASTER_PORT": "70000"}, "got '70000'"),
+        ({"MASTER_PORT": "0"}, "got '0'"),
+    ],
+)
+def test_torchrun_variables_that_do_not_make_a_launch_are_one_config_error(change, message):
+    """Checked before anything is written or any rendezvous is tried: without MASTER_ADDR
+    torch.distributed raises a traceback, and a rank > 0 would wait for a rank 0 that never
+    comes."""
     from hookloop.distributed import launch_from_env
     from hookloop.errors import ConfigError
 
-    address = {"MASTER_ADDR": "localhost", "MASTER_PORT": "29500"}
-    assert launch_from_env({}) is None
-    launch = launch_from_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", **address})
-    assert (launch.rank, launch.world_size, launch.local_rank) == (1, 4, 1)
-    with pytest.raises(ConfigError, match="not whole numbers"):
-        launch_from_env({"RANK": "x", "WORLD_SIZE": "2", "LOCAL_RANK": "0", **address})
-    with pytest.raises(ConfigError, match="out of range: RANK=2, WORLD_SIZE=2"):
-        launch_from_env({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0", **address})
+    env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "0", **RENDEZVOUS}
+    for name, value in change.items():
+        if value is None:
+            del env[name]
+        else:
+            env[name] = value
+    with pytest.raises(ConfigError) as info:
+        launch_from_env(env)
+    assert message in str(info.value)
+    assert "launch with torchrun" in str(info.value) and "\n" not in str(info.value)
 
 
-def test_torchrun_variables_without_their_rendezvous_are_one_clear_error():
-    from hookloop.distributed import launch_from_env, rank_device
+def test_a_rendezvous_that_cannot_be_held_is_one_config_error(monkeypatch):
+    """Rank 0 of a launch whose MASTER_PORT is taken: one line, not DistNetworkError."""
+    import socket
+
+    import torch
+
+    from hookloop.distributed import process_group
     from hookloop.errors import ConfigError
 
-    place = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
-    with pytest.raises(ConfigError, match=r"not MASTER_ADDR, MASTER_PORT; start the command"):
-        launch_from_env(place)
-    with pytest.raises(ConfigError, match=r"but not WORLD_SIZE, LOCAL_RANK, MASTER_ADDR"):
-        launch_from_env({"RANK": "1"})
-    with pytest.raises(ConfigError, match=r"or unset RANK, WORLD_SIZE, LOCAL_RANK to run one"):
-        launch_from_env({**place, "MASTER_ADDR": "localhost"})
-    address = {"MASTER_ADDR": "h", "MASTER_PORT": "1"}
-    assert rank_device("cuda", {**place, "LOCAL_RANK": "1", **address}) == "cuda:1"
-    assert rank_device("cuda", {}) == "cuda" and rank_device("cpu", place) == "cpu"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        where = rf"127.0.0.1:{port} \(DistNetworkError: .*\); check that the port is free"
+        env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+        for name, value in {**env, "MASTER_PORT": port}.items():
+            monkeypatch.setenv(name, value)
+        group = process_group(backend="gloo", device="cpu", timeout_s=5)
+        with pytest.raises(ConfigError, match=f"cannot join the rendezvous at {where}"):
+            group.__enter__()
+    assert not torch.distributed.is_initialized()
 
 
 def test_a_single_process_gets_no_process_group_and_bad_settings_are_config_errors(monkeypatch):

@@ -3,7 +3,8 @@ hookloop's readers raise nothing but hookloop's own errors.
 
 Covered: the config parser (TOML text, bytes, tables), `--set` parsing, `state.json`
 (arbitrary JSON, and a valid one with one field replaced), `meta.json`, `tokenizer.json`,
-and the safetensors header reader. Examples are bounded so the module stays fast.
+the safetensors header reader and torchrun's rank variables. Examples are bounded so the
+module stays fast.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import shutil
 import string
 from pathlib import Path
@@ -24,8 +26,10 @@ from hookloop.checkpoint import load_checkpoint, read_checkpoint, save_checkpoin
 from hookloop.checkpoint.tensorfile import read_tensors, write_tensors
 from hookloop.errors import CheckpointError, ConfigError, DataError, HookloopError
 from hookloop.lm.config import dumps_toml, load_config, parse_override
+from hookloop.lm.mixture import check_sources
 from hookloop.lm.prepare import read_meta
 from hookloop.lm.schema import SCHEMA, SECTIONS
+from hookloop.lm.sources import open_source
 from hookloop.lm.tokenizers import load_tokenizer
 
 FUZZ = settings(
@@ -152,7 +156,140 @@ def test_any_tokenizer_json_gives_a_tokenizer_or_a_data_error(tmp_path, content)
         load_tokenizer(_write(tmp_path / "tokenizer.json", data))
 
 
+# --- prepare sources: JSON lines and Parquet --------------------------------------------------
+
+texts_with_surrogates = st.text(
+    alphabet=st.one_of(
+        st.characters(codec="utf-8"), st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
+    ),
+    max_size=8,
+)
+json_records = st.one_of(
+    json_values,
+    st.fixed_dictionaries({"text": st.one_of(texts_with_surrogates, json_values)}),
+)
+
+
+def _read_all(source) -> list[str]:
+    """Every document of `source` joined; each must be valid Unicode when it is read at all."""
+    out = ["".join(doc) for doc in source.documents()]
+    for text in out:
+        text.encode("utf-8")  # a lone surrogate must never get through
+    return out
+
+
+@FUZZ
+@given(records=st.lists(json_records, max_size=4), junk=st.binary(max_size=20))
+def test_any_json_lines_give_documents_or_a_data_error(tmp_path, records, junk):
+    lines = [json.dumps(r).encode() for r in records] + ([junk] if junk.strip() else [])
+    path = _write(tmp_path / "s.jsonl", b"\n".join(lines) + b"\n")
+    with contextlib.suppress(DataError):
+        open_source(path).count_documents()
+        _read_all(open_source(path))
+
+
+@pytest.fixture(scope="module")
+def parquet_bytes(tmp_path_factory) -> bytes:
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    path = tmp_path_factory.mktemp("pq") / "g.parquet"
+    pq.write_table(pa.table({"text": [f"row {i}" for i in range(600)]}), path, row_group_size=200)
+    return path.read_bytes()
+
+
+@FUZZ
+@given(cut=st.integers(0, 10**6), flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=4), junk=st.binary(max_size=40))  # fmt: skip
+def test_any_damaged_parquet_gives_documents_or_a_data_error(
+    tmp_path, parquet_bytes, cut, flips, junk
+):
+    data = bytearray(parquet_bytes[: len(parquet_bytes) - cut % len(parquet_bytes)] + junk)
+    for at, value in flips:
+        if data:
+            data[at % len(data)] = value
+    path = _write(tmp_path / "d.parquet", bytes(data))
+    with contextlib.suppress(DataError):
+        open_source(path).count_documents()
+        _read_all(open_source(path))
+
+
+# --- data.sources weights ------------------------------------------------------------------
+
+
+@FUZZ
+@given(weights=st.lists(st.one_of(st.floats(), st.integers(-(2**70), 2**1100), scalars), min_size=1, max_size=4))  # fmt: skip
+def test_any_source_weights_are_refused_or_normalise_to_finite_probabilities(weights):
+    entries = [{"path": f"d{i}", "weight": w} for i, w in enumerate(weights)]
+    with contextlib.suppress(ConfigError):
+        checked = [e["weight"] for e in check_sources(entries)]
+        total = sum(checked)
+        assert all(math.isfinite(w / total) and w > 0 for w in checked), checked
+
+
+# --- model.init_from = "hf:...": config.json ----------------------------------------------------
+
+wrong_types = st.one_of(
+    st.none(), st.booleans(), st.floats(), st.text(max_size=4), st.lists(st.integers(), max_size=2),
+    st.integers(-(2**70), 2**70),
+)  # fmt: skip
+hf_configs = st.fixed_dictionaries(
+    {"model_type": st.one_of(st.just("gpt2"), wrong_types)},
+    optional={
+        **{k: st.one_of(st.integers(-2, 24), wrong_types) for k in ("vocab_size", "n_embd", "n_head", "n_layer", "n_positions", "n_inner")},
+        "activation_function": st.one_of(st.sampled_from(["gelu", "gelu_new", "relu"]), wrong_types),
+        "tie_word_embeddings": st.one_of(st.just(True), wrong_types),
+        "scale_attn_weights": wrong_types,
+    },
+)  # fmt: skip
+
+
+@FUZZ
+@given(config=st.one_of(hf_configs, json_values), raw=st.one_of(st.none(), st.binary(max_size=30)))
+def test_any_init_from_config_json_gives_a_model_or_a_config_error(tmp_path, config, raw):
+    from hookloop.lm.recipe import build_model
+
+    directory = tmp_path / "gpt"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir()
+    (directory / "config.json").write_bytes(raw if raw is not None else json.dumps(config).encode())
+    try:
+        loaded = load_config(None, [f"model.init_from=hf:{directory}", "data.seq_len=2"])
+    except ConfigError:
+        return
+    m = loaded["model"]
+    assert all(type(m[k]) is int and m[k] >= 1 for k in ("d_model", "n_heads", "n_layers", "d_ff"))
+    assert m["d_model"] % m["n_heads"] == 0
+    if max(m["vocab_size"], m["d_model"], m["d_ff"], m["max_seq_len"], m["n_layers"]) <= 64:
+        build_model(loaded, 1)  # small enough to build here: it must build
+
+
 # --- safetensors headers ---------------------------------------------------------------------
+
+
+RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # fmt: skip
+rank_values = st.one_of(
+    st.integers(-3, 70000).map(str),
+    st.sampled_from(["", " ", "1.0", "0x1", "1e3", "٣", "9" * 30, "localhost"]),
+    st.text(max_size=8),
+)
+
+
+@FUZZ
+@given(env=st.dictionaries(st.sampled_from(RANK_VARIABLES), rank_values, max_size=6))
+def test_any_rank_environment_is_a_launch_none_or_one_config_error(env):
+    """Whatever torchrun-style variables a shell holds: no launch, a consistent launch, or
+    one line saying what is wrong; never a ValueError or a launch torch could not start."""
+    from hookloop.distributed import launch_from_env
+
+    try:
+        found = launch_from_env(env)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+        return
+    if found is None:
+        assert not {"RANK", "WORLD_SIZE", "LOCAL_RANK"} & set(env)
+        return
+    rank, world, local = found.rank, found.world_size, found.local_rank
+    assert 0 <= rank < world and local >= 0
+    assert env["MASTER_ADDR"].strip() and 1 <= int(env["MASTER_PORT"]) <= 65535
 
 
 @FUZZ

@@ -264,7 +264,7 @@ def test_import_gpt2_equal_logits_then_fine_tune(tmp_path):
     [
         ("missing", "is not a directory"),
         ("not-gpt2", "only GPT-2-format models"),
-        ("activation", "activation_function 'relu'"),
+        ("activation", "field activation_function must be one of gelu, gelu_new"),
         ("pickle-only", "has no model.safetensors"),
     ],
 )

@@ -145,7 +145,15 @@ def test_check_sources():
     ]
     for bad, message in [
         ("data/x", "must be a list"),
-        ([{"path": "d", "weight": 0}], r"data.sources\[0\].weight must be a number > 0"),
+        ([{"path": "d", "weight": 0}], r"data.sources\[0\].weight must be a finite number > 0"),
+        ([{"path": "d", "weight": -2.5}], r"weight must be a finite number > 0.*got -2.5"),
+        ([{"path": "d", "weight": float("inf")}], r"weight must be a finite number > 0.*got inf"),
+        ([{"path": "d", "weight": float("nan")}], r"weight must be a finite number > 0.*got nan"),
+        ([{"path": "d", "weight": 10**400}], r"weight must be a finite number > 0"),
+        (
+            [{"path": "a/d", "weight": 1e308}, {"path": "b/e", "weight": 1e308}],
+            r"weights sum to more than the largest float \(1e\+308, 1e\+308\); scale them",
+        ),
         ([{"path": "d", "weight": True}], "must be a number > 0"),
         ([{"weight": 1}], r"data.sources\[0\].path must be"),
         ([{"path": "d", "wieght": 1}], "unknown key"),
@@ -154,6 +162,12 @@ def test_check_sources():
     ]:
         with pytest.raises(ConfigError, match=message):
             check_sources(bad)
+
+
+def test_the_dataset_itself_refuses_weights_it_cannot_normalise(corpora):
+    for weights in ({"a": 1e308, "b": 1e308}, {"a": float("inf"), "b": 1.0}, {"a": 0.0, "b": 0.0}):
+        with pytest.raises(ConfigError, match="finite number > 0, and their sum finite"):
+            mixture(corpora, weights)
 
 
 def test_sources_in_a_config_file_round_trip(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -124,12 +125,107 @@ def test_a_saved_hugging_face_dataset(tmp_path):
         texts(open_source(hf_dataset=tmp_path / "single", text_field="body"))
 
 
-def test_a_directory_of_data_files_as_a_dataset(tmp_path):
-    pytest.importorskip("datasets")
+def test_hf_dataset_reads_only_a_saved_dataset_and_never_the_network(tmp_path, monkeypatch):
+    """A file, a directory of data files or a missing path is refused before `datasets`
+    could look anything up (a Hub name, a download): only `save_to_disk` output is read."""
+    import socket
+
+    datasets = pytest.importorskip("datasets")
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("reached for the network")
+
+    monkeypatch.setattr(socket, "socket", no_network)
+    monkeypatch.setattr(datasets, "load_dataset", no_network)
     (tmp_path / "files").mkdir()
     write_jsonl(tmp_path / "files" / "part.jsonl", [{"text": "x1"}, {"text": "x2"}])
-    source = open_source(hf_dataset=tmp_path / "files")
-    assert texts(source) == ["x1", "x2"]
+    with pytest.raises(DataError, match="is not a dataset written by save_to_disk"):
+        open_source(hf_dataset=tmp_path / "files")
+    with pytest.raises(DataError, match="is a file, not a directory written by"):
+        open_source(hf_dataset=tmp_path / "files" / "part.jsonl")
+    with pytest.raises(DataError, match="does not exist"):
+        open_source(hf_dataset=tmp_path / "gpt2")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "dataset_info.json").write_text("{not json")
+    with pytest.raises(DataError, match="cannot read the saved dataset") as info:
+        open_source(hf_dataset=tmp_path / "broken")
+    assert "\n" not in str(info.value)
+
+
+def test_a_split_a_saved_dataset_lacks_is_refused_naming_what_it_has(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    data = datasets.Dataset.from_dict({"text": ["alpha", "beta"]})
+    data.save_to_disk(str(tmp_path / "single"))
+    with pytest.raises(DataError, match="single saved Dataset with no named splits, not 'test'"):
+        open_source(hf_dataset=tmp_path / "single", split="test")
+    named = datasets.Dataset.from_dict({"text": ["alpha"]}, split="validation")
+    named.save_to_disk(str(tmp_path / "named"))
+    assert texts(open_source(hf_dataset=tmp_path / "named", split="validation")) == ["alpha"]
+    with pytest.raises(
+        DataError, match="only its split 'validation', not 'train'.*--split validation"
+    ):
+        open_source(hf_dataset=tmp_path / "named", split="train")
+    datasets.DatasetDict({"test": data}).save_to_disk(str(tmp_path / "dict"))
+    with pytest.raises(DataError, match=r"no split 'train' \(splits: test\)"):
+        open_source(hf_dataset=tmp_path / "dict")
+
+
+def test_text_that_is_not_valid_unicode_names_the_file_and_line(tmp_path):
+    (tmp_path / "s.jsonl").write_text('{"text": "ok"}\n{"text": "a\\ud800b"}\n')
+    with pytest.raises(DataError, match=r"s.jsonl line 2: field 'text' is not valid Unicode"):
+        texts(open_source(tmp_path / "s.jsonl"))
+    (tmp_path / "deep.jsonl").write_text("[" * 100_000 + "\n")
+    with pytest.raises(DataError, match="deep.jsonl line 1"):
+        texts(open_source(tmp_path / "deep.jsonl"))
+
+
+def test_a_parquet_file_that_is_not_parquet_or_is_damaged(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    (tmp_path / "x.parquet").write_text("not parquet")
+    for source in (open_source(tmp_path / "x.parquet"),) * 2:
+        with pytest.raises(DataError, match="x.parquet is not a readable Parquet file"):
+            source.count_documents()
+        with pytest.raises(DataError, match="x.parquet is not a readable Parquet file"):
+            texts(source)
+    pq.write_table(
+        pa.table({"text": ["x" * 100] * 3000}), tmp_path / "g.parquet", row_group_size=500
+    )
+    data = (tmp_path / "g.parquet").read_bytes()
+    (tmp_path / "cut.parquet").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="cut.parquet is not a readable Parquet file"):
+        texts(open_source(tmp_path / "cut.parquet"))
+    offset = pq.ParquetFile(tmp_path / "g.parquet").metadata.row_group(2).column(0).data_page_offset
+    damaged = bytearray(data)
+    damaged[offset + 30 : offset + 400] = b"\xff" * 370  # a page header; the footer is intact
+    (tmp_path / "mid.parquet").write_bytes(bytes(damaged))
+    with pytest.raises(DataError, match="mid.parquet is corrupt or cut short after row") as info:
+        texts(open_source(tmp_path / "mid.parquet"))
+    assert "\n" not in str(info.value)
+
+
+def test_a_string_column_holding_bytes_that_are_not_utf8_names_the_row(tmp_path):
+    """Parquet (and Arrow files under a saved dataset) do not check that strings are UTF-8."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    raw = pa.array([b"ok", b"a\xffb"], type=pa.binary())
+    table = pa.table({"text": pa.Array.from_buffers(pa.string(), 2, raw.buffers())})
+    pq.write_table(table, tmp_path / "u.parquet")
+    with pytest.raises(DataError, match=r"u.parquet row 2: text is not valid UTF-8"):
+        texts(open_source(tmp_path / "u.parquet"))
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset(datasets.table.InMemoryTable(table)).save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(DataError, match=r"ds row 2: text is not valid UTF-8"):
+        texts(open_source(hf_dataset=tmp_path / "ds"))
+
+
+@pytest.mark.parametrize("glob", ["/etc/*", "../*", "a/../../*", ""])
+def test_a_glob_that_would_leave_the_directory_is_refused(tmp_path, glob):
+    """An absolute pattern made pathlib raise NotImplementedError; `..` could reach out."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("a")
+    with pytest.raises(DataError, match=re.escape(f"--glob {glob!r} is not a file pattern")):
+        open_source(tmp_path / "d", glob=glob)
 
 
 def test_missing_paths(tmp_path):

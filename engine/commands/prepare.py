@@ -22,6 +22,13 @@ import argparse
 
 from hookloop.cli import command_line
 
+MAX_VOCAB = 1 << 24
+"""Largest `--bpe-vocab-size`, 64 times the largest vocabularies in use (256k): the BPE
+trainer reserves about 130 bytes per entry up front (2**30 asks for 140 GB and aborts the
+process without a Python error)."""
+MAX_PIECE = 1 << 30
+"""Largest `--piece-bytes`: a piece is held in memory, decoded and tokenized at once."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `prepare` options."""
@@ -69,10 +76,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--hf-dataset",
         metavar="PATH",
-        help="a Hugging Face dataset saved with save_to_disk, or a directory of data files "
-        "(read locally; needs pip install 'hookloop[datasets]')",
+        help="a local directory written by a Hugging Face dataset's save_to_disk (never "
+        "downloaded; needs pip install 'hookloop[datasets]')",
     )
-    parser.add_argument("--split", default="train", help="dataset split (default: train)")
+    parser.add_argument(
+        "--split",
+        default=None,
+        help="split of a saved DatasetDict (default: train); a single saved Dataset needs none",
+    )
     parser.add_argument(
         "--bpe-vocab-size",
         type=int,
@@ -98,10 +109,14 @@ def run(args: argparse.Namespace) -> int:
     from hookloop.lm.prepare import prepare_sources
     from hookloop.lm.sources import open_source
 
-    if args.bpe_vocab_size < 257:
-        raise ConfigError(f"--bpe-vocab-size must be at least 257, got {args.bpe_vocab_size}")
-    if args.piece_bytes < 1:
-        raise ConfigError(f"--piece-bytes must be at least 1, got {args.piece_bytes}")
+    if not 257 <= args.bpe_vocab_size <= MAX_VOCAB:
+        raise ConfigError(
+            f"--bpe-vocab-size must be from 257 to {MAX_VOCAB:,}, got {args.bpe_vocab_size}"
+        )
+    if not 1 <= args.piece_bytes <= MAX_PIECE:
+        raise ConfigError(
+            f"--piece-bytes must be from 1 to {MAX_PIECE:,} (1 GiB), got {args.piece_bytes}"
+        )
     if (args.source is None) == (args.hf_dataset is None):
         raise ConfigError("give either a PATH to prepare or --hf-dataset PATH (one of them)")
     tokenizer = args.tokenizer

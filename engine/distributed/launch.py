@@ -17,7 +17,7 @@ import datetime as _dt
 import gc
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from hookloop.distributed.strategies import strategy_named
 from hookloop.errors import ConfigError
@@ -36,6 +36,10 @@ BACKENDS = ("auto", "nccl", "gloo")
 """`distributed.backend` values: `auto` picks nccl on CUDA and gloo otherwise."""
 _PLACE = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 _RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT")
+_LAUNCH_FIX = (
+    "launch with torchrun (which sets them all), or unset RANK, WORLD_SIZE and LOCAL_RANK "
+    "to run one process"
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -54,34 +58,70 @@ class Launch:
     """`ddp` or `fsdp`."""
 
 
-def launch_from_env(environ: dict[str, str] | None = None) -> Launch | None:
+def launch_from_env(environ: Mapping[str, str] | None = None) -> Launch | None:
     """The `Launch` torchrun described in the environment, or None without torchrun.
 
+    None only when none of `RANK`, `WORLD_SIZE` and `LOCAL_RANK` is set. Once any is, every
+    variable a launch reads is checked here, before anything is written or any connection
+    tried: all three are set, each a whole number, `0 <= RANK < WORLD_SIZE`,
+    `0 <= LOCAL_RANK`, and `LOCAL_RANK < LOCAL_WORLD_SIZE <= WORLD_SIZE` when
+    `LOCAL_WORLD_SIZE` is set; the rendezvous address `MASTER_ADDR` is not empty and
+    `MASTER_PORT` a port number (without them `torch.distributed` raises a traceback, and a
+    rank other than 0 would wait for a rank 0 that no one started).
+
     Raises:
-        ConfigError: some of torchrun's variables are set and others are not (a launch
-            without its rendezvous address would wait or fail deep inside torch), or they
-            are not whole numbers in range.
+        ConfigError: the variables are incomplete, not whole numbers, out of range or
+            inconsistent, or the rendezvous address is missing or malformed.
     """
     env = os.environ if environ is None else environ
     present = [name for name in _PLACE if name in env]
     if not present:
         return None
-    missing = [name for name in (*_PLACE, *_RENDEZVOUS) if not env.get(name)]
+    missing = [name for name in _PLACE if name not in env]
     if missing:
-        given = ", ".join(f"{n}={env[n]}" for n in (*_PLACE, *_RENDEZVOUS) if env.get(n))
+        given = ", ".join(f"{n}={env[n]!r}" for n in present)
         raise ConfigError(
-            f"the environment has torchrun's {given} but not {', '.join(missing)}; start "
-            "the command with torchrun (torchrun --nproc_per_node N -m hookloop ...), which "
-            f"sets them all, or unset {', '.join(present)} to run one process"
+            f"torchrun variables incomplete: {given} set but {' and '.join(missing)} not; "
+            + _LAUNCH_FIX
         )
-    try:
-        rank, world, local = (int(env[name]) for name in _PLACE)
-    except ValueError:
-        values = ", ".join(f"{n}={env[n]!r}" for n in _PLACE)
-        raise ConfigError(f"torchrun variables are not whole numbers ({values})") from None
+    rank, world, local = (_whole_number(env, name) for name in _PLACE)
     if world < 1 or not 0 <= rank < world or local < 0:
-        raise ConfigError(f"torchrun variables out of range: RANK={rank}, WORLD_SIZE={world}")
+        raise ConfigError(
+            f"torchrun variables out of range: RANK={rank}, WORLD_SIZE={world}, "
+            f"LOCAL_RANK={local} (need WORLD_SIZE >= 1, 0 <= RANK < WORLD_SIZE and "
+            f"LOCAL_RANK >= 0); {_LAUNCH_FIX}"
+        )
+    if "LOCAL_WORLD_SIZE" in env:
+        local_world = _whole_number(env, "LOCAL_WORLD_SIZE")
+        if not local < local_world <= world:
+            raise ConfigError(
+                f"torchrun variables inconsistent: LOCAL_RANK={local}, LOCAL_WORLD_SIZE="
+                f"{local_world}, WORLD_SIZE={world} (need LOCAL_RANK < LOCAL_WORLD_SIZE <= "
+                f"WORLD_SIZE); {_LAUNCH_FIX}"
+            )
+    unset = [name for name in _RENDEZVOUS if not env.get(name, "").strip()]
+    if unset:
+        raise ConfigError(
+            f"RANK={rank}, WORLD_SIZE={world} and LOCAL_RANK={local} are set but the "
+            f"rendezvous address is not ({' and '.join(unset)} missing); {_LAUNCH_FIX}"
+        )
+    port = env["MASTER_PORT"].strip()
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ConfigError(
+            f"MASTER_PORT must be a port number from 1 to 65535, got {env['MASTER_PORT']!r}; "
+            + _LAUNCH_FIX
+        )
     return Launch(rank, world, local)
+
+
+def _whole_number(env: Mapping[str, str], name: str) -> int:
+    """`env[name]` as an int, or a ConfigError naming the variable and its value."""
+    text = env[name].strip()
+    if not (text.isascii() and text.lstrip("-").isdigit() and len(text) <= 18):
+        raise ConfigError(
+            f"torchrun variable {name} must be a whole number, got {env[name]!r}; " + _LAUNCH_FIX
+        )
+    return int(text)
 
 
 def choose_backend(backend: str, device: str) -> str:
@@ -107,7 +147,7 @@ def choose_backend(backend: str, device: str) -> str:
     return "nccl" if cuda else "gloo"
 
 
-def rank_device(device: str, environ: dict[str, str] | None = None) -> str:
+def rank_device(device: str, environ: Mapping[str, str] | None = None) -> str:
     """The device this process trains on: under torchrun, a bare `cuda` becomes this
     rank's own GPU, `cuda:LOCAL_RANK`; every other name is returned as it is."""
     if device != "cuda":
@@ -133,8 +173,9 @@ def process_group(
     out after `timeout_s`).
 
     Raises:
-        ConfigError: an unknown backend or strategy, nccl without a GPU, or torchrun's
-            variables incomplete.
+        ConfigError: an unknown backend or strategy, nccl without a GPU, torchrun variables
+            that are incomplete or inconsistent (see `launch_from_env`), or a rendezvous
+            that cannot be joined (a port in use, an address no rank can reach).
     """
     strategy_named(strategy)  # the one check of the name, before anything starts
     found = launch_from_env()
@@ -151,7 +192,16 @@ def process_group(
         return
     if chosen == "nccl":
         torch.cuda.set_device(launch.local_rank)
-    dist.init_process_group(chosen, timeout=_dt.timedelta(seconds=timeout_s))
+    try:
+        dist.init_process_group(chosen, timeout=_dt.timedelta(seconds=timeout_s))
+    except (dist.DistError, ValueError) as exc:  # a rendezvous that cannot be reached or held
+        where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+        raise ConfigError(
+            f"rank {launch.rank} of {launch.world_size} cannot join the rendezvous at {where} "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); check that the "
+            "port is free and the address reachable from every machine, or launch with "
+            "torchrun --standalone"
+        ) from None
     ok = False
     try:
         yield launch

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from hookloop.checkpoint.atomic import replace_file
 from hookloop.errors import CheckpointError, ConfigError
+from hookloop.filecheck import field, read_json, short
 
 if TYPE_CHECKING:
     import torch
@@ -156,40 +157,83 @@ def from_gpt2_state(
     for ours, hf, transpose in pairs:
         if hf not in state:
             raise CheckpointError(f"{source} has no tensor {hf}; is it a GPT-2 model?")
+        if transpose and state[hf].dim() != 2:
+            raise CheckpointError(
+                f"{source}: tensor {hf} has shape {list(state[hf].shape)}, not a matrix; "
+                "is it a GPT-2 model?"
+            )
         out[ours] = (state[hf].t() if transpose else state[hf]).contiguous().float()
     return out
 
 
+_CONFIG_FIX = "give a directory written by save_pretrained (a GPT-2 model)"
+_MAX_SIZE = 2**31 - 1
+"""Largest size a GPT-2 `config.json` may give (the model must fit in memory anyway)."""
+_SIZES = (  # (GPT-2 key, hookloop [model] key, GPT-2's default)
+    ("vocab_size", "vocab_size", 50257),
+    ("n_embd", "d_model", 768),
+    ("n_head", "n_heads", 12),
+    ("n_layer", "n_layers", 12),
+    ("n_positions", "max_seq_len", 1024),
+)
+
+
 def _read_hf_config(directory: Path) -> dict[str, Any]:
+    """The `config.json` of a GPT-2 directory, every field hookloop reads checked."""
     path = directory / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not path.is_file():
+        raise ConfigError(f"model.init_from: {directory} has no config.json; {_CONFIG_FIX}")
+    fix = f"fix it or {_CONFIG_FIX}"
+    config = read_json(path, ConfigError, fix=fix)
+    if not isinstance(config, dict):
         raise ConfigError(
-            f"model.init_from: {directory} has no config.json; give a directory written by "
-            "save_pretrained (a GPT-2 model)"
-        ) from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"model.init_from: {path} is not valid JSON: {exc}") from None
-    if config.get("model_type") != "gpt2":
+            f"{path} is malformed: the top level must be an object, got "
+            f"{type(config).__name__}; {fix}"
+        )
+    model_type = config.get("model_type")
+    if model_type != "gpt2":
         raise ConfigError(
-            f"model.init_from: {path} describes a {config.get('model_type')!r} model; "
+            f"model.init_from: {path} describes a {short(model_type)} model; "
             "only GPT-2-format models (model_type gpt2) can be imported"
         )
     for key, wanted in _UNSUPPORTED.items():
-        if config.get(key, wanted) != wanted:
+        if key in config and (type(config[key]) is not bool or config[key] != wanted):
             raise ConfigError(
-                f"model.init_from: {path} sets {key} = {config[key]!r}, which hookloop's model "
-                f"does not implement (it needs {wanted!r})"
+                f"model.init_from: {path} sets {key} = {short(config[key])}, which hookloop's "
+                f"model does not implement (it needs {wanted!r})"
             )
+    for key, _, default in _SIZES:
+        field(
+            config, key, "int", file=path, error=ConfigError, fix=fix, default=default,
+            check=lambda v: 1 <= v <= _MAX_SIZE, allowed=f"an integer from 1 to {_MAX_SIZE}",
+        )  # fmt: skip
+    if config.get("n_inner") is not None:
+        field(
+            config, "n_inner", "int", file=path, error=ConfigError, fix=fix,
+            check=lambda v: 1 <= v <= _MAX_SIZE, allowed=f"null or an integer from 1 to {_MAX_SIZE}",
+        )  # fmt: skip
+    n_embd, n_head = config.get("n_embd", 768), config.get("n_head", 12)
+    if n_embd % n_head:
+        raise ConfigError(
+            f"{path} is malformed: n_embd ({n_embd}) must be divisible by n_head ({n_head}); {fix}"
+        )
+    field(
+        config, "activation_function", "str", file=path, error=ConfigError, default="gelu_new",
+        fix=f"hookloop supports {', '.join(_FROM_HF_ACTIVATION)}",
+        check=lambda v: v in _FROM_HF_ACTIVATION, allowed=f"one of {', '.join(_FROM_HF_ACTIVATION)}",
+    )  # fmt: skip
     return config
 
 
 def hf_model_options(init_from: str) -> dict[str, Any]:
     """The `[model]` options of the GPT-2 directory that `init_from = "hf:PATH"` names.
 
+    Every field of `config.json` that is read is checked first (types, ranges, `n_embd`
+    divisible by `n_head`), so a malformed file is one line, never a traceback.
+
     Raises:
-        ConfigError: the directory is missing, not GPT-2, or uses an unsupported option.
+        ConfigError: the directory is missing, not GPT-2, uses an unsupported option, or its
+            `config.json` is malformed.
     """
     directory = Path(init_from.removeprefix(HF_PREFIX))
     if not directory.is_dir():
@@ -198,51 +242,114 @@ def hf_model_options(init_from: str) -> dict[str, Any]:
             "GPT-2-format directory (nothing is downloaded)"
         )
     c = _read_hf_config(directory)
-    activation = c.get("activation_function", "gelu_new")
-    if activation not in _FROM_HF_ACTIVATION:
-        raise ConfigError(
-            f"model.init_from: {directory}/config.json has activation_function "
-            f"{activation!r}; hookloop supports {', '.join(_FROM_HF_ACTIVATION)}"
+    options = {ours: c.get(key, default) for key, ours, default in _SIZES}
+    options["d_ff"] = c.get("n_inner") or 4 * options["d_model"]
+    options["activation"] = _FROM_HF_ACTIVATION[c.get("activation_function", "gelu_new")]
+    options["bias"] = True
+    return options
+
+
+_INDEX = "model.safetensors.index.json"
+_WEIGHTS_FIX = (
+    "only safetensors weights are read; re-save the model with "
+    "save_pretrained(..., safe_serialization=True)"
+)
+
+
+def _weight_files(directory: Path) -> dict[Path, str | None]:
+    """The safetensors files to read: `model.safetensors`, or the shards the index names,
+    each with the tensor names the index puts in it (None: no index, any names).
+
+    Raises:
+        CheckpointError: the index is malformed (not an object, `weight_map` missing or not
+            an object of tensor name -> plain file name) or names a missing shard, or there
+            is no safetensors file.
+    """
+    index = directory / _INDEX
+    if not index.is_file():
+        single = directory / "model.safetensors"
+        if not single.is_file():
+            raise CheckpointError(
+                f"model.init_from: {directory} has no model.safetensors ({_WEIGHTS_FIX})"
+            )
+        return {single: None}
+    fix = f"fix it or re-save the model with save_pretrained ({directory})"
+    data = read_json(index, CheckpointError, fix=fix)
+    if not isinstance(data, dict):
+        raise CheckpointError(
+            f"{index} is malformed: the top level must be an object, got "
+            f"{type(data).__name__}; {fix}"
         )
-    n_embd = c.get("n_embd", 768)
-    return {
-        "vocab_size": c.get("vocab_size", 50257),
-        "d_model": n_embd,
-        "n_heads": c.get("n_head", 12),
-        "n_layers": c.get("n_layer", 12),
-        "d_ff": c.get("n_inner") or 4 * n_embd,
-        "max_seq_len": c.get("n_positions", 1024),
-        "activation": _FROM_HF_ACTIVATION[activation],
-        "bias": True,
-    }
+    weight_map = field(
+        data, "weight_map", "dict", file=index, error=CheckpointError, fix=fix,
+        check=bool, allowed="a non-empty object",
+    )  # fmt: skip
+    shards: dict[Path, Any] = {}
+    for tensor, shard in weight_map.items():
+        field(
+            weight_map, tensor, "filename", file=index, error=CheckpointError,
+            fix=f"each shard must be a file in {directory}; {fix}",
+        )  # fmt: skip
+        shards.setdefault(directory / shard, []).append(tensor)
+    for path in shards:
+        if not path.is_file():
+            raise CheckpointError(
+                f"model.init_from: {index} names the shard {path.name}, which is missing; "
+                "copy it there, or re-save the model with save_pretrained"
+            )
+    return {path: shards[path] for path in sorted(shards)}
+
+
+def _read_safetensors(path: Path, expected: list[str] | None) -> dict[str, torch.Tensor]:
+    """The tensors of `path`, through hookloop's checked safetensors reader (a file that is
+    not safetensors, or is truncated, is a `CheckpointError`, never a crash)."""
+    import mmap
+
+    from hookloop.checkpoint.tensorfile import read_tensors
+
+    try:
+        with open(path, "rb") as f:
+            try:
+                data: Any = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            except (OSError, ValueError):  # empty, or no mmap on this file system
+                data = bytearray(f.read())
+    except OSError as exc:
+        raise CheckpointError(f"model.init_from: cannot read {path}: {exc.strerror}") from None
+    tensors = read_tensors(data, name=f"model.init_from: {path}")
+    missing = [name for name in expected or () if name not in tensors]
+    if missing:
+        raise CheckpointError(
+            f"model.init_from: {path.parent / _INDEX} puts {missing[0]} in {path.name}, "
+            f"which does not hold it; re-save the model with save_pretrained"
+        )
+    return tensors
 
 
 def load_hf_weights(model: torch.nn.Module, init_from: str) -> None:
     """Copy the weights of the GPT-2 directory `init_from = "hf:PATH"` names into `model`
     (a `TinyTransformerLM` built with `hf_model_options`). Reads `model.safetensors` (or
-    the shards its index names); `pytorch_model.bin` is refused: it would be unpickled.
+    the shards its index names) with hookloop's checked reader; `pytorch_model.bin` is
+    refused: it would be unpickled. Each tensor's shape is checked against the model's
+    before any is copied.
 
     Raises:
-        CheckpointError: no safetensors weights, or tensors that do not fit the model.
+        CheckpointError: no safetensors weights, a malformed index or file, or tensors
+            that do not fit the model.
     """
-    from safetensors.torch import load_file
-
     directory = Path(init_from.removeprefix(HF_PREFIX))
-    files = [directory / "model.safetensors"]
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        shards = json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()
-        files = [directory / name for name in sorted(set(shards))]
-    if not all(f.is_file() for f in files):
-        raise CheckpointError(
-            f"model.init_from: {directory} has no model.safetensors (only safetensors weights "
-            "are read; re-save the model with save_pretrained(..., safe_serialization=True))"
-        )
     hf_state: dict[str, Any] = {}
-    for f in files:
-        hf_state.update(load_file(f))
+    for path, expected in _weight_files(directory).items():
+        hf_state.update(_read_safetensors(path, expected))
     n_layers = len(getattr(model, "blocks", []))
     state = from_gpt2_state(hf_state, n_layers, str(directory))
+    ours = model.state_dict()
+    for name, tensor in state.items():
+        if name in ours and tuple(tensor.shape) != tuple(ours[name].shape):
+            raise CheckpointError(
+                f"model.init_from: {directory} does not fit: {name} has shape "
+                f"{list(tensor.shape)}, the model from its config.json needs "
+                f"{list(ours[name].shape)}; re-save the model with save_pretrained"
+            )
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -25,6 +25,7 @@ source's `val.bin`; `SourceLosses` reports each source's loss as `val_loss/<name
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,8 +81,10 @@ class MixtureDataset:
         self.names = list(sources)
         self.sources = dict(sources)
         w = torch.tensor([float(weights[n]) for n in self.names], dtype=torch.float64)
-        if not bool((w > 0).all()):
-            raise ConfigError("data.sources: every weight must be > 0")
+        if not bool((w > 0).all()) or not math.isfinite(float(w.sum())):
+            raise ConfigError(
+                "data.sources: every weight must be a finite number > 0, and their sum finite"
+            )
         self.probabilities = w / w.sum()
         first = next(iter(self.sources.values()))
         shape = (first.seq_len, first.batch_size, first.rank, first.world_size)
@@ -187,9 +190,14 @@ def check_sources(value: Any, where: str = "") -> list[dict[str, Any]]:
     Returns:
         The list with every `name` filled in (default: the directory's name).
 
+    Weights are checked here, when the config is read and before anything is written, for
+    everything `MixtureDataset` will do with them: each a finite number > 0, and their sum
+    finite (it normalises them), so the first batch can never meet an infinite or NaN
+    probability.
+
     Raises:
-        ConfigError: not a list of such tables, a weight that is not a positive number, an
-            unknown key, or two sources with one name.
+        ConfigError: not a list of such tables, a weight that is not a finite positive
+            number, weights whose sum overflows, an unknown key, or two sources with one name.
     """
     if not isinstance(value, list):
         raise ConfigError(f"data.sources must be a list of {{path, weight}} tables {where}")
@@ -206,13 +214,28 @@ def check_sources(value: Any, where: str = "") -> list[dict[str, Any]]:
         path, weight = entry.get("path"), entry.get("weight", 1.0)
         if not isinstance(path, str) or not path:
             raise ConfigError(f"{at}.path must be a prepared data directory {where}")
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
             raise ConfigError(f"{at}.weight must be a number > 0, got {weight!r} {where}")
+        try:
+            weight = float(weight)
+        except OverflowError:  # a Python int beyond any float
+            weight = math.inf
+        if not math.isfinite(weight) or not weight > 0:
+            raise ConfigError(
+                f"{at}.weight must be a finite number > 0 (only the ratios of the weights "
+                f"matter), got {entry.get('weight')!r} {where}"
+            )
         name = entry.get("name", Path(path).name)
         if not isinstance(name, str) or not name or name in names:
             raise ConfigError(f"{at}.name {name!r} must be a unique non-empty string {where}")
         names.add(name)
-        checked.append({"path": path, "weight": float(weight), "name": name})
+        checked.append({"path": path, "weight": weight, "name": name})
+    if checked and not math.isfinite(sum(e["weight"] for e in checked)):
+        raise ConfigError(
+            f"data.sources weights sum to more than the largest float "
+            f"({', '.join(repr(e['weight']) for e in checked)}); scale them down, only their "
+            f"ratios matter {where}"
+        )
     return checked
 
 

@@ -12,8 +12,11 @@ of bounded size, so a 2 GB file or a document of any length never sits in memory
 | a Hugging Face dataset (`hf_dataset=`) | one per row of `split`, the string column `text_field` (needs `datasets`) |
 
 Text files are read as UTF-8 with universal newlines (`\\r\\n` and `\\r` become `\\n`).
-A bad record (not JSON, or a text field that is missing, empty or not a string) is a
-`DataError` naming the file and line (or row).
+A bad record (not JSON, or a text field that is missing, empty, not a string or not valid
+Unicode, such as a lone surrogate `"\\ud800"` in JSON) is a `DataError` naming the file and
+line (or row); so is a file named `.parquet` that is not Parquet or is cut short.
+`hf_dataset` is only ever read from a local directory written by `save_to_disk`: anything
+else is refused, so nothing reaches for the network.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import codecs
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from hookloop.errors import DataError
@@ -174,7 +177,14 @@ class Source:
                 try:
                     record = json.loads(line)
                 except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                    raise DataError(f"{path} line {number}: not valid JSON ({exc})") from None
+                    raise DataError(
+                        f"{path} line {number}: not valid JSON ({exc}); fix or remove the line"
+                    ) from None
+                except RecursionError:
+                    raise DataError(
+                        f"{path} line {number}: JSON nested too deeply to read; "
+                        "fix or remove the line"
+                    ) from None
                 if not isinstance(record, dict):
                     raise DataError(
                         f"{path} line {number}: expected a JSON object with a "
@@ -183,20 +193,26 @@ class Source:
                 yield iter((_checked_text(record, self.text_field, f"{path} line {number}"),))
 
     def _parquet_documents(self, path: Path) -> Iterator[Document]:
-        pq = _require("pyarrow.parquet", "parquet", "a .parquet file")
-        try:
-            parquet = pq.ParquetFile(path)
-        except Exception as exc:  # pyarrow raises its own error types for bad files
-            raise DataError(f"{path} is not a readable Parquet file: {exc}") from None
+        parquet = _parquet_file(path)
         if self.text_field not in parquet.schema_arrow.names:
             raise DataError(
                 f"{path} has no column {self.text_field!r} (columns: "
                 f"{', '.join(parquet.schema_arrow.names)}); choose one with --text-field"
             )
         row = 0
-        for batch in parquet.iter_batches(batch_size=1024, columns=[self.text_field]):
+        batches = parquet.iter_batches(batch_size=1024, columns=[self.text_field])
+        while True:
+            try:
+                batch = next(batches, None)
+            except Exception as exc:  # pyarrow raises its own error types for bad files
+                raise DataError(
+                    f"{path} is corrupt or cut short after row {row} ({_one_line(exc)}); "
+                    "write it again or leave it out with --glob"
+                ) from None
+            if batch is None:
+                return
             self.bytes_read += batch.nbytes
-            for value in batch.column(0).to_pylist():
+            for value in _python_values(batch.column(0), f"{path} row", row):
                 row += 1
                 record = {self.text_field: value}
                 yield iter((_checked_text(record, self.text_field, f"{path} row {row}"),))
@@ -208,10 +224,12 @@ class Source:
                 f"{', '.join(self.dataset.column_names)}); choose one with --text-field"
             )
         row = 0
-        for batch in self.dataset.iter(batch_size=1024):
-            for value in batch[self.text_field]:
+        where = f"dataset {self.files[0]} row"
+        table = self.dataset.select_columns([self.text_field]).with_format("arrow")
+        for batch in table.iter(batch_size=1024):  # Arrow tables: strings decoded here, checked
+            for value in _python_values(batch.column(0), where, row):
                 row += 1
-                text = _checked_text({self.text_field: value}, self.text_field, f"row {row}")
+                text = _checked_text({self.text_field: value}, self.text_field, f"{where} {row}")
                 self.bytes_read += len(text)
                 yield iter((text,))
 
@@ -222,7 +240,7 @@ def open_source(
     glob: str = "*",
     text_field: str = "text",
     hf_dataset: str | Path | None = None,
-    split: str = "train",
+    split: str | None = None,
     piece_bytes: int = PIECE_CHARS,
 ) -> Source:
     """The source at `path` (a file or a directory), or a Hugging Face dataset.
@@ -231,9 +249,10 @@ def open_source(
         path: A text, JSON-lines or Parquet file, or a directory of them.
         glob: File pattern inside a directory.
         text_field: The field or column with the text (JSON lines, Parquet, datasets).
-        hf_dataset: A dataset saved with `save_to_disk`, or a directory of data files for
-            `datasets.load_dataset` (read locally; nothing is downloaded).
-        split: The split of a dataset with several.
+        hf_dataset: A local directory written by `save_to_disk` (nothing else is accepted,
+            so nothing is ever downloaded).
+        split: The split to read: of a saved `DatasetDict`, `train` when None; of a single
+            saved `Dataset`, None or that dataset's own split name.
         piece_bytes: Bytes read at a time from a text file.
 
     Raises:
@@ -255,10 +274,17 @@ def list_files(path: str | Path, glob: str = "*") -> list[Path]:
     (hidden ones skipped), so the order does not depend on the file system's listing.
 
     Raises:
-        DataError: the path does not exist, or the directory has no matching file.
+        DataError: the path does not exist, the directory has no matching file, or `glob`
+            is not a pattern inside the directory (empty, absolute, or with a `..` part).
     """
     path = Path(path)
     if path.is_dir():
+        pattern = PurePath(glob)
+        if not glob or pattern.is_absolute() or pattern.anchor or ".." in pattern.parts:
+            raise DataError(
+                f"--glob {glob!r} is not a file pattern inside {path}; give one relative to "
+                "it, such as '*.txt' or 'part-*/*.jsonl'"
+            )
         files = sorted(
             p
             for p in path.rglob(glob)
@@ -299,6 +325,14 @@ def _checked_text(record: dict[str, Any], text_field: str, where: str) -> str:
         )
     if not value:
         raise DataError(f"{where}: field {text_field!r} is empty; fix or remove the record")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate such as JSON's "\ud800"
+            raise DataError(
+                f"{where}: field {text_field!r} is not valid Unicode (lone surrogate "
+                f"{value[exc.start]!r} at character {exc.start}); fix or remove the record"
+            ) from None
     return value.replace("\r\n", "\n").replace("\r", "\n") if "\r" in value else value
 
 
@@ -311,30 +345,94 @@ def _count_in_file(path: Path) -> int:
                 count += bool(line.strip())
         return count
     if suffix == ".parquet":
-        pq = _require("pyarrow.parquet", "parquet", "a .parquet file")
-        return int(pq.ParquetFile(path).metadata.num_rows)
+        return int(_parquet_file(path).metadata.num_rows)
     return 1
 
 
-def _load_dataset(path: Path, split: str) -> Any:
-    datasets = _require("datasets", "datasets", "--hf-dataset")
-    if not path.exists():
-        raise DataError(f"dataset {path} does not exist; give a saved dataset or data files")
+def _parquet_file(path: Path) -> Any:
+    """`path` opened as a `pyarrow.parquet.ParquetFile`; a DataError if it is not one."""
+    pq = _require("pyarrow.parquet", "parquet", "a .parquet file")
     try:
-        if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
-            loaded = datasets.load_from_disk(str(path))
-        else:
-            loaded = datasets.load_dataset(str(path), split=split)
-    except (FileNotFoundError, ValueError) as exc:
-        raise DataError(f"cannot read dataset {path}: {exc}") from None
+        return pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises its own error types for bad files
+        raise DataError(
+            f"{path} is not a readable Parquet file ({_one_line(exc)}); write it again or leave it "
+            "out with --glob"
+        ) from None
+
+
+_SAVED_MARKERS = ("dataset_info.json", "dataset_dict.json")
+"""Files `save_to_disk` writes at the top of a `Dataset` / `DatasetDict` directory."""
+
+
+def _load_dataset(path: Path, split: str | None) -> Any:
+    """The split `split` of the dataset saved with `save_to_disk` at `path`.
+
+    Only `datasets.load_from_disk` is used: it reads local files and never the network
+    (`load_dataset` would take a name it cannot find locally for a Hub dataset). A single
+    saved `Dataset` has one split: `split` must then be None or that split's name.
+    """
+    if not path.exists():
+        raise DataError(
+            f"--hf-dataset {path} does not exist; give a directory written by Dataset.save_to_disk"
+        )
+    if not path.is_dir():
+        raise DataError(
+            f"--hf-dataset {path} is a file, not a directory written by Dataset.save_to_disk; "
+            f"to prepare the file itself give it as PATH: hookloop prepare {path}"
+        )
+    if not any((path / marker).is_file() for marker in _SAVED_MARKERS):
+        raise DataError(
+            f"--hf-dataset {path} is not a dataset written by save_to_disk (it has no "
+            f"{' or '.join(_SAVED_MARKERS)}); for a directory of data files give it as "
+            f"PATH: hookloop prepare {path}"
+        )
+    datasets = _require("datasets", "datasets", "--hf-dataset")
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as exc:  # datasets and pyarrow raise many types for damaged files
+        raise DataError(
+            f"cannot read the saved dataset {path} ({type(exc).__name__}: {_one_line(exc)}); "
+            "save it again with save_to_disk"
+        ) from None
     if isinstance(loaded, datasets.DatasetDict):
-        if split not in loaded:
+        wanted = "train" if split is None else split
+        if wanted not in loaded:
             raise DataError(
-                f"dataset {path} has no split {split!r} (splits: {', '.join(loaded)}); "
+                f"dataset {path} has no split {wanted!r} (splits: {', '.join(loaded)}); "
                 "choose one with --split"
             )
-        loaded = loaded[split]
+        return loaded[wanted]
+    own = None if loaded.split is None else str(loaded.split)
+    if split is not None and split != own:
+        has = f"only its split {own!r}" if own else "no named splits"
+        raise DataError(
+            f"dataset {path} is a single saved Dataset with {has}, not {split!r}; "
+            "leave out --split" + (f" or pass --split {own}" if own else "")
+        )
     return loaded
+
+
+def _python_values(column: Any, where: str, first: int) -> list[Any]:
+    """The values of an Arrow column as Python objects; a DataError naming the row (counted
+    from `first + 1`) of a string that is not valid UTF-8 (Parquet does not check it)."""
+    try:
+        return column.to_pylist()
+    except UnicodeDecodeError:
+        for index in range(len(column)):
+            try:
+                column[index].as_py()
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{where} {first + index + 1}: text is not valid UTF-8 ({exc.reason} at "
+                    f"byte {exc.start}); fix or remove the record"
+                ) from None
+        raise  # every value decoded one by one: not the error this function knows about
+
+
+def _one_line(exc: BaseException) -> str:
+    """A third-party error's message on one line (pyarrow's can span several)."""
+    return " ".join(str(exc).split())
 
 
 def _require(module: str, extra: str, what: str) -> Any:

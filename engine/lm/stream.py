@@ -85,6 +85,9 @@ def prepare_sources(
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out} already exists and is not empty; choose another --out or remove it")
+    above = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if above is not None:
+        raise DataError(f"--out {out} is under {above}, which is a file; choose another --out")
     plan = _plan(train, val, val_fraction, seed)
     bar = Progress(sum(s.total_bytes for s, _ in plan), progress)
     out.parent.mkdir(parents=True, exist_ok=True)
