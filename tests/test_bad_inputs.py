@@ -371,6 +371,10 @@ ROWS = [
     Row("tokenizer-json-duplicate-chars", TRAIN, "distinct single characters", "prepare the data again", edit_json("data/tokenizer.json", lambda t: t.update(chars=["a", "a"]))),
     # --- prepare: every source is read through, checked, before anything is written ---------
     Row("prepare-lone-surrogate-in-json", [*PREPARE, "s.jsonl"], "s.jsonl line 2: field 'text' is not valid Unicode (lone surrogate '\\ud800'", "fix or remove the record", write("s.jsonl", '{"text": "ok"}\n{"text": "a\\ud800"}\n'), subprocess=True),
+    Row("prepare-json-array-not-lines", [*PREPARE, "a.json"], "a.json holds one JSON array, not JSON lines", "write one record per line", write("a.json", '[\n  {"text": "one"},\n  {"text": "two"}\n]\n')),
+    Row("prepare-json-array-on-one-line", [*PREPARE, "a.jsonl"], "a.jsonl holds one JSON array, not JSON lines", "a-lines.jsonl", write("a.jsonl", '[{"text": "one"}, {"text": "two"}]\n')),
+    Row("prepare-json-pretty-object", [*PREPARE, "o.json"], "o.json holds one JSON document spread over several lines", "write each record on one line", write("o.json", '{\n  "text": "one"\n}\n')),
+    Row("prepare-json-last-line-cut-off", [*PREPARE, "c.jsonl"], "c.jsonl line 3 is cut off: the file ends in the middle of a record", "complete or remove the line", write("c.jsonl", '{"text": "one"}\n{"text": "two"}\n{"text": "thr')),
     Row("prepare-json-nested-too-deep", [*PREPARE, "d.jsonl"], "d.jsonl line 21: JSON nested too deeply", "fix or remove the line", write("d.jsonl", '{"text": "ok"}\n' * 20 + "[" * 100_000 + "\n")),
     Row("prepare-parquet-not-parquet", [*PREPARE, "x.parquet"], "x.parquet is not a readable Parquet file", "write it again or leave it out with --glob", write("x.parquet", "text\nnot parquet\n")),
     Row("prepare-parquet-truncated", [*PREPARE, "cut.parquet"], "cut.parquet is not a readable Parquet file", "write it again", truncated_parquet("cut.parquet"), subprocess=True),

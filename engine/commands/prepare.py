@@ -19,6 +19,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from hookloop.cli import command_line
 
@@ -39,7 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a UTF-8 text file, a .jsonl or .parquet file, or a directory of them "
         "(read in sorted order)",
     )
-    parser.add_argument("--out", required=True, metavar="DIR", help="directory to create")
+    parser.add_argument("--out", metavar="DIR", help="directory to create (required)")
+    parser.add_argument(
+        "--example-text",
+        metavar="FILE",
+        help="write a known text of about 1 MB to FILE and stop: a slice of the Python "
+        "standard library's sources, on every machine, offline (then prepare FILE)",
+    )
     parser.add_argument("--tokenizer", choices=("char", "byte", "bpe"), default="char")
     parser.add_argument(
         "--tokenizer-from",
@@ -103,7 +110,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Read, split, tokenize and write; print a summary."""
     import sys
-    from pathlib import Path
 
     from hookloop.errors import ConfigError
     from hookloop.lm.prepare import prepare_sources
@@ -117,6 +123,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--piece-bytes must be from 1 to {MAX_PIECE:,} (1 GiB), got {args.piece_bytes}"
         )
+    if args.example_text is not None:
+        return _write_example_text(Path(args.example_text))
+    if args.out is None:
+        raise ConfigError("--out DIR is required: the directory to write the prepared data to")
     if (args.source is None) == (args.hf_dataset is None):
         raise ConfigError("give either a PATH to prepare or --hf-dataset PATH (one of them)")
     tokenizer = args.tokenizer
@@ -151,4 +161,29 @@ def run(args: argparse.Namespace) -> int:
         f"({meta['dtype']}), from {len(meta['source'])} file(s)"
     )
     print(f"train on it: {command_line('train', '--set', f'data.path={args.out}')}")
+    return 0
+
+
+EXAMPLE_BYTES = 1_000_000
+"""Size of `--example-text`'s text: about tiny Shakespeare's."""
+
+
+def _write_example_text(path: Path) -> int:
+    """Write the example text to `path` (never over an existing file) and say what next."""
+    from hookloop.checkpoint.atomic import replace_file
+    from hookloop.errors import ConfigError
+    from hookloop.lm.corpus import stdlib_texts
+
+    if path.exists() or path.is_symlink():
+        raise ConfigError(f"--example-text {path} exists; nothing was written; choose a new name")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--example-text {path}: folder {path.parent} does not exist")
+    train, val, files = stdlib_texts(EXAMPLE_BYTES)
+    text = f"{train}\n{val}\n"
+    replace_file(path, text.encode("ascii"))
+    print(
+        f"wrote {path}: {len(text):,} characters of Python source from {len(files)} files of "
+        "this machine's standard library"
+    )
+    print(f"prepare it: {command_line('prepare', str(path), '--out', 'data/example')}")
     return 0

@@ -177,14 +177,14 @@ class Source:
                 try:
                     record = json.loads(line)
                 except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                    raise DataError(
-                        f"{path} line {number}: not valid JSON ({exc}); fix or remove the line"
-                    ) from None
+                    raise DataError(_json_line_problem(path, number, line, exc)) from None
                 except RecursionError:
                     raise DataError(
                         f"{path} line {number}: JSON nested too deeply to read; "
                         "fix or remove the line"
                     ) from None
+                if isinstance(record, list) and number == 1:
+                    raise DataError(_json_array(path))
                 if not isinstance(record, dict):
                     raise DataError(
                         f"{path} line {number}: expected a JSON object with a "
@@ -445,3 +445,36 @@ def _require(module: str, extra: str, what: str) -> Any:
             f"{what} needs the optional `{module.split('.')[0]}` package: "
             f"pip install 'hookloop[{extra}]'"
         ) from None
+
+
+def _json_array(path: Path) -> str:
+    """The message for a file that holds one JSON array instead of JSON lines."""
+    return (
+        f"{path} holds one JSON array, not JSON lines (one object per line); write one "
+        "record per line, e.g. python -c \"import json, sys; [print(json.dumps(r)) for r in "
+        f"json.load(sys.stdin)]\" < {path.name} > {path.stem}-lines.jsonl"
+    )
+
+
+def _json_line_problem(path: Path, number: int, line: bytes, exc: ValueError) -> str:
+    """What is wrong with a line of a JSON lines file that does not parse: a JSON array or
+    a document spread over several lines (not JSON lines at all), a last line cut off, or
+    a line that is not JSON."""
+    first = line.lstrip()[:1]
+    if number == 1 and first == b"[":
+        return _json_array(path)
+    if number == 1 and line.strip() == b"{":
+        return (
+            f"{path} holds one JSON document spread over several lines, not JSON lines (one "
+            "object per line); write each record on one line"
+        )
+    end = len(line.rstrip(b"\r\n"))
+    unfinished = isinstance(exc, json.JSONDecodeError) and (
+        exc.msg.startswith("Unterminated string") or exc.pos >= end - 1
+    )
+    if not line.endswith(b"\n") and unfinished:
+        return (
+            f"{path} line {number} is cut off: the file ends in the middle of a record (was "
+            "it still being written?); complete or remove the line"
+        )
+    return f"{path} line {number}: not valid JSON ({exc}); fix or remove the line"
