@@ -342,6 +342,10 @@ def _count_in_file(path: Path) -> int:
         count = 0
         with open(path, "rb") as f:
             for line in f:
+                if not count and line.strip()[:1] == b"[":  # not JSON lines: say so first
+                    raise DataError(_json_array(path))
+                if not count and line.strip() == b"{":
+                    raise DataError(_json_spread(path))
                 count += bool(line.strip())
         return count
     if suffix == ".parquet":
@@ -451,8 +455,16 @@ def _json_array(path: Path) -> str:
     """The message for a file that holds one JSON array instead of JSON lines."""
     return (
         f"{path} holds one JSON array, not JSON lines (one object per line); write one "
-        "record per line, e.g. python -c \"import json, sys; [print(json.dumps(r)) for r in "
-        f"json.load(sys.stdin)]\" < {path.name} > {path.stem}-lines.jsonl"
+        'record per line, e.g. python -c "import json, sys; [print(json.dumps(r)) for r in '
+        f'json.load(sys.stdin)]" < {path.name} > {path.stem}-lines.jsonl'
+    )
+
+
+def _json_spread(path: Path) -> str:
+    """The message for a file that holds one JSON document over several lines."""
+    return (
+        f"{path} holds one JSON document spread over several lines, not JSON lines (one "
+        "object per line); write each record on one line"
     )
 
 
@@ -464,10 +476,7 @@ def _json_line_problem(path: Path, number: int, line: bytes, exc: ValueError) ->
     if number == 1 and first == b"[":
         return _json_array(path)
     if number == 1 and line.strip() == b"{":
-        return (
-            f"{path} holds one JSON document spread over several lines, not JSON lines (one "
-            "object per line); write each record on one line"
-        )
+        return _json_spread(path)
     end = len(line.rstrip(b"\r\n"))
     unfinished = isinstance(exc, json.JSONDecodeError) and (
         exc.msg.startswith("Unterminated string") or exc.pos >= end - 1
