@@ -222,6 +222,7 @@ def test_sigusr1_to_one_rank_saves_one_checkpoint_at_one_step_and_resume_auto_co
 
 
 KILL_STEPS = 300
+"""Steps of the kill-loop job with the default 2 kills; longer loops get 150 per kill."""
 
 
 def test_sigkill_of_either_rank_at_random_moments_then_the_same_command_ends_bitwise(workdir):
@@ -230,7 +231,8 @@ def test_sigkill_of_either_rank_at_random_moments_then_the_same_command_ends_bit
     step, mid write): the run ends with the weights of an uninterrupted one, bit for bit.
     HOOKLOOP_KILLS sets how many kills (default 2: one of each rank)."""
     kills = int(os.environ.get("HOOKLOOP_KILLS", "2"))
-    (workdir / "job.toml").write_text(f"[training]\nmax_steps = {KILL_STEPS}\n")
+    steps = max(KILL_STEPS, 150 * kills)
+    (workdir / "job.toml").write_text(f"[training]\nmax_steps = {steps}\n")
     job = ["train", "-c", "job.toml", "--resume", "auto", *TINY, "--set", f"data.batch_size={B}"]
     ok(torchrun(*job, "--run-dir", "kill-ref", cwd=workdir))
 
@@ -243,7 +245,7 @@ def test_sigkill_of_either_rank_at_random_moments_then_the_same_command_ends_bit
     for emergency in (run / "checkpoints").glob("emergency-*"):  # what a dying job saved
         state = json.loads((emergency / "state.json").read_text())
         assert state["exact"] is False, emergency  # kept for inspection, never resumed
-    straight, resumed = weights(workdir / "kill-ref", KILL_STEPS), weights(run, KILL_STEPS)
+    straight, resumed = weights(workdir / "kill-ref", steps), weights(run, steps)
     assert straight.keys() == resumed.keys()
     for k in straight:
         assert torch.equal(straight[k], resumed[k]), k
@@ -272,10 +274,10 @@ def kill_loop(workdir: Path, args: list[str], *, kills: int, seed: int) -> dict[
         )  # fmt: skip
         try:
             deadline = time.monotonic() + 120
-            while proc.poll() is None and not _reached(run, target, since=launched):
+            while target and proc.poll() is None and not _reached(run, target, since=launched):
                 assert time.monotonic() < deadline, "the job never reached the step"
                 time.sleep(0.01)
-            time.sleep(rng.uniform(0, 0.05) if target else rng.uniform(0, 2))
+            time.sleep(rng.uniform(0, 0.05) if target else rng.uniform(0.5, 4))
             pid = None
             while pid is None and proc.poll() is None:
                 pid = _worker_pids(proc.pid).get(rank)
