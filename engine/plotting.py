@@ -2,7 +2,7 @@
 against step, in one PNG. Used by `hookloop plot`, `hookloop train` (at the end) and the
 tracker plugins (uploaded as an artifact).
 
-Needs matplotlib: `pip install 'hookloop[plot]'`.
+Needs matplotlib: `pip install '.[plot]' in the hookloop checkout`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ def pyplot() -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise ConfigError("plotting needs matplotlib: pip install 'hookloop[plot]'") from None
+        raise ConfigError(
+            "plotting needs matplotlib: pip install '.[plot]' in the hookloop checkout"
+        ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -8,14 +8,14 @@
     flush_every = 50         # send the logged steps to MLflow in batches of this many
     timeout = 60.0           # seconds fit()'s end waits for MLflow before giving up
 
-Needs the optional extra: `pip install 'hookloop[mlflow]'`. The resolved config is logged
-as params with dotted keys (`model.d_model`), each logged step's `loss`, `ema_loss`, `ppl`,
-`lr`, `grad_norm`, `tokens_per_s`, `val_loss`, ... with the optimizer step as MLflow's step,
-tags `hookloop.version`, `hookloop.world_size` and `git.commit` (when the working directory
-is a git checkout), and at the end `config.toml`, `metrics.csv`, `metrics.png` and the final
-`model.safetensors` as artifacts. The default store is a sqlite database in the run
-directory, with artifacts beside it in `mlartifacts/`: `mlflow ui --backend-store-uri
-sqlite:///<run_dir>/mlflow.db` shows it.
+Needs the optional extra: `pip install '.[mlflow]'` in the hookloop checkout. The resolved
+config is logged as params with dotted keys (`model.d_model`), each logged step's `loss`,
+`ema_loss`, `ppl`, `lr`, `grad_norm`, `tokens_per_s`, `val_loss`, ... with the optimizer step
+as MLflow's step, tags `hookloop.version`, `hookloop.world_size` and `git.commit` (when the
+working directory is a git checkout), and at the end `config.toml`, `metrics.csv`,
+`metrics.png` and the final `model.safetensors` as artifacts. The default store is a sqlite
+database in the run directory, with artifacts beside it in `mlartifacts/`: `mlflow ui
+--backend-store-uri sqlite:///<run_dir>/mlflow.db` shows it.
 
 Resume: the MLflow run id is saved in the checkpoint, so `--resume` continues the same run;
 steps MLflow already holds (a run killed after logging a step but before its checkpoint)

@@ -57,7 +57,8 @@ class Progress(ClosesAtEnd):
                 import tqdm  # noqa: F401
             except ImportError as exc:
                 raise PluginError(
-                    "progress: enabled = true needs tqdm; run `pip install 'hookloop[progress]'`"
+                    "progress: enabled = true needs tqdm; run `pip install '.[progress]'` in "
+                    "the hookloop checkout"
                 ) from exc
         self.enabled, self.refresh_s = enabled, float(refresh_s)
         self.bar: Any = None
@@ -81,7 +82,7 @@ class Progress(ClosesAtEnd):
             debug(
                 log,
                 "progress_off",
-                reason="tqdm is not installed (pip install 'hookloop[progress]')",
+                reason="tqdm is not installed (pip install '.[progress]' in the hookloop checkout)",
             )
             return
         self.bar = tqdm(

@@ -4,10 +4,11 @@
     log_dir = ""     # where event files go; "" = <run_dir>/tensorboard
     every = 10       # write the training scalars every N optimizer steps
 
-Needs the optional extra: `pip install 'hookloop[tensorboard]'`; enabling the plugin without
-it is a `PluginError` saying so. Training scalars go under `train/` (loss, ema_loss, ppl, lr,
-grad_norm, tokens_per_s and every other metric of the step), evaluation scalars under
-`val/`. A resumed run purges the events written after the checkpoint it resumes from.
+Needs the optional extra: `pip install '.[tensorboard]'` in the hookloop checkout; enabling
+the plugin without it is a `PluginError` saying so. Training scalars go under `train/` (loss,
+ema_loss, ppl, lr, grad_norm, tokens_per_s and every other metric of the step), evaluation
+scalars under `val/`. A resumed run purges the events written after the checkpoint it resumes
+from.
 
 Hooks: `on_fit_start`, `after_step`, `on_eval_end`, `on_fit_end`, `on_exception`.
 Cost: filing the step's values in the loggers' shared buffer (`hookloop.plugins.stepvalues.steplog`,
@@ -48,7 +49,8 @@ class TensorBoard(ClosesAtEnd):
         except ImportError as exc:
             raise PluginError(
                 "tensorboard: the tensorboard package is not installed; "
-                "run `pip install 'hookloop[tensorboard]'` or disable the plugin (-p no:tensorboard)"
+                "run `pip install '.[tensorboard]'` in the hookloop checkout or disable the "
+                "plugin (-p no:tensorboard)"
             ) from exc
         self._writer_class = SummaryWriter
         self.log_dir, self.every = log_dir, every

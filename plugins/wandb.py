@@ -11,14 +11,14 @@
     flush_every = 50       # hand the logged steps to W&B in batches of this many
     timeout = 60.0         # seconds fit()'s end waits for W&B before giving up
 
-Needs the optional extra: `pip install 'hookloop[wandb]'`. Without `WANDB_API_KEY` (or a
-`~/.netrc` entry from `wandb login`) the run is written offline under `<run_dir>/wandb/`,
-never prompting and never waiting on the network; `wandb sync <run_dir>/wandb/offline-run-*`
-uploads it later. Logged: the resolved config with dotted keys, each logged step's `loss`,
-`ema_loss`, `ppl`, `lr`, `grad_norm`, `tokens_per_s`, `val_loss`, ... at the optimizer step,
-tags `hookloop.version=...`, `hookloop.world_size=...`, `git.commit=...`, and at the end an
-artifact `hookloop-<run id>` with `config.toml`, `metrics.csv`, `metrics.png` and the final
-`model.safetensors`.
+Needs the optional extra: `pip install '.[wandb]'` in the hookloop checkout. Without
+`WANDB_API_KEY` (or a `~/.netrc` entry from `wandb login`) the run is written offline under
+`<run_dir>/wandb/`, never prompting and never waiting on the network; `wandb sync
+<run_dir>/wandb/offline-run-*` uploads it later. Logged: the resolved config with dotted keys,
+each logged step's `loss`, `ema_loss`, `ppl`, `lr`, `grad_norm`, `tokens_per_s`, `val_loss`,
+... at the optimizer step, tags `hookloop.version=...`, `hookloop.world_size=...`,
+`git.commit=...`, and at the end an artifact `hookloop-<run id>` with `config.toml`,
+`metrics.csv`, `metrics.png` and the final `model.safetensors`.
 
 Resume: the W&B run id is saved in the checkpoint; `--resume` calls `wandb.init(id=...,
 resume="allow")`. W&B drops steps that go backwards, so the steps the run already holds

@@ -104,7 +104,7 @@ def test_bpe_without_the_package_says_how_to_install(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_tokenizers)
-    with pytest.raises(DataError, match=r"pip install 'hookloop\[bpe\]'"):
+    with pytest.raises(DataError, match=r"pip install '\.\[bpe\]' in the hookloop checkout"):
         build_tokenizer("bpe", TEXT)
 
 

@@ -6,7 +6,7 @@ Examples:
     hookloop plot
     hookloop plot runs/20260101-120000 --out curves.png
 
-Needs matplotlib: `pip install 'hookloop[plot]'`.
+Needs matplotlib: `pip install '.[plot]' in the hookloop checkout`.
 """
 
 from __future__ import annotations

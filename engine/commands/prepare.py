@@ -84,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--hf-dataset",
         metavar="PATH",
         help="a local directory written by a Hugging Face dataset's save_to_disk (never "
-        "downloaded; needs pip install 'hookloop[datasets]')",
+        "downloaded; needs pip install '.[datasets]' in the hookloop checkout)",
     )
     parser.add_argument(
         "--split",

@@ -1,6 +1,6 @@
 """Print the learning-rate curve of the configured run before training it: the rate at
 sampled steps, and a sparkline of the whole curve. With --out FILE.png, also plot it
-(needs matplotlib: `pip install 'hookloop[plot]'`).
+(needs matplotlib: `pip install '.[plot]' in the hookloop checkout`).
 
 The curve comes from the `schedule` plugin's own `lr_at` function with the run's
 `[plugins.schedule]` options, `[optimizer] lr` (the peak) and `[training] max_steps`, so it

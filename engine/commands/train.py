@@ -149,13 +149,10 @@ def _train(built: Any, say: Any) -> int:
     tokens = state.tokens_seen - tokens_before
     stopped = f" (stopped: {state.should_stop})" if state.should_stop else ""
     # Each count says what it counts: a resumed launch trained only part of the run.
-    steps = (
-        f"{state.step} steps"
-        if not step_before
-        else (
-            f"{state.step - step_before} steps this launch (steps {step_before + 1} to {state.step})"
-        )
-    )
+    steps = f"{state.step} steps"
+    if step_before:
+        launch = state.step - step_before
+        steps = f"{launch} steps this launch (steps {step_before + 1} to {state.step})"
     say(
         f"done: {steps}, {tokens:,} tokens in {seconds:.1f}s "
         f"({tokens / max(seconds, 1e-9):,.0f} tokens/s){stopped}",

@@ -447,7 +447,7 @@ def _require(module: str, extra: str, what: str) -> Any:
     except ImportError:
         raise DataError(
             f"{what} needs the optional `{module.split('.')[0]}` package: "
-            f"pip install 'hookloop[{extra}]'"
+            f"pip install '.[{extra}]' in the hookloop checkout"
         ) from None
 
 

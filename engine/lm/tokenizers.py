@@ -8,7 +8,8 @@ Three kinds share one `Tokenizer` protocol:
 - `byte`: the 256 byte values of the UTF-8 encoding, plus id 256 for the end-of-text token
   that separates documents (a `byte` tokenizer saved without it has 256 ids).
 - `bpe`: byte-level BPE trained locally with the optional `tokenizers` package
-  (`pip install 'hookloop[bpe]'`), with the special token `<|endoftext|>` between documents.
+  (`pip install '.[bpe]' in the hookloop checkout`), with the special token `<|endoftext|>`
+  between documents.
 
 `eot_id` is the id of the end-of-text token, or None for a tokenizer without one (`char`).
 
@@ -220,7 +221,7 @@ class ByteTokenizer(_JsonSave):
 
 
 class BpeTokenizer(_JsonSave):
-    """Byte-level BPE from the `tokenizers` package (optional extra `hookloop[bpe]`).
+    """Byte-level BPE from the `tokenizers` package (the optional `bpe` extra).
 
     Args:
         tokenizer: A `tokenizers.Tokenizer`.
@@ -395,6 +396,6 @@ def _require_tokenizers() -> Any:
     except ImportError:
         raise DataError(
             "the bpe tokenizer needs the optional `tokenizers` package: "
-            "pip install 'hookloop[bpe]' (or use --tokenizer char or byte)"
+            "pip install '.[bpe]' in the hookloop checkout (or use --tokenizer char or byte)"
         ) from None
     return tokenizers

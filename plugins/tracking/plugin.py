@@ -118,7 +118,8 @@ class TrackerPlugin:
         if importlib.util.find_spec(module) is None:
             raise PluginError(
                 f"{extra}: the {module} package is not installed; run "
-                f"`pip install 'hookloop[{extra}]'` or disable the plugin (-p no:{extra})"
+                f"`pip install '.[{extra}]'` in the hookloop checkout or disable the plugin "
+                f"(-p no:{extra})"
             )
 
     # --- hooks ---------------------------------------------------------------------------

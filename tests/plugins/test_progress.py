@@ -60,7 +60,7 @@ def test_without_tqdm_auto_is_silently_off_and_true_is_an_error(make_engine, mon
     make_engine(batches=2, plugins=[plugin]).fit(max_steps=2)
     assert plugin.bar is None
     with pytest.raises(
-        PluginError, match=r"progress: enabled = true needs tqdm.*hookloop\[progress\]"
+        PluginError, match=r"progress: enabled = true needs tqdm.*pip install '\.\[progress\]'"
     ):
         Progress(enabled=True)
 
