@@ -52,7 +52,9 @@ def test_without_run_dir_or_log_dir_it_names_the_fix(make_engine):
 def test_missing_package_is_a_clear_plugin_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard -> ImportError
     monkeypatch.delitem(sys.modules, "torch.utils.tensorboard", raising=False)
-    with pytest.raises(PluginError, match=r"pip install '\.\[tensorboard\]'` in the hookloop checkout"):
+    with pytest.raises(
+        PluginError, match=r"pip install '\.\[tensorboard\]'` in the hookloop checkout"
+    ):
         TensorBoard()
 
 
