@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from hookloop.distributed.strategies import always_sync
 from hookloop.errors import ConfigError
 
 __all__ = ["PRECISIONS", "Execution", "model_device", "prepare_execution"]
@@ -61,7 +62,7 @@ def prepare_execution(
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     forward_model = model
     dtype = _AUTOCAST_DTYPES.get(precision)
-    no_sync = _always_sync
+    no_sync = always_sync
     if world_size > 1:
         from hookloop.distributed import strategy_named
 
@@ -82,10 +83,6 @@ def prepare_execution(
         plain=dtype is None and world_size == 1,
         no_sync=no_sync,
     )
-
-
-def _always_sync(last: bool) -> contextlib.AbstractContextManager[Any]:
-    return contextlib.nullcontext()
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -20,7 +20,7 @@ from typing import Any
 
 from hookloop.errors import HookloopError
 
-__all__ = ["KINDS", "field", "read_json", "read_text", "short"]
+__all__ = ["KINDS", "field", "read_json", "read_json_object", "read_text", "short"]
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -77,6 +77,17 @@ def read_json(path: str | Path, error: type[HookloopError], *, fix: str) -> Any:
         raise error(f"{path} is not valid JSON ({exc}); {fix}") from None
     except RecursionError:
         raise error(f"{path} is nested too deeply to be a hookloop file; {fix}") from None
+
+
+def read_json_object(path: str | Path, error: type[HookloopError], *, fix: str) -> dict:
+    """The JSON object in `path`: `read_json`, refusing any other top-level value."""
+    data = read_json(path, error, fix=fix)
+    if not isinstance(data, dict):
+        raise error(
+            f"{path} is malformed: the top level must be an object, got "
+            f"{type(data).__name__}; {fix}"
+        )
+    return data
 
 
 def field(

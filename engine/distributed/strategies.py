@@ -22,6 +22,7 @@ __all__ = [
     "DDP",
     "FSDP",
     "STRATEGIES",
+    "always_sync",
     "is_sharded",
     "no_sync",
     "shard_model",
@@ -61,7 +62,7 @@ class DDP:
         """DDP's own `no_sync` on all but the last micro-batch of a step."""
         skip = getattr(wrapped, "no_sync", None)
         if skip is None:  # e.g. the compiled wrapper of a model that is not DDP
-            return _always_sync
+            return always_sync
         return lambda last: contextlib.nullcontext() if last else skip()
 
 
@@ -139,15 +140,12 @@ def wrap_model(
 def no_sync(model: torch.nn.Module, *, last: bool) -> contextlib.AbstractContextManager[Any]:
     """The context of a micro-batch's backward for a model wrapped either way (the loop
     itself picks its strategy's `no_sync` once instead of asking on every micro-batch)."""
-    if last:
-        return contextlib.nullcontext()
-    if is_sharded(model):
-        return _fsdp_no_sync(model)
-    skip = getattr(model, "no_sync", None)
-    return skip() if skip is not None else contextlib.nullcontext()
+    strategy = FSDP() if is_sharded(model) else DDP()
+    return strategy.no_sync(model)(last)
 
 
-def _always_sync(last: bool) -> contextlib.AbstractContextManager[Any]:
+def always_sync(last: bool) -> contextlib.AbstractContextManager[Any]:
+    """The `no_sync(last)` of a model whose gradients are never reduced (one process)."""
     return contextlib.nullcontext()
 
 

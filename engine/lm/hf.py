@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from hookloop.checkpoint.atomic import replace_file
 from hookloop.errors import CheckpointError, ConfigError
-from hookloop.filecheck import field, read_json, short
+from hookloop.filecheck import field, read_json_object, short
 
 if TYPE_CHECKING:
     import torch
@@ -184,12 +184,7 @@ def _read_hf_config(directory: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"model.init_from: {directory} has no config.json; {_CONFIG_FIX}")
     fix = f"fix it or {_CONFIG_FIX}"
-    config = read_json(path, ConfigError, fix=fix)
-    if not isinstance(config, dict):
-        raise ConfigError(
-            f"{path} is malformed: the top level must be an object, got "
-            f"{type(config).__name__}; {fix}"
-        )
+    config = read_json_object(path, ConfigError, fix=fix)
     model_type = config.get("model_type")
     if model_type != "gpt2":
         raise ConfigError(
@@ -274,12 +269,7 @@ def _weight_files(directory: Path) -> dict[Path, str | None]:
             )
         return {single: None}
     fix = f"fix it or re-save the model with save_pretrained ({directory})"
-    data = read_json(index, CheckpointError, fix=fix)
-    if not isinstance(data, dict):
-        raise CheckpointError(
-            f"{index} is malformed: the top level must be an object, got "
-            f"{type(data).__name__}; {fix}"
-        )
+    data = read_json_object(index, CheckpointError, fix=fix)
     weight_map = field(
         data, "weight_map", "dict", file=index, error=CheckpointError, fix=fix,
         check=bool, allowed="a non-empty object",
